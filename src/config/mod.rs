@@ -1,0 +1,824 @@
+//! postern.conf(5): read in two phases, positioned directives first, then
+//! one immutable [`Config`] that the daemon shares as `Arc<Config>`.
+//!
+//! Every error reads `FILE:LINE: what is wrong` and nothing starts on a bad
+//! file; `postern -n` runs exactly this code. Keys and certificates are
+//! loaded here too, so a check catches an unreadable or too-open key.
+
+pub mod lexer;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lexer::{Line, Token};
+
+use crate::smtp::server::TlsMode;
+use crate::table::Table;
+use crate::tls::pki::Pki;
+
+/// A configuration error with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File the error is in.
+    pub file: String,
+    /// Line, 0 when it concerns the file as a whole.
+    pub line: usize,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl ConfigError {
+    /// An error at `file:line`.
+    pub fn at(file: &str, line: usize, msg: String) -> ConfigError {
+        ConfigError {
+            file: file.to_string(),
+            line,
+            msg,
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.msg)
+        } else {
+            write!(f, "{}:{}: {}", self.file, self.line, self.msg)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One `listen on` socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// TLS policy.
+    pub tls: TlsMode,
+    /// `pki NAME` for this listener (the default certificate for SNI misses).
+    pub pki: Option<String>,
+    /// `auth <table>`: credentials table name.
+    pub auth: Option<String>,
+    /// `hostname NAME` override for greeting and Received.
+    pub hostname: Option<String>,
+    /// Line of the directive.
+    pub line: usize,
+}
+
+/// Outbound TLS policy for a destination (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when offered, certificate not checked, plaintext fallback.
+    May,
+    /// STARTTLS mandatory, certificate not checked.
+    Encrypt,
+    /// STARTTLS mandatory, certificate must verify and name the MX.
+    Verify,
+}
+
+impl TlsPolicy {
+    /// Parse `none|may|encrypt|verify`.
+    pub fn parse(s: &str) -> Option<TlsPolicy> {
+        Some(match s {
+            "none" => TlsPolicy::None,
+            "may" => TlsPolicy::May,
+            "encrypt" => TlsPolicy::Encrypt,
+            "verify" => TlsPolicy::Verify,
+            _ => return None,
+        })
+    }
+}
+
+/// What an `action` does with the recipients it takes.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// `maildir PATH [users <t>] [alias <t>]`.
+    Maildir {
+        /// Path with `%{user}`.
+        path: String,
+        /// Known local parts.
+        users: Option<String>,
+        /// Alias table.
+        alias: Option<String>,
+    },
+    /// `relay [host URL] [auth <t>] [tls-policy <t>] [tls POLICY] [port N] [ca FILE]`.
+    Relay {
+        /// Smarthost URL (`smtp://`, `smtp+tls://`, `smtps://`).
+        host: Option<String>,
+        /// Secrets table for smarthost AUTH.
+        auth: Option<String>,
+        /// Per-domain TLS policy table.
+        tls_policy: Option<String>,
+        /// Default TLS policy.
+        tls: TlsPolicy,
+        /// Destination port (tests); 25 by default.
+        port: Option<u16>,
+        /// CA file for `verify`.
+        ca: Option<PathBuf>,
+    },
+}
+
+/// `from` criterion of a `match` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum From {
+    /// `from any`.
+    Any,
+    /// `from local`: loopback clients.
+    Local,
+    /// `from src <table>`: addresses and CIDRs.
+    Src(String),
+}
+
+/// `for` criterion of a `match` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum For {
+    /// `for any`.
+    Any,
+    /// `for local`: our `hostname`, `localhost` and bare `postmaster`.
+    Local,
+    /// `for domain "d"`.
+    Domain(String),
+    /// `for domain <table>`.
+    DomainTable(String),
+}
+
+/// One `match` rule; the first that matches a recipient picks its action.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `match auth`: only authenticated sessions.
+    pub auth: bool,
+    /// Client criterion.
+    pub from: From,
+    /// Recipient criterion.
+    pub rcpt: For,
+    /// Action name.
+    pub action: String,
+    /// Line of the directive.
+    pub line: usize,
+}
+
+/// `limit ...` values, each declared once with its default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `max-message-size` in bytes.
+    pub max_message_size: u64,
+    /// `max-recipients` per message.
+    pub max_recipients: usize,
+    /// `sessions`: concurrent inbound sessions.
+    pub sessions: usize,
+    /// `sessions-per-ip`.
+    pub sessions_per_ip: usize,
+    /// `workers`: session threads.
+    pub workers: usize,
+    /// `delivery-workers`.
+    pub delivery_workers: usize,
+    /// `command-timeout`: idle time allowed between client lines.
+    pub command_timeout: Duration,
+    /// `max-errors`: bad commands before 421.
+    pub max_errors: u32,
+    /// `auth-failures`: failed AUTH before 421.
+    pub auth_failures: u32,
+    /// `auth-delay`: pause before 535.
+    pub auth_delay: Duration,
+    /// `shutdown-timeout`: how long SIGTERM waits for sessions.
+    pub shutdown_timeout: Duration,
+}
+
+/// The `limit` keywords, their kind and default, in one table.
+pub const LIMITS: &[(&str, &str, &str)] = &[
+    ("max-message-size", "size", "35M"),
+    ("max-recipients", "count", "100"),
+    ("sessions", "count", "500"),
+    ("sessions-per-ip", "count", "20"),
+    ("workers", "count", "64"),
+    ("delivery-workers", "count", "16"),
+    ("command-timeout", "duration", "300s"),
+    ("max-errors", "count", "20"),
+    ("auth-failures", "count", "3"),
+    ("auth-delay", "duration", "2s"),
+    ("shutdown-timeout", "duration", "30s"),
+];
+
+/// Every top-level keyword, for the man-page completeness test.
+pub const KEYWORDS: &[&str] = &[
+    "hostname",
+    "queue",
+    "user",
+    "pki",
+    "table",
+    "listen",
+    "action",
+    "match",
+    "limit",
+    "bounce-after",
+];
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// File it was read from.
+    pub file: PathBuf,
+    /// Our host name.
+    pub hostname: String,
+    /// Spool directory.
+    pub queue: PathBuf,
+    /// User to run as after binding (its drop is done at start-up).
+    pub user: Option<String>,
+    /// Certificates by `pki` name.
+    pub pki: BTreeMap<String, Arc<Pki>>,
+    /// Tables by name.
+    pub tables: BTreeMap<String, Table>,
+    /// Listeners.
+    pub listeners: Vec<Listener>,
+    /// Actions by name.
+    pub actions: BTreeMap<String, Delivery>,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+    /// Limits.
+    pub limits: Limits,
+    /// `bounce-after`.
+    pub bounce_after: Duration,
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::at(&name, 0, format!("cannot read configuration: {e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&name, &text, base)
+    }
+
+    /// Validate configuration text; relative paths are taken from `base`.
+    pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, ConfigError> {
+        Parser {
+            file,
+            base,
+            cfg: Config::empty(file),
+            pki_files: BTreeMap::new(),
+        }
+        .run(text)
+    }
+
+    fn empty(file: &str) -> Config {
+        Config {
+            file: PathBuf::from(file),
+            hostname: String::new(),
+            queue: PathBuf::from("/var/spool/postern"),
+            user: None,
+            pki: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            listeners: Vec::new(),
+            actions: BTreeMap::new(),
+            rules: Vec::new(),
+            limits: default_limits(),
+            bounce_after: Duration::from_secs(4 * 86400),
+        }
+    }
+}
+
+fn default_limits() -> Limits {
+    let mut l = Limits {
+        max_message_size: 0,
+        max_recipients: 0,
+        sessions: 0,
+        sessions_per_ip: 0,
+        workers: 0,
+        delivery_workers: 0,
+        command_timeout: Duration::ZERO,
+        max_errors: 0,
+        auth_failures: 0,
+        auth_delay: Duration::ZERO,
+        shutdown_timeout: Duration::ZERO,
+    };
+    for (name, _, default) in LIMITS {
+        // The table's defaults are constants; a typo there is caught by the
+        // unit test `defaults_parse`, so ignoring the Err here is safe.
+        let _ = set_limit(&mut l, name, default);
+    }
+    l
+}
+
+fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
+    let count = || -> Result<usize, String> {
+        match value.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "limit {name}: expected a positive number, got '{value}'"
+            )),
+        }
+    };
+    let dur = || {
+        parse_duration(value)
+            .ok_or_else(|| format!("limit {name}: bad duration '{value}' (use e.g. 30s, 5m, 1h)"))
+    };
+    match name {
+        "max-message-size" => {
+            l.max_message_size = parse_size(value)
+                .ok_or_else(|| format!("limit {name}: bad size '{value}' (use e.g. 35M)"))?
+        }
+        "max-recipients" => l.max_recipients = count()?,
+        "sessions" => l.sessions = count()?,
+        "sessions-per-ip" => l.sessions_per_ip = count()?,
+        "workers" => l.workers = count()?,
+        "delivery-workers" => l.delivery_workers = count()?,
+        "command-timeout" => l.command_timeout = dur()?,
+        "max-errors" => l.max_errors = count()?.min(u32::MAX as usize) as u32,
+        "auth-failures" => l.auth_failures = count()?.min(u32::MAX as usize) as u32,
+        "auth-delay" => l.auth_delay = dur()?,
+        "shutdown-timeout" => l.shutdown_timeout = dur()?,
+        _ => {
+            let known: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
+            return Err(format!(
+                "unknown limit '{name}' (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `35M`, `512K`, `1G` or bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+        .filter(|&n| n > 0)
+}
+
+/// `100ms`, `30s`, `5m`, `1h`, `4d` or seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    Some(match &s[split..] {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86400)?),
+        _ => return None,
+    })
+}
+
+struct Parser<'a> {
+    file: &'a str,
+    base: &'a Path,
+    cfg: Config,
+    /// pki name → (cert path, key path, line).
+    pki_files: BTreeMap<String, (Option<PathBuf>, Option<PathBuf>, usize)>,
+}
+
+/// Cursor over one directive's tokens.
+struct Args<'t> {
+    tokens: &'t [Token],
+    pos: usize,
+}
+
+impl<'t> Args<'t> {
+    fn next(&mut self) -> Option<&'t Token> {
+        let t = self.tokens.get(self.pos);
+        self.pos += 1;
+        t
+    }
+    fn peek(&self) -> Option<&'t Token> {
+        self.tokens.get(self.pos)
+    }
+    fn word(&mut self, what: &str) -> Result<&'t str, String> {
+        match self.next() {
+            Some(t) => t
+                .text()
+                .ok_or_else(|| format!("expected {what}, got '{t}'")),
+            None => Err(format!("missing {what}")),
+        }
+    }
+    fn table(&mut self, what: &str) -> Result<String, String> {
+        match self.next() {
+            Some(Token::TableRef(n)) => Ok(n.clone()),
+            Some(t) => Err(format!("expected <table> after {what}, got '{t}'")),
+            None => Err(format!("missing <table> after {what}")),
+        }
+    }
+    fn keyword(&mut self, kw: &str) -> Result<(), String> {
+        match self.next() {
+            Some(Token::Word(w)) if w == kw => Ok(()),
+            Some(t) => Err(format!("expected '{kw}', got '{t}'")),
+            None => Err(format!("expected '{kw}'")),
+        }
+    }
+    fn end(&mut self) -> Result<(), String> {
+        match self.next() {
+            None => Ok(()),
+            Some(t) => Err(format!("unexpected '{t}'")),
+        }
+    }
+}
+
+impl Parser<'_> {
+    fn run(mut self, text: &str) -> Result<Config, ConfigError> {
+        let lines = lexer::lex(self.file, text)?;
+        for l in &lines {
+            self.directive(l)
+                .map_err(|msg| ConfigError::at(self.file, l.line, msg))?;
+        }
+        self.finish()
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn directive(&mut self, l: &Line) -> Result<(), String> {
+        let mut a = Args {
+            tokens: &l.tokens,
+            pos: 0,
+        };
+        let kw = a.word("a keyword")?;
+        match kw {
+            "hostname" => {
+                let h = a.word("host name")?;
+                if !crate::smtp::address::is_domain(h) {
+                    return Err(format!("hostname: '{h}' is not a valid host name"));
+                }
+                self.cfg.hostname = h.to_string();
+            }
+            "queue" => self.cfg.queue = self.path(a.word("queue directory")?),
+            "user" => self.cfg.user = Some(a.word("user name")?.to_string()),
+            "pki" => {
+                let name = a.word("pki name")?.to_string();
+                let which = a.word("'cert' or 'key'")?;
+                let file = self.path(a.word("file name")?);
+                let e = self
+                    .pki_files
+                    .entry(name.clone())
+                    .or_insert((None, None, l.line));
+                match which {
+                    "cert" => e.0 = Some(file),
+                    "key" => e.1 = Some(file),
+                    w => return Err(format!("pki {name}: expected 'cert' or 'key', got '{w}'")),
+                }
+            }
+            "table" => {
+                let name = a.word("table name")?.to_string();
+                if self.cfg.tables.contains_key(&name) {
+                    return Err(format!("table {name} is defined twice"));
+                }
+                let t = match a.next() {
+                    Some(Token::Open) => Table::inline(&l.tokens[a.pos..])
+                        .map_err(|e| format!("table {name}: {e}"))?,
+                    Some(t) => match t.text().and_then(|s| s.strip_prefix("file:")) {
+                        Some(p) => {
+                            let p = self.path(p);
+                            Table::from_file(&p).map_err(|e| format!("table {name}: {e}"))?
+                        }
+                        None => {
+                            return Err(format!(
+                                "table {name}: expected file:PATH or {{ ... }}, got '{t}'"
+                            ));
+                        }
+                    },
+                    None => return Err(format!("table {name}: expected file:PATH or {{ ... }}")),
+                };
+                self.cfg.tables.insert(name, t);
+                return Ok(());
+            }
+            "listen" => self.listen(&mut a, l.line)?,
+            "action" => self.action(&mut a)?,
+            "match" => self.rule(&mut a, l.line)?,
+            "limit" => {
+                let name = a.word("limit name")?;
+                let value = a.word("limit value")?;
+                set_limit(&mut self.cfg.limits, name, value)?;
+            }
+            "bounce-after" => {
+                let v = a.word("duration")?;
+                self.cfg.bounce_after =
+                    parse_duration(v).ok_or_else(|| format!("bounce-after: bad duration '{v}'"))?;
+            }
+            other => return Err(format!("unknown keyword '{other}'")),
+        }
+        a.end()
+    }
+
+    fn listen(&mut self, a: &mut Args, line: usize) -> Result<(), String> {
+        a.keyword("on")?;
+        let host = a.word("address")?;
+        let ips: Vec<IpAddr> =
+            match host {
+                "localhost" => vec![
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ],
+                h => vec![h.parse().map_err(|_| {
+                    format!("listen on: '{h}' is not an IP address (or 'localhost')")
+                })?],
+            };
+        let mut port = None;
+        let mut tls = TlsMode::Off;
+        let mut pki = None;
+        let mut auth = None;
+        let mut hostname = None;
+        while let Some(t) = a.next() {
+            match t.text() {
+                Some("port") => {
+                    let p = a.word("port number")?;
+                    port = Some(
+                        p.parse::<u16>()
+                            .map_err(|_| format!("listen on: bad port '{p}'"))?,
+                    );
+                }
+                Some(m @ ("tls" | "tls-require" | "smtps")) => {
+                    if tls != TlsMode::Off {
+                        return Err("listen on: give only one of tls, tls-require, smtps".into());
+                    }
+                    tls = match m {
+                        "tls" => TlsMode::Optional,
+                        "tls-require" => TlsMode::Required,
+                        _ => TlsMode::Implicit,
+                    };
+                }
+                Some("pki") => pki = Some(a.word("pki name")?.to_string()),
+                Some("auth") => auth = Some(a.table("auth")?),
+                Some("hostname") => hostname = Some(a.word("host name")?.to_string()),
+                _ => return Err(format!("listen on: unexpected '{t}'")),
+            }
+        }
+        let port = port.unwrap_or(if tls == TlsMode::Implicit { 465 } else { 25 });
+        for ip in ips {
+            self.cfg.listeners.push(Listener {
+                addr: SocketAddr::new(ip, port),
+                tls,
+                pki: pki.clone(),
+                auth: auth.clone(),
+                hostname: hostname.clone(),
+                line,
+            });
+        }
+        Ok(())
+    }
+
+    fn action(&mut self, a: &mut Args) -> Result<(), String> {
+        let name = a.word("action name")?.to_string();
+        if self.cfg.actions.contains_key(&name) {
+            return Err(format!("action {name} is defined twice"));
+        }
+        let d = match a.word("'maildir' or 'relay'")? {
+            "maildir" => {
+                let path = a.word("maildir path")?.to_string();
+                if !path.starts_with('/') {
+                    return Err(format!("action {name}: maildir path must be absolute"));
+                }
+                let (mut users, mut alias) = (None, None);
+                while let Some(t) = a.next() {
+                    match t.text() {
+                        Some("users") => users = Some(a.table("users")?),
+                        Some("alias") => alias = Some(a.table("alias")?),
+                        _ => return Err(format!("action {name}: unexpected '{t}'")),
+                    }
+                }
+                Delivery::Maildir { path, users, alias }
+            }
+            "relay" => {
+                let (mut host, mut auth, mut tls_policy, mut tls, mut port, mut ca) =
+                    (None, None, None, TlsPolicy::May, None, None);
+                while let Some(t) = a.next() {
+                    match t.text() {
+                        Some("host") => {
+                            let h = a.word("relay URL")?;
+                            if !["smtp://", "smtp+tls://", "smtps://"]
+                                .iter()
+                                .any(|p| h.starts_with(p))
+                            {
+                                return Err(format!(
+                                    "action {name}: relay host must be smtp://, smtp+tls:// or smtps://, got '{h}'"
+                                ));
+                            }
+                            host = Some(h.to_string());
+                        }
+                        Some("auth") => auth = Some(a.table("auth")?),
+                        Some("tls-policy") => tls_policy = Some(a.table("tls-policy")?),
+                        Some("tls") => {
+                            let p = a.word("TLS policy")?;
+                            tls = TlsPolicy::parse(p)
+                                .ok_or_else(|| format!("action {name}: tls must be none, may, encrypt or verify, got '{p}'"))?;
+                        }
+                        Some("port") => {
+                            let p = a.word("port")?;
+                            port = Some(
+                                p.parse()
+                                    .map_err(|_| format!("action {name}: bad port '{p}'"))?,
+                            );
+                        }
+                        Some("ca") => ca = Some(self.path(a.word("CA file")?)),
+                        _ => return Err(format!("action {name}: unexpected '{t}'")),
+                    }
+                }
+                Delivery::Relay {
+                    host,
+                    auth,
+                    tls_policy,
+                    tls,
+                    port,
+                    ca,
+                }
+            }
+            w => {
+                return Err(format!(
+                    "action {name}: expected 'maildir' or 'relay', got '{w}'"
+                ));
+            }
+        };
+        self.cfg.actions.insert(name, d);
+        Ok(())
+    }
+
+    fn rule(&mut self, a: &mut Args, line: usize) -> Result<(), String> {
+        let mut auth = false;
+        if a.peek().and_then(Token::text) == Some("auth") {
+            a.next();
+            auth = true;
+        }
+        a.keyword("from")?;
+        let from = match a.word("'any', 'local' or 'src'")? {
+            "any" => From::Any,
+            "local" => From::Local,
+            "src" => From::Src(a.table("src")?),
+            w => {
+                return Err(format!(
+                    "match: expected 'from any', 'from local' or 'from src <table>', got '{w}'"
+                ));
+            }
+        };
+        a.keyword("for")?;
+        let rcpt = match a.word("'any', 'local' or 'domain'")? {
+            "any" => For::Any,
+            "local" => For::Local,
+            "domain" => match a.next() {
+                Some(Token::TableRef(t)) => For::DomainTable(t.clone()),
+                Some(t) => match t.text() {
+                    Some(d) => For::Domain(d.to_ascii_lowercase()),
+                    None => return Err(format!("match: expected a domain, got '{t}'")),
+                },
+                None => return Err("match: missing domain".into()),
+            },
+            w => {
+                return Err(format!(
+                    "match: expected 'for any', 'for local' or 'for domain', got '{w}'"
+                ));
+            }
+        };
+        a.keyword("action")?;
+        let action = a.word("action name")?.to_string();
+        self.cfg.rules.push(Rule {
+            auth,
+            from,
+            rcpt,
+            action,
+            line,
+        });
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigError> {
+        let file = self.file;
+        let err = |line: usize, msg: String| ConfigError::at(file, line, msg);
+        if self.cfg.hostname.is_empty() {
+            self.cfg.hostname = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| crate::smtp::address::is_domain(h))
+                .unwrap_or_else(|| "localhost".to_string());
+        }
+        for (name, (cert, key, line)) in std::mem::take(&mut self.pki_files) {
+            let (Some(cert), Some(key)) = (cert, key) else {
+                return Err(err(
+                    line,
+                    format!("pki {name}: both 'cert' and 'key' are needed"),
+                ));
+            };
+            let pki = Pki::load(&name, &cert, &key).map_err(|e| err(line, e))?;
+            self.cfg.pki.insert(name, Arc::new(pki));
+        }
+        if self.cfg.listeners.is_empty() {
+            return Err(err(
+                0,
+                "no 'listen on' directive: postern would accept nothing".into(),
+            ));
+        }
+        let only_pki = if self.cfg.pki.len() == 1 {
+            self.cfg.pki.keys().next().cloned()
+        } else {
+            None
+        };
+        for l in &mut self.cfg.listeners {
+            match &l.pki {
+                Some(p) if !self.cfg.pki.contains_key(p) => {
+                    return Err(err(l.line, format!("listen on: no pki named '{p}'")));
+                }
+                None if l.tls != TlsMode::Off => match &only_pki {
+                    Some(p) => l.pki = Some(p.clone()),
+                    None => {
+                        return Err(err(
+                            l.line,
+                            "listen on: tls, tls-require and smtps need 'pki NAME'".into(),
+                        ));
+                    }
+                },
+                _ => {}
+            }
+            if let Some(t) = &l.auth {
+                let table = self
+                    .cfg
+                    .tables
+                    .get(t)
+                    .ok_or_else(|| err(l.line, format!("listen on: no table named '{t}'")))?;
+                table
+                    .check_credentials()
+                    .map_err(|e| err(l.line, format!("auth <{t}>: {e}")))?;
+                if l.tls == TlsMode::Off {
+                    log::warn!(
+                        "{file}:{}: auth on a listener without TLS: AUTH will always be refused (538)",
+                        l.line
+                    );
+                }
+            }
+        }
+        for (name, d) in &self.cfg.actions {
+            let used: Vec<&String> = match d {
+                Delivery::Maildir { users, alias, .. } => {
+                    users.iter().chain(alias.iter()).collect()
+                }
+                Delivery::Relay {
+                    auth, tls_policy, ..
+                } => auth.iter().chain(tls_policy.iter()).collect(),
+            };
+            for t in used {
+                if !self.cfg.tables.contains_key(t) {
+                    return Err(err(0, format!("action {name}: no table named '{t}'")));
+                }
+            }
+        }
+        for r in &self.cfg.rules {
+            if !self.cfg.actions.contains_key(&r.action) {
+                return Err(err(
+                    r.line,
+                    format!("match: no action named '{}'", r.action),
+                ));
+            }
+            let tables = [
+                match &r.from {
+                    From::Src(t) => Some(t),
+                    _ => None,
+                },
+                match &r.rcpt {
+                    For::DomainTable(t) => Some(t),
+                    _ => None,
+                },
+            ];
+            for t in tables.into_iter().flatten() {
+                if !self.cfg.tables.contains_key(t) {
+                    return Err(err(r.line, format!("match: no table named '{t}'")));
+                }
+            }
+            if let From::Src(t) = &r.from {
+                self.cfg.tables[t]
+                    .check_networks()
+                    .map_err(|e| err(r.line, format!("from src <{t}>: {e}")))?;
+            }
+        }
+        if let Some(u) = &self.cfg.user {
+            match nix::unistd::User::from_name(u) {
+                Ok(Some(_)) => {}
+                _ => {
+                    return Err(err(
+                        0,
+                        format!("user: no such user '{u}' in the password database"),
+                    ));
+                }
+            }
+        }
+        Ok(self.cfg)
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

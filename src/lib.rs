@@ -1,0 +1,16 @@
+//! postern: a mail transfer agent built around STARTTLS.
+//!
+//! The layout follows the path of a message (see `../shared/STYLE.md` §3):
+//! [`net`] accepts connections and runs sessions, [`smtp`] is the dialogue
+//! (no I/O), [`spool`] makes messages durable, [`config`] reads
+//! postern.conf(5).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod passwd;
+pub mod rules;
+pub mod smtp;
+pub mod table;
+pub mod tls;

@@ -1,0 +1,221 @@
+//! `match` rules: which action takes a recipient, decided at RCPT time.
+//!
+//! Rules are tried in order and the first match wins; a recipient no rule
+//! matches is refused with 554 5.7.1, so postern is never an open relay by
+//! default. A `maildir` action with `users <table>` also refuses local parts
+//! it does not know (550 5.1.1) instead of bouncing later.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::config::{Config, Delivery, For, From};
+use crate::smtp::address::Mailbox;
+use crate::smtp::reply::{self, Reply};
+use crate::smtp::server::{Client, Policy};
+
+/// The policy of one listener: the config's rules and its `auth` table.
+pub struct ListenerPolicy {
+    cfg: Arc<Config>,
+    auth_table: Option<String>,
+}
+
+impl ListenerPolicy {
+    /// Policy for a listener with the given `auth <table>`.
+    pub fn new(cfg: Arc<Config>, auth_table: Option<String>) -> ListenerPolicy {
+        ListenerPolicy { cfg, auth_table }
+    }
+}
+
+fn is_local_client(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(|v4| v4.is_loopback())
+            .unwrap_or(v6.is_loopback()),
+        IpAddr::V4(v4) => v4.is_loopback(),
+    }
+}
+
+/// The local part as `%{user}` would see it: unquoted and lower-cased.
+pub fn user_part(m: &Mailbox) -> String {
+    let l = m
+        .local
+        .strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or(&m.local);
+    l.replace('\\', "").to_lowercase()
+}
+
+impl Policy for ListenerPolicy {
+    fn check_rcpt(&self, client: &Client, rcpt: &Mailbox) -> Result<String, Reply> {
+        let cfg = &self.cfg;
+        let domain = if rcpt.domain.is_empty() {
+            cfg.hostname.to_ascii_lowercase()
+        } else {
+            rcpt.domain_lc()
+        };
+        let is_local_domain = domain == cfg.hostname.to_ascii_lowercase() || domain == "localhost";
+        let rule = cfg.rules.iter().find(|r| {
+            let from_ok = match &r.from {
+                From::Any => true,
+                From::Local => is_local_client(client.addr),
+                From::Src(t) => cfg
+                    .tables
+                    .get(t)
+                    .is_some_and(|t| t.contains_ip(client.addr)),
+            };
+            let for_ok = match &r.rcpt {
+                For::Any => true,
+                For::Local => is_local_domain,
+                For::Domain(d) => &domain == d,
+                For::DomainTable(t) => cfg.tables.get(t).is_some_and(|t| t.contains(&domain)),
+            };
+            (!r.auth || client.auth.is_some()) && from_ok && for_ok
+        });
+        let Some(rule) = rule else {
+            return Err(reply::RELAY_DENIED);
+        };
+        if let Some(Delivery::Maildir { users, alias, .. }) = cfg.actions.get(&rule.action) {
+            let user = user_part(rcpt);
+            // %{user} becomes a path component: refuse what could climb out.
+            if user.contains('/') || user.starts_with('.') || user.is_empty() {
+                return Err(reply::BAD_RECIPIENT);
+            }
+            if let Some(users) = users {
+                let full = format!("{user}@{domain}");
+                let known = |t: &Option<String>| {
+                    t.as_ref()
+                        .and_then(|t| cfg.tables.get(t))
+                        .is_some_and(|t| t.contains(&user) || t.contains(&full))
+                };
+                if !known(&Some(users.clone())) && !known(alias) {
+                    return Err(reply::USER_UNKNOWN);
+                }
+            }
+        }
+        Ok(rule.action.clone())
+    }
+
+    fn check_auth(&self, user: &str, password: &[u8]) -> bool {
+        let Some(table) = self
+            .auth_table
+            .as_ref()
+            .and_then(|t| self.cfg.tables.get(t))
+        else {
+            return false;
+        };
+        table
+            .get(user)
+            .is_some_and(|h| crate::passwd::verify(password, h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::parse_mailbox;
+
+    const CONF: &str = r#"
+hostname mx.example.com
+listen on 127.0.0.1 port 2525
+table domains { example.com, example.org }
+table locals { postmaster, alice, bob }
+table aliases { abuse = alice }
+table nets { 192.0.2.0/24 }
+action "local" maildir "/var/mail/%{user}" users <locals> alias <aliases>
+action "open" maildir "/var/mail/%{user}"
+action "out" relay
+match from any for domain <domains> action "local"
+match from any for domain "anyone.example" action "open"
+match auth from any for any action "out"
+match from src <nets> for any action "out"
+match from local for local action "open"
+"#;
+
+    fn policy() -> ListenerPolicy {
+        let cfg = Config::parse("t.conf", CONF, std::path::Path::new("/")).unwrap();
+        ListenerPolicy::new(Arc::new(cfg), None)
+    }
+
+    fn check(ip: &str, auth: bool, rcpt: &str) -> Result<String, Reply> {
+        let client = Client {
+            addr: ip.parse().unwrap(),
+            auth: auth.then(|| "alice".to_string()),
+        };
+        policy().check_rcpt(&client, &parse_mailbox(rcpt).unwrap())
+    }
+
+    #[test]
+    fn local_domains_and_users() {
+        assert_eq!(
+            check("203.0.113.9", false, "alice@example.com"),
+            Ok("local".into())
+        );
+        assert_eq!(
+            check("203.0.113.9", false, "ALICE@Example.ORG"),
+            Ok("local".into())
+        );
+        assert_eq!(
+            check("203.0.113.9", false, "abuse@example.com"),
+            Ok("local".into())
+        );
+        assert_eq!(
+            check("203.0.113.9", false, "carol@example.com"),
+            Err(reply::USER_UNKNOWN)
+        );
+        assert_eq!(
+            check("203.0.113.9", false, "\"Bob\"@example.com"),
+            Ok("local".into())
+        );
+    }
+
+    #[test]
+    fn no_open_relay() {
+        assert_eq!(
+            check("203.0.113.9", false, "x@elsewhere.example"),
+            Err(reply::RELAY_DENIED)
+        );
+        assert_eq!(
+            check("203.0.113.9", true, "x@elsewhere.example"),
+            Ok("out".into())
+        );
+        assert_eq!(
+            check("192.0.2.77", false, "x@elsewhere.example"),
+            Ok("out".into())
+        );
+    }
+
+    #[test]
+    fn first_match_wins_and_for_local() {
+        // An authenticated client sending to a local domain still gets local delivery.
+        assert_eq!(
+            check("203.0.113.9", true, "bob@example.com"),
+            Ok("local".into())
+        );
+        assert_eq!(
+            check("127.0.0.1", false, "root@mx.example.com"),
+            Ok("open".into())
+        );
+        assert_eq!(check("127.0.0.1", false, "postmaster"), Ok("open".into()));
+        assert_eq!(
+            check("203.0.113.9", false, "root@mx.example.com"),
+            Err(reply::RELAY_DENIED)
+        );
+    }
+
+    #[test]
+    fn unsafe_user_parts_refused() {
+        assert_eq!(
+            check("203.0.113.9", false, "\".hidden\"@anyone.example"),
+            Err(reply::BAD_RECIPIENT)
+        );
+        assert_eq!(
+            check("203.0.113.9", false, "\"a/b\"@anyone.example"),
+            Err(reply::BAD_RECIPIENT)
+        );
+        assert_eq!(
+            check("203.0.113.9", false, "fine@anyone.example"),
+            Ok("open".into())
+        );
+    }
+}

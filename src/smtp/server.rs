@@ -1,0 +1,758 @@
+//! The inbound SMTP dialogue as a state machine that never touches a socket,
+//! the clock or the disk.
+//!
+//! The driver pushes received bytes in with [`Session::feed`] and pulls
+//! [`Action`]s out with [`Session::next_action`] until it gets
+//! [`Action::NeedInput`]. Actions that need the outside world (spool, TLS,
+//! a pause) stop the machine until the driver reports back
+//! ([`Session::message_opened`], [`Session::queued`], [`Session::tls_started`]),
+//! so replies keep their order under PIPELINING (RFC 2920) and nothing the
+//! client sent after STARTTLS is ever read as if it came inside TLS
+//! (RFC 3207 §4.2, CVE-2011-0411): the machine owns the input buffer and
+//! empties it itself at the 220.
+//!
+//! Implements RFC 5321 §4.1 (commands and sequencing), RFC 3207 (STARTTLS),
+//! RFC 4954 with RFC 4616 PLAIN and LOGIN, RFC 1870 SIZE, RFC 6152 8BITMIME,
+//! RFC 2034 enhanced codes and RFC 3848 `with` keywords. Not here: which
+//! recipients are allowed and whose password is right ([`Policy`]), and how
+//! the message is stored (the driver).
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use super::address::Mailbox;
+use super::command::{self, Body, Command};
+use super::reply::{self, Reply};
+
+/// Longest command line, CRLF included (SPEC §3).
+pub const MAX_COMMAND_LINE: usize = 4096;
+/// Body bytes gathered before they are handed to the driver.
+const BODY_CHUNK: usize = 64 * 1024;
+/// A DATA line longer than this is passed on in pieces.
+const MAX_DATA_PIECE: usize = 16 * 1024;
+
+/// How a listener treats TLS (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS on this listener.
+    Off,
+    /// STARTTLS offered (`tls`).
+    Optional,
+    /// STARTTLS mandatory before mail or auth (`tls-require`).
+    Required,
+    /// Implicit TLS (`smtps`): the driver handshakes before the greeting.
+    Implicit,
+}
+
+/// What the TLS layer tells the session once a handshake is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// IANA-style suite name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    /// Server name the client asked for, if any.
+    pub sni: Option<String>,
+}
+
+/// Decisions the session needs from configuration.
+pub trait Policy: Send + Sync {
+    /// Which action takes this recipient, or the refusal to send.
+    fn check_rcpt(&self, client: &Client, rcpt: &Mailbox) -> Result<String, Reply>;
+    /// Whether `user` / `password` are valid on this listener.
+    fn check_auth(&self, user: &str, password: &[u8]) -> bool;
+}
+
+/// Who is on the other end.
+#[derive(Clone, Debug)]
+pub struct Client {
+    /// Peer address.
+    pub addr: IpAddr,
+    /// Authenticated user, if any.
+    pub auth: Option<String>,
+}
+
+/// Settings a session takes from its listener.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Our name in the greeting, EHLO and Received.
+    pub hostname: String,
+    /// TLS policy of the listener.
+    pub tls: TlsMode,
+    /// A certificate is loaded, so STARTTLS can succeed.
+    pub tls_available: bool,
+    /// The listener has `auth <table>`.
+    pub auth: bool,
+    /// `limit max-message-size`.
+    pub max_message_size: u64,
+    /// `limit max-recipients`.
+    pub max_recipients: usize,
+    /// Errors before 421 (SPEC: 20).
+    pub max_errors: u32,
+    /// Failed AUTH attempts before 421.
+    pub max_auth_failures: u32,
+    /// Pause before answering 535.
+    pub auth_failure_delay: Duration,
+}
+
+/// What the driver must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Queue this reply for sending (flush before blocking on a read).
+    Reply(Reply),
+    /// Flush, then run the server-side TLS handshake and call
+    /// [`Session::tls_started`]. `discarded` plaintext bytes that followed
+    /// the STARTTLS line were dropped.
+    StartTls {
+        /// Number of bytes thrown away.
+        discarded: usize,
+    },
+    /// Open a spool transaction and call [`Session::message_opened`].
+    BeginMessage,
+    /// Append these bytes to the open message.
+    Body(Vec<u8>),
+    /// Make the message durable and call [`Session::queued`].
+    Commit,
+    /// Throw the open message away (refused after DATA).
+    Abort,
+    /// Wait this long before going on (after a failed AUTH).
+    Sleep(Duration),
+    /// Flush and close the connection.
+    Close,
+    /// Nothing more can happen until more bytes arrive.
+    NeedInput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Connected, no EHLO/HELO yet.
+    Connected,
+    /// EHLO/HELO seen; no transaction.
+    Greeted,
+    /// MAIL accepted.
+    Mail,
+    /// At least one RCPT accepted.
+    Rcpt,
+    /// Waiting for the driver to open the spool transaction.
+    Opening,
+    /// Receiving the message body.
+    Data,
+    /// Body complete, waiting for [`Session::queued`].
+    Committing,
+    /// 220 sent, waiting for [`Session::tls_started`].
+    Handshake,
+    /// Waiting for an AUTH response line.
+    AuthResponse(AuthStep),
+    /// Closed: every further input is ignored.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPassword,
+}
+
+/// One accepted recipient and the action that takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address as given.
+    pub addr: Mailbox,
+    /// Name of the `action` chosen at RCPT time.
+    pub action: String,
+}
+
+/// The mail transaction the driver stores at [`Action::Commit`].
+#[derive(Clone, Debug, Default)]
+pub struct Transaction {
+    /// MAIL FROM; None for `<>`.
+    pub from: Option<Mailbox>,
+    /// Accepted recipients.
+    pub rcpts: Vec<Recipient>,
+    /// Declared `BODY=8BITMIME`.
+    pub eight_bit: bool,
+    /// Bytes of body after dot-unstuffing, Received header included.
+    pub size: u64,
+}
+
+#[derive(Default)]
+struct DataState {
+    /// The last line ended in CRLF (or DATA just started), so a dot here is
+    /// at the start of a line the RFC recognises.
+    after_crlf: bool,
+    /// The current line began in an earlier piece.
+    mid_line: bool,
+    bare_newline: bool,
+    too_big: bool,
+}
+
+/// One inbound SMTP session.
+pub struct Session {
+    params: Params,
+    policy: Arc<dyn Policy>,
+    client: Client,
+    state: State,
+    input: Vec<u8>,
+    /// Dropping an overlong command line until its LF.
+    discarding_line: bool,
+    helo: Option<(String, bool)>,
+    tls: Option<TlsInfo>,
+    tx: Transaction,
+    data: DataState,
+    body: Vec<u8>,
+    queue_id: Option<String>,
+    errors: u32,
+    auth_failures: u32,
+    login_user: String,
+    out: VecDeque<Action>,
+}
+
+impl Session {
+    /// A session for a client that just connected (for `smtps`, after the
+    /// handshake: pass its [`TlsInfo`]).
+    pub fn new(
+        params: Params,
+        policy: Arc<dyn Policy>,
+        addr: IpAddr,
+        tls: Option<TlsInfo>,
+    ) -> Session {
+        let mut s = Session {
+            params,
+            policy,
+            client: Client { addr, auth: None },
+            state: State::Connected,
+            input: Vec::new(),
+            discarding_line: false,
+            helo: None,
+            tls,
+            tx: Transaction::default(),
+            data: DataState::default(),
+            body: Vec::new(),
+            queue_id: None,
+            errors: 0,
+            auth_failures: 0,
+            login_user: String::new(),
+            out: VecDeque::new(),
+        };
+        let greeting = Reply::dynamic(220, "", &[format!("{} ESMTP postern", s.params.hostname)]);
+        s.reply(greeting);
+        s
+    }
+
+    /// Bytes received from the client.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.state != State::Closed {
+            self.input.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next thing the driver must do.
+    pub fn next_action(&mut self) -> Action {
+        loop {
+            if let Some(a) = self.out.pop_front() {
+                return a;
+            }
+            match self.state {
+                State::Closed | State::Opening | State::Committing | State::Handshake => {
+                    return Action::NeedInput;
+                }
+                State::Data => {
+                    if !self.step_data() {
+                        return Action::NeedInput;
+                    }
+                }
+                _ => {
+                    if !self.step_command() {
+                        return Action::NeedInput;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transaction being committed.
+    pub fn transaction(&self) -> &Transaction {
+        &self.tx
+    }
+
+    /// The client, with its authenticated name.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// HELO/EHLO name, if given.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_ref().map(|(n, _)| n.as_str())
+    }
+
+    /// TLS state of the session.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// Answer to [`Action::BeginMessage`]: the spool's id for the message and
+    /// the arrival date (RFC 5322 form), or the failure.
+    pub fn message_opened(&mut self, opened: Result<(String, String), ()>) {
+        if self.state != State::Opening {
+            return;
+        }
+        match opened {
+            Ok((id, date)) => {
+                self.state = State::Data;
+                self.data = DataState {
+                    after_crlf: true,
+                    ..DataState::default()
+                };
+                self.body = self.received_header(&id, &date).into_bytes();
+                self.tx.size = self.body.len() as u64;
+                self.queue_id = Some(id);
+                self.reply(reply::START_DATA);
+            }
+            Err(()) => {
+                self.state = State::Rcpt;
+                self.reply(reply::STORAGE_FAILED);
+            }
+        }
+    }
+
+    /// Answer to [`Action::Commit`].
+    pub fn queued(&mut self, result: Result<(), ()>) {
+        if self.state != State::Committing {
+            return;
+        }
+        let id = self.queue_id.take().unwrap_or_default();
+        self.reset_transaction();
+        self.state = State::Greeted;
+        match result {
+            Ok(()) => self.reply(Reply::queued(&id)),
+            Err(()) => self.reply(reply::STORAGE_FAILED),
+        }
+    }
+
+    /// The handshake after STARTTLS succeeded: back to just-connected, with
+    /// EHLO, sender, recipients and auth forgotten (RFC 3207 §4.2).
+    pub fn tls_started(&mut self, info: TlsInfo) {
+        if self.state != State::Handshake {
+            return;
+        }
+        self.tls = Some(info);
+        self.helo = None;
+        self.client.auth = None;
+        self.reset_transaction();
+        self.input.clear();
+        self.state = State::Connected;
+    }
+
+    /// The client said nothing for the command timeout.
+    pub fn timed_out(&mut self) {
+        if self.state != State::Closed {
+            self.close_with(reply::TIMEOUT);
+        }
+    }
+
+    /// The daemon is stopping.
+    pub fn shutdown(&mut self) {
+        if self.state != State::Closed {
+            self.close_with(reply::SHUTTING_DOWN);
+        }
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed && self.out.is_empty()
+    }
+
+    /// The message is currently being received.
+    pub fn in_data(&self) -> bool {
+        matches!(self.state, State::Data | State::Opening | State::Committing)
+    }
+
+    fn reply(&mut self, r: Reply) {
+        self.out.push_back(Action::Reply(r));
+    }
+
+    fn close_with(&mut self, r: Reply) {
+        if matches!(self.state, State::Data | State::Committing) {
+            self.out.push_back(Action::Abort);
+        }
+        self.reply(r);
+        self.out.push_back(Action::Close);
+        self.state = State::Closed;
+        self.input.clear();
+    }
+
+    /// Reply with an error that counts towards `max_errors`.
+    fn error(&mut self, r: Reply) {
+        self.reply(r);
+        self.errors += 1;
+        if self.errors >= self.params.max_errors {
+            self.close_with(reply::TOO_MANY_ERRORS);
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.tx = Transaction::default();
+        self.body = Vec::new();
+        self.queue_id = None;
+    }
+
+    /// Take one command line from the input; false when none is complete.
+    fn step_command(&mut self) -> bool {
+        let Some(lf) = self.input.iter().position(|&b| b == b'\n') else {
+            if self.input.len() > MAX_COMMAND_LINE {
+                self.discarding_line = true;
+                self.input.clear();
+            }
+            return false;
+        };
+        let line: Vec<u8> = self.input.drain(..=lf).collect();
+        if std::mem::take(&mut self.discarding_line) || line.len() > MAX_COMMAND_LINE {
+            self.error(reply::LINE_TOO_LONG);
+            return true;
+        }
+        let body = &line[..line.len() - 1];
+        let Some(body) = body.strip_suffix(b"\r") else {
+            self.error(reply::BARE_NEWLINE);
+            return true;
+        };
+        if body.contains(&b'\r') {
+            self.error(reply::BARE_NEWLINE);
+            return true;
+        }
+        if let State::AuthResponse(step) = self.state {
+            self.auth_response(step, body);
+            return true;
+        }
+        match command::parse(body) {
+            Ok(cmd) => self.command(cmd),
+            Err(r) => self.error(r),
+        }
+        true
+    }
+
+    fn command(&mut self, cmd: Command) {
+        if self.params.tls == TlsMode::Required && self.tls.is_none() && !cmd.allowed_before_tls() {
+            return self.error(reply::MUST_STARTTLS_FIRST);
+        }
+        match cmd {
+            Command::Ehlo(name) => self.ehlo(name, true),
+            Command::Helo(name) => self.ehlo(name, false),
+            Command::Mail { from, size, body } => self.mail(from, size, body),
+            Command::Rcpt(to) => self.rcpt(to),
+            Command::Data => self.data_cmd(),
+            Command::Rset => {
+                self.reset_transaction();
+                if self.state != State::Connected {
+                    self.state = State::Greeted;
+                }
+                self.reply(reply::OK);
+            }
+            Command::Noop => self.reply(reply::OK),
+            Command::Quit => self.close_with(reply::BYE),
+            Command::Vrfy => self.reply(reply::CANNOT_VRFY),
+            Command::Expn => self.error(reply::NOT_IMPLEMENTED),
+            Command::Help => self.reply(reply::HELP),
+            Command::StartTls { with_args } => self.starttls(with_args),
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
+        }
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.tls.is_none()
+            && self.params.tls_available
+            && matches!(self.params.tls, TlsMode::Optional | TlsMode::Required)
+    }
+
+    fn ehlo(&mut self, name: String, extended: bool) {
+        self.reset_transaction();
+        let host = &self.params.hostname;
+        let r = if extended {
+            let mut lines = vec![
+                format!("{host} Hello {name} [{}]", self.client.addr),
+                "PIPELINING".to_string(),
+                format!("SIZE {}", self.params.max_message_size),
+                "8BITMIME".to_string(),
+                "ENHANCEDSTATUSCODES".to_string(),
+            ];
+            if self.starttls_offered() {
+                lines.push("STARTTLS".to_string());
+            }
+            if self.params.auth && self.tls.is_some() && self.client.auth.is_none() {
+                lines.push("AUTH PLAIN LOGIN".to_string());
+            }
+            lines.push("HELP".to_string());
+            Reply::dynamic(250, "", &lines)
+        } else {
+            Reply::dynamic(250, "", &[host.clone()])
+        };
+        self.helo = Some((name, extended));
+        self.state = State::Greeted;
+        self.reply(r);
+    }
+
+    fn mail(&mut self, from: Option<Mailbox>, size: Option<u64>, body: Body) {
+        match self.state {
+            State::Connected => return self.error(reply::HELO_FIRST),
+            State::Greeted => {}
+            _ => return self.error(reply::BAD_SEQUENCE),
+        }
+        if size.is_some_and(|s| s > self.params.max_message_size) {
+            return self.error(reply::TOO_BIG);
+        }
+        self.tx = Transaction {
+            from,
+            eight_bit: body == Body::EightBitMime,
+            ..Transaction::default()
+        };
+        self.state = State::Mail;
+        self.reply(reply::SENDER_OK);
+    }
+
+    fn rcpt(&mut self, to: Mailbox) {
+        if !matches!(self.state, State::Mail | State::Rcpt) {
+            return self.error(reply::BAD_SEQUENCE);
+        }
+        if self.tx.rcpts.len() >= self.params.max_recipients {
+            return self.reply(reply::TOO_MANY_RECIPIENTS);
+        }
+        match self.policy.check_rcpt(&self.client, &to) {
+            Ok(action) => {
+                self.tx.rcpts.push(Recipient { addr: to, action });
+                self.state = State::Rcpt;
+                self.reply(reply::RECIPIENT_OK);
+            }
+            Err(r) => self.error(r),
+        }
+    }
+
+    fn data_cmd(&mut self) {
+        match self.state {
+            State::Rcpt => {
+                self.state = State::Opening;
+                self.out.push_back(Action::BeginMessage);
+            }
+            State::Connected => self.error(reply::HELO_FIRST),
+            _ => self.error(reply::BAD_SEQUENCE),
+        }
+    }
+
+    fn starttls(&mut self, with_args: bool) {
+        if with_args {
+            return self.error(reply::STARTTLS_NO_PARAMS);
+        }
+        if self.tls.is_some() {
+            return self.error(reply::TLS_ALREADY_ACTIVE);
+        }
+        match self.params.tls {
+            TlsMode::Off | TlsMode::Implicit => return self.error(reply::NOT_IMPLEMENTED),
+            TlsMode::Optional | TlsMode::Required if !self.params.tls_available => {
+                return self.reply(reply::TLS_NOT_AVAILABLE);
+            }
+            _ => {}
+        }
+        self.reply(reply::READY_TO_START_TLS);
+        let discarded = self.input.len();
+        self.input.clear();
+        self.state = State::Handshake;
+        self.out.push_back(Action::StartTls { discarded });
+    }
+
+    fn auth(&mut self, mechanism: String, initial: Option<String>) {
+        if !self.params.auth {
+            return self.error(reply::NOT_IMPLEMENTED);
+        }
+        if self.tls.is_none() {
+            return self.error(reply::ENCRYPTION_REQUIRED);
+        }
+        if self.state != State::Greeted || self.client.auth.is_some() {
+            return self.error(reply::BAD_SEQUENCE);
+        }
+        match (mechanism.as_str(), initial) {
+            ("PLAIN", None) => {
+                self.state = State::AuthResponse(AuthStep::Plain);
+                self.reply(Reply::dynamic(334, "", &[String::new()]));
+            }
+            ("PLAIN", Some(ir)) => self.auth_response(AuthStep::Plain, ir.as_bytes()),
+            ("LOGIN", None) => {
+                self.state = State::AuthResponse(AuthStep::LoginUser);
+                self.reply(Reply::dynamic(334, "", &["VXNlcm5hbWU6".to_string()]));
+            }
+            ("LOGIN", Some(ir)) => self.auth_response(AuthStep::LoginUser, ir.as_bytes()),
+            _ => self.error(reply::UNKNOWN_MECHANISM),
+        }
+    }
+
+    fn auth_response(&mut self, step: AuthStep, line: &[u8]) {
+        self.state = State::Greeted;
+        if line == b"*" {
+            return self.error(reply::AUTH_CANCELLED);
+        }
+        // RFC 4954 §4: "=" is an empty initial response.
+        let decoded = if line == b"=" {
+            Ok(Vec::new())
+        } else {
+            base64::engine::general_purpose::STANDARD.decode(line)
+        };
+        let Ok(decoded) = decoded else {
+            return self.error(reply::CANNOT_DECODE);
+        };
+        match step {
+            AuthStep::Plain => {
+                let mut parts = decoded.split(|&b| b == 0);
+                let (Some(authz), Some(user), Some(pass), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return self.error(reply::CANNOT_DECODE);
+                };
+                if !authz.is_empty() && authz != user {
+                    return self.auth_failed();
+                }
+                let user = String::from_utf8_lossy(user).into_owned();
+                let pass = pass.to_vec();
+                self.auth_check(user, &pass);
+            }
+            AuthStep::LoginUser => {
+                self.login_user = String::from_utf8_lossy(&decoded).into_owned();
+                self.state = State::AuthResponse(AuthStep::LoginPassword);
+                self.reply(Reply::dynamic(334, "", &["UGFzc3dvcmQ6".to_string()]));
+            }
+            AuthStep::LoginPassword => {
+                let user = std::mem::take(&mut self.login_user);
+                self.auth_check(user, &decoded);
+            }
+        }
+    }
+
+    fn auth_check(&mut self, user: String, pass: &[u8]) {
+        if !user.is_empty() && self.policy.check_auth(&user, pass) {
+            self.client.auth = Some(user);
+            self.reply(reply::AUTH_OK);
+        } else {
+            self.auth_failed();
+        }
+    }
+
+    fn auth_failed(&mut self) {
+        self.auth_failures += 1;
+        self.out
+            .push_back(Action::Sleep(self.params.auth_failure_delay));
+        if self.auth_failures >= self.params.max_auth_failures {
+            self.reply(reply::AUTH_INVALID);
+            return self.close_with(reply::TOO_MANY_AUTH_FAILURES);
+        }
+        self.error(reply::AUTH_INVALID);
+    }
+
+    /// Consume one body line (or piece of a long one); false when the input
+    /// holds nothing usable yet.
+    fn step_data(&mut self) -> bool {
+        let (piece_len, complete) = match self.input.iter().position(|&b| b == b'\n') {
+            Some(lf) => (lf + 1, true),
+            None if self.input.len() > MAX_DATA_PIECE => (self.input.len(), false),
+            None => return false,
+        };
+        let piece: Vec<u8> = self.input.drain(..piece_len).collect();
+        let line_start = !self.data.mid_line;
+        self.data.mid_line = !complete;
+        let mut content: &[u8] = &piece;
+        if complete {
+            let ends_crlf = piece.ends_with(b"\r\n");
+            if line_start && self.data.after_crlf && piece == b".\r\n" {
+                self.end_of_data();
+                return true;
+            }
+            if !ends_crlf {
+                self.data.bare_newline = true;
+            }
+            let inner = &piece[..piece.len() - if ends_crlf { 2 } else { 1 }];
+            if inner.contains(&b'\r') {
+                self.data.bare_newline = true;
+            }
+            self.data.after_crlf = ends_crlf;
+        } else {
+            if piece[..piece.len() - 1].contains(&b'\r') {
+                self.data.bare_newline = true;
+            }
+            self.data.after_crlf = false;
+        }
+        if line_start && content.first() == Some(&b'.') {
+            content = &content[1..];
+        }
+        self.append_body(content);
+        true
+    }
+
+    fn append_body(&mut self, content: &[u8]) {
+        if self.data.too_big || self.data.bare_newline {
+            return;
+        }
+        self.tx.size += content.len() as u64;
+        if self.tx.size > self.params.max_message_size {
+            self.data.too_big = true;
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(content);
+        if self.body.len() >= BODY_CHUNK {
+            let chunk = std::mem::replace(&mut self.body, Vec::with_capacity(BODY_CHUNK));
+            self.out.push_back(Action::Body(chunk));
+        }
+    }
+
+    fn end_of_data(&mut self) {
+        let refusal = if self.data.bare_newline {
+            Some(reply::BARE_NEWLINE)
+        } else if self.data.too_big {
+            Some(reply::TOO_BIG)
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            self.out.push_back(Action::Abort);
+            self.reset_transaction();
+            self.state = State::Greeted;
+            return self.error(r);
+        }
+        let rest = std::mem::take(&mut self.body);
+        if !rest.is_empty() {
+            self.out.push_back(Action::Body(rest));
+        }
+        self.state = State::Committing;
+        self.out.push_back(Action::Commit);
+    }
+
+    fn received_header(&self, id: &str, date: &str) -> String {
+        let helo = self.helo_name().unwrap_or("unknown");
+        let with = match (&self.helo, &self.tls, &self.client.auth) {
+            (_, Some(_), Some(_)) => "ESMTPSA",
+            (_, Some(_), None) => "ESMTPS",
+            (_, None, Some(_)) => "ESMTPA",
+            (Some((_, false)), None, None) => "SMTP",
+            _ => "ESMTP",
+        };
+        let mut h = format!(
+            "Received: from {helo} ([{}])\r\n\tby {} (postern) with {with} id {id}",
+            self.client.addr, self.params.hostname
+        );
+        if let Some(t) = &self.tls {
+            h.push_str(&format!(
+                "\r\n\t(version={} cipher={})",
+                t.version, t.cipher
+            ));
+        }
+        if let [only] = self.tx.rcpts.as_slice() {
+            h.push_str(&format!("\r\n\tfor <{}>", only.addr));
+        }
+        h.push_str(&format!(";\r\n\t{date}\r\n"));
+        h
+    }
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
