@@ -9,8 +9,11 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod net;
 pub mod passwd;
 pub mod rules;
 pub mod smtp;
+pub mod spool;
 pub mod table;
+pub mod time;
 pub mod tls;

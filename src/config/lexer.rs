@@ -135,10 +135,11 @@ pub fn lex(file: &str, text: &str) -> Result<Vec<Line>, ConfigError> {
             tokens: Vec::new(),
         });
         cur.tokens.extend(tokens);
-        if !continued && depth == 0 {
-            if let Some(done) = current.take().filter(|l| !l.tokens.is_empty()) {
-                out.push(done);
-            }
+        if !continued
+            && depth == 0
+            && let Some(done) = current.take().filter(|l| !l.tokens.is_empty())
+        {
+            out.push(done);
         }
     }
     if let Some(open) = current.filter(|l| !l.tokens.is_empty()) {

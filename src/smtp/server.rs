@@ -488,7 +488,7 @@ impl Session {
             lines.push("HELP".to_string());
             Reply::dynamic(250, "", &lines)
         } else {
-            Reply::dynamic(250, "", &[host.clone()])
+            Reply::dynamic(250, "", std::slice::from_ref(host))
         };
         self.helo = Some((name, extended));
         self.state = State::Greeted;

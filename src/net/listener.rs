@@ -1,0 +1,370 @@
+//! The acceptor: one thread, one `mio::Poll` over every listening socket,
+//! the signals and a [`mio::Waker`]; and the fixed pool of session threads
+//! it feeds over a bounded crossbeam channel.
+//!
+//! The acceptor never reads a client byte. It applies `limit sessions` and
+//! `limit sessions-per-ip`, and when a limit is reached or the pool and its
+//! queue are full it answers `421 4.3.2` itself and closes, so a flood costs
+//! one write per connection and never a thread.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::TrySendError;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use super::Endpoint;
+use crate::config::Config;
+use crate::smtp::reply;
+use crate::spool::Spool;
+
+const SIGNALS: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A session's place in the connection counts; released on drop, whichever
+/// way the session ends.
+pub struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+struct Job {
+    stream: TcpStream,
+    peer: SocketAddr,
+    ep: Arc<Endpoint>,
+    _slot: Slot,
+}
+
+/// Bind every configured listener (before any privilege drop).
+pub fn bind(cfg: &Config) -> Result<Vec<std::net::TcpListener>, String> {
+    cfg.listeners
+        .iter()
+        .map(|l| {
+            let sock = || -> io::Result<std::net::TcpListener> {
+                let domain = socket2::Domain::for_address(l.addr);
+                let s = socket2::Socket::new(
+                    domain,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                // `listen on ::` and `listen on 0.0.0.0` on the same port
+                // must both work, as in OpenSMTPD.
+                if l.addr.is_ipv6() {
+                    s.set_only_v6(true)?;
+                }
+                s.set_reuse_address(true)?;
+                s.bind(&l.addr.into())?;
+                s.listen(1024)?;
+                s.set_nonblocking(true)?;
+                Ok(s.into())
+            };
+            sock().map_err(|e| {
+                format!(
+                    "{}:{}: cannot listen on {}: {e}",
+                    cfg.file.display(),
+                    l.line,
+                    l.addr
+                )
+            })
+        })
+        .collect()
+}
+
+/// The running acceptor.
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    endpoints: Vec<Arc<Endpoint>>,
+    cfg: Arc<Config>,
+    config_path: Option<PathBuf>,
+    spool: Arc<Spool>,
+    counts: Arc<Mutex<Counts>>,
+    waker: Arc<Waker>,
+}
+
+impl Server {
+    /// Set up the acceptor over already-bound sockets.
+    pub fn new(
+        cfg: Arc<Config>,
+        config_path: Option<PathBuf>,
+        bound: Vec<std::net::TcpListener>,
+        spool: Arc<Spool>,
+    ) -> Result<Server, String> {
+        let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create waker: {e}"))?,
+        );
+        let endpoints = cfg
+            .listeners
+            .iter()
+            .map(|l| Endpoint::build(&cfg, l).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut listeners = Vec::new();
+        for (i, l) in bound.into_iter().enumerate() {
+            let mut l = TcpListener::from_std(l);
+            poll.registry()
+                .register(&mut l, Token(i), Interest::READABLE)
+                .map_err(|e| format!("cannot register listener: {e}"))?;
+            listeners.push(l);
+        }
+        Ok(Server {
+            poll,
+            listeners,
+            endpoints,
+            cfg,
+            config_path,
+            spool,
+            counts: Arc::default(),
+            waker,
+        })
+    }
+
+    /// A handle that wakes the loop from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Addresses actually bound (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Accept until SIGTERM/SIGINT, then let sessions finish (bounded by
+    /// `limit shutdown-timeout`) and return.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let workers = self.cfg.limits.workers;
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(workers);
+        let mut pool = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let rx = rx.clone();
+            let spool = self.spool.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("session-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        super::driver::run(job.stream, job.peer, &job.ep, &spool);
+                    }
+                })?;
+            pool.push(h);
+        }
+        drop(rx);
+        log::info!(
+            "postern started: listening on {} with {workers} session workers",
+            self.local_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut events = Events::with_capacity(256);
+        let mut stopping = false;
+        while !stopping {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => {
+                        for sig in signals.pending() {
+                            match sig {
+                                SIGHUP => self.reload(),
+                                _ => {
+                                    log::info!(
+                                        "postern stopping on signal {sig}: no new connections"
+                                    );
+                                    stopping = true;
+                                }
+                            }
+                        }
+                    }
+                    WAKER => {}
+                    Token(i) if i < self.listeners.len() => self.accept(i, &tx),
+                    _ => {}
+                }
+            }
+        }
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
+        }
+        self.listeners.clear();
+        drop(tx);
+        self.drain(pool);
+        Ok(())
+    }
+
+    fn drain(&self, pool: Vec<std::thread::JoinHandle<()>>) {
+        let deadline = Instant::now() + self.cfg.limits.shutdown_timeout;
+        // Bounded by the deadline; sessions still running then are cut off,
+        // and their unacknowledged messages are purged at the next start.
+        while Instant::now() < deadline {
+            let active = self.counts.lock().map(|c| c.total).unwrap_or(0);
+            if active == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = self.counts.lock().map(|c| c.total).unwrap_or(0);
+        if left > 0 {
+            log::warn!(
+                "postern stopped with {left} sessions still open after the shutdown timeout"
+            );
+        } else {
+            for h in pool {
+                let _ = h.join();
+            }
+            log::info!("postern stopped");
+        }
+    }
+
+    fn accept(&mut self, i: usize, tx: &crossbeam_channel::Sender<Job>) {
+        let lim = &self.cfg.limits;
+        // Drain readiness: mio reports an edge, so accept until WouldBlock.
+        loop {
+            let (mut stream, peer) = match self.listeners[i].accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next event.
+                    log::error!("accept on {}: {e}", self.endpoints[i].listener.addr);
+                    return;
+                }
+            };
+            let ip = peer.ip();
+            let refused = {
+                let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+                if c.total >= lim.sessions {
+                    Some("sessions")
+                } else if per_ip >= lim.sessions_per_ip {
+                    Some("sessions-per-ip")
+                } else {
+                    c.total += 1;
+                    *c.per_ip.entry(ip).or_insert(0) += 1;
+                    None
+                }
+            };
+            if let Some(which) = refused {
+                log::warn!("smtp refused address={peer} reason=limit-{which}");
+                busy(&mut stream);
+                continue;
+            }
+            let slot = Slot {
+                counts: self.counts.clone(),
+                ip,
+            };
+            let std_stream: TcpStream = stream.into();
+            if let Err(e) = std_stream.set_nonblocking(false) {
+                log::warn!("smtp refused address={peer} reason=socket error=\"{e}\"");
+                continue;
+            }
+            let job = Job {
+                stream: std_stream,
+                peer,
+                ep: self.endpoints[i].clone(),
+                _slot: slot,
+            };
+            match tx.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    log::warn!("smtp refused address={peer} reason=workers-busy");
+                    let mut s = job.stream;
+                    let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+                    let mut out = Vec::new();
+                    reply::BUSY.write_to(&mut out);
+                    let _ = s.write_all(&out);
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the configuration, certificates and tables. New
+    /// sessions use them; sessions in flight keep what they started with.
+    /// A bad file is refused and the running configuration kept.
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            log::warn!("reload: postern was started without a configuration file");
+            return;
+        };
+        let cfg = match Config::load(&path) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                log::error!("reload refused, keeping the running configuration: {e}");
+                return;
+            }
+        };
+        let same_sockets = cfg.listeners.len() == self.cfg.listeners.len()
+            && cfg
+                .listeners
+                .iter()
+                .zip(&self.cfg.listeners)
+                .all(|(a, b)| a.addr == b.addr);
+        if !same_sockets {
+            log::error!(
+                "reload refused: listen on addresses changed; restart postern to change them"
+            );
+            return;
+        }
+        match cfg
+            .listeners
+            .iter()
+            .map(|l| Endpoint::build(&cfg, l).map(Arc::new))
+            .collect()
+        {
+            Ok(eps) => {
+                self.endpoints = eps;
+                self.cfg = cfg;
+                log::info!(
+                    "reload: configuration, certificates and tables re-read from {}",
+                    path.display()
+                );
+            }
+            Err(e) => log::error!("reload refused, keeping the running configuration: {e}"),
+        }
+    }
+}
+
+/// 421 from the acceptor itself, without blocking it.
+fn busy(stream: &mut mio::net::TcpStream) {
+    let mut out = Vec::new();
+    reply::BUSY.write_to(&mut out);
+    // A fresh socket's send buffer always has room for one line; if it
+    // does not, the client is not reading and loses nothing by missing it.
+    let _ = stream.write(&out);
+}

@@ -1,0 +1,96 @@
+//! One transport type for a session: plain TCP, upgraded in place to TLS.
+//!
+//! The upgrade moves the `TcpStream` out with `mem::replace` and wraps it in
+//! `rustls::StreamOwned`; `Detached` exists only during that move. The
+//! handshake runs explicitly to completion (`complete_io` while
+//! handshaking) so a failure surfaces at a known point with its alert,
+//! instead of as a confusing error on the first read.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+use crate::smtp::server::TlsInfo;
+
+/// A session's transport.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS as the server side.
+    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    /// Only while upgrading; never observable from outside.
+    Detached,
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(t) => Some(&t.sock),
+            Stream::Detached => None,
+        }
+    }
+
+    /// Run the server side of a TLS handshake on this connection.
+    pub fn upgrade_server(&mut self, cfg: Arc<ServerConfig>) -> io::Result<TlsInfo> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Detached) else {
+            debug_assert!(false, "upgrade of a stream that is not plain");
+            return Err(io::Error::other(
+                "TLS upgrade of a stream that is not plain TCP",
+            ));
+        };
+        let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            // complete_io sends any alert describing a failure before it
+            // returns the error.
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        let info = TlsInfo {
+            version: tls
+                .conn
+                .protocol_version()
+                .map(crate::tls::version_name)
+                .unwrap_or_default(),
+            cipher: tls
+                .conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            sni: tls.conn.server_name().map(str::to_string),
+        };
+        *self = Stream::Tls(Box::new(tls));
+        Ok(info)
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The spool: the only hand-off between receiving and delivering.
+//!
+//! Layout under `queue`:
+//!
+//! ```text
+//! tmp/          messages being received; emptied at every start
+//! mail/ID.body  committed message: Received header + body as received
+//! mail/ID.env   its envelope (see [`envelope`]); present = committed
+//! corrupt/      files that could not be read, kept for inspection
+//! ```
+//!
+//! Commit order (SPEC §4): body and envelope are written under `tmp/` and
+//! each `fsync`ed, the body is renamed into `mail/`, then the envelope, and
+//! `mail/` itself is `fsync`ed; only then does [`Incoming::commit`] return
+//! and the client get its 250. A crash before the envelope rename leaves at
+//! most an orphan `.body`, which the start-up scan removes: such a message
+//! was never acknowledged. An [`Incoming`] dropped without commit removes its
+//! temporary file, so a client that disconnects mid-DATA leaves nothing.
+
+pub mod envelope;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use envelope::Envelope;
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+    tmp: PathBuf,
+    mail: PathBuf,
+    corrupt: PathBuf,
+}
+
+/// What the start-up scan found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Committed messages.
+    pub messages: usize,
+    /// Temporary files removed.
+    pub removed_tmp: usize,
+    /// Orphan bodies (crash mid-commit) removed.
+    pub removed_orphans: usize,
+    /// Files moved to `corrupt/`.
+    pub quarantined: usize,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A new queue id: 13 hex digits of microseconds since 1970, then 3 of a
+/// process-wide counter. Ids sort by arrival and are safe as file names.
+pub fn new_id() -> String {
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
+    format!("{:013X}{n:03X}", micros & 0xf_ffff_ffff_ffff)
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn mkdir(p: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(p) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+/// Annotate an I/O error with the path it concerns.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+impl Spool {
+    /// Open (creating if needed) the spool at `root`.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        let s = Spool {
+            root: root.to_path_buf(),
+            tmp: root.join("tmp"),
+            mail: root.join("mail"),
+            corrupt: root.join("corrupt"),
+        };
+        fs::create_dir_all(root).map_err(|e| at(root, e))?;
+        for d in [&s.tmp, &s.mail, &s.corrupt] {
+            mkdir(d).map_err(|e| at(d, e))?;
+        }
+        Ok(s)
+    }
+
+    /// The spool's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory of committed messages.
+    pub fn mail_dir(&self) -> &Path {
+        &self.mail
+    }
+
+    /// Start-up scan: empty `tmp/`, drop orphan bodies, quarantine
+    /// envelopes that do not parse or lost their body.
+    pub fn recover(&self) -> io::Result<ScanReport> {
+        let mut report = ScanReport::default();
+        for entry in fs::read_dir(&self.tmp).map_err(|e| at(&self.tmp, e))? {
+            let p = entry?.path();
+            fs::remove_file(&p).map_err(|e| at(&p, e))?;
+            report.removed_tmp += 1;
+        }
+        let mut entries: Vec<PathBuf> = fs::read_dir(&self.mail)
+            .map_err(|e| at(&self.mail, e))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<io::Result<_>>()?;
+        entries.sort();
+        for p in entries {
+            // Quarantine moves pairs, so a later entry may already be gone.
+            if !p.exists() {
+                continue;
+            }
+            let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            if let Some(id) = name.strip_suffix(".body") {
+                if !self.mail.join(format!("{id}.env")).exists() {
+                    fs::remove_file(&p).map_err(|e| at(&p, e))?;
+                    report.removed_orphans += 1;
+                }
+            } else if let Some(id) = name.strip_suffix(".env") {
+                let problem = match fs::read_to_string(&p) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(t) => Envelope::parse(&t).err(),
+                }
+                .or_else(|| {
+                    (!self.mail.join(format!("{id}.body")).exists())
+                        .then(|| "body file is missing".to_string())
+                });
+                match problem {
+                    Some(why) => {
+                        log::error!(
+                            "spool: {} is unusable ({why}); moved to {}",
+                            p.display(),
+                            self.corrupt.display()
+                        );
+                        self.quarantine(id)?;
+                        report.quarantined += 1;
+                    }
+                    None => report.messages += 1,
+                }
+            }
+        }
+        fsync_dir(&self.mail).map_err(|e| at(&self.mail, e))?;
+        Ok(report)
+    }
+
+    fn quarantine(&self, id: &str) -> io::Result<()> {
+        for ext in ["env", "body"] {
+            let from = self.mail.join(format!("{id}.{ext}"));
+            if from.exists() {
+                let to = self.corrupt.join(format!("{id}.{ext}"));
+                fs::rename(&from, &to).map_err(|e| at(&from, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start receiving a message.
+    pub fn begin(&self) -> io::Result<Incoming> {
+        // A fresh id can only collide with a file from an earlier process in
+        // the same microsecond; create_new makes that an error, so try again.
+        let mut last = None;
+        for _ in 0..8 {
+            let id = new_id();
+            let path = self.tmp.join(format!("{id}.body"));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(f) => {
+                    return Ok(Incoming {
+                        spool: self.clone(),
+                        id,
+                        body_path: path,
+                        file: Some(BufWriter::with_capacity(64 * 1024, f)),
+                        failed: None,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(at(&path, e)),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free queue id")))
+    }
+
+    /// Ids of committed messages, oldest first.
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut ids: Vec<String> = fs::read_dir(&self.mail)
+            .map_err(|e| at(&self.mail, e))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".env"))
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Read a committed envelope.
+    pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
+        let p = self.mail.join(format!("{id}.env"));
+        let text = fs::read_to_string(&p).map_err(|e| at(&p, e))?;
+        Envelope::parse(&text).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))
+        })
+    }
+
+    /// Path of a committed body.
+    pub fn body_path(&self, id: &str) -> PathBuf {
+        self.mail.join(format!("{id}.body"))
+    }
+}
+
+/// A message being received; dropped without [`Incoming::commit`], it
+/// leaves nothing behind.
+pub struct Incoming {
+    spool: Spool,
+    id: String,
+    body_path: PathBuf,
+    file: Option<BufWriter<File>>,
+    failed: Option<io::Error>,
+}
+
+impl Incoming {
+    /// Its queue id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Append body bytes. After the first failure further writes are
+    /// skipped and [`Incoming::commit`] reports it.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let Some(f) = self.file.as_mut()
+            && let Err(e) = f.write_all(bytes)
+        {
+            self.failed = Some(at(&self.body_path, e));
+        }
+    }
+
+    /// Make the message durable: only when this returns Ok may the client
+    /// be told 250.
+    pub fn commit(mut self, env: &Envelope) -> io::Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let Some(f) = self.file.take() else {
+            return Err(io::Error::other("message already committed"));
+        };
+        let f = f
+            .into_inner()
+            .map_err(|e| at(&self.body_path, e.into_error()))?;
+        f.sync_all().map_err(|e| at(&self.body_path, e))?;
+        drop(f);
+        let env_tmp = self.spool.tmp.join(format!("{}.env", self.id));
+        let written = write_synced(&env_tmp, env.to_text().as_bytes());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&env_tmp);
+            return Err(e);
+        }
+        let body_final = self.spool.body_path(&self.id);
+        let env_final = self.spool.mail.join(format!("{}.env", self.id));
+        let renamed = fs::rename(&self.body_path, &body_final)
+            .map_err(|e| at(&self.body_path, e))
+            .and_then(|_| fs::rename(&env_tmp, &env_final).map_err(|e| at(&env_tmp, e)))
+            .and_then(|_| fsync_dir(&self.spool.mail).map_err(|e| at(&self.spool.mail, e)));
+        if let Err(e) = renamed {
+            // Undo whatever got into mail/: the client will be told 452, so
+            // the message must not be delivered.
+            let _ = fs::remove_file(&env_final);
+            let _ = fs::remove_file(&body_final);
+            let _ = fs::remove_file(&env_tmp);
+            return Err(e);
+        }
+        self.body_path = PathBuf::new();
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| at(path, e))?;
+    f.write_all(bytes).map_err(|e| at(path, e))?;
+    f.sync_all().map_err(|e| at(path, e))
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.file = None;
+        if !self.body_path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.body_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::envelope::{EnvRcpt, RcptState};
+    use super::*;
+
+    fn env(id: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            arrival: 1,
+            from: "a@b.example".into(),
+            rcpts: vec![EnvRcpt {
+                addr: "c@d.example".into(),
+                action: "local".into(),
+                state: RcptState::Pending,
+                attempts: 0,
+                next_try: 0,
+                error: String::new(),
+            }],
+            ..Envelope::default()
+        }
+    }
+
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn commit_makes_both_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let mut m = s.begin().unwrap();
+        let id = m.id().to_string();
+        m.write(b"hello\r\n");
+        m.commit(&env(&id)).unwrap();
+        assert_eq!(fs::read(s.body_path(&id)).unwrap(), b"hello\r\n");
+        assert_eq!(s.envelope(&id).unwrap(), env(&id));
+        assert_eq!(count(&s.tmp), 0);
+        assert_eq!(s.list().unwrap(), [id]);
+    }
+
+    #[test]
+    fn dropped_message_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let mut m = s.begin().unwrap();
+        m.write(b"partial");
+        assert_eq!(count(&s.tmp), 1);
+        drop(m);
+        assert_eq!(count(&s.tmp), 0);
+        assert_eq!(count(&s.mail), 0);
+    }
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ids.len());
+        assert!(
+            ids.iter()
+                .all(|i| i.len() == 16 && i.chars().all(|c| c.is_ascii_hexdigit()))
+        );
+    }
+
+    #[test]
+    fn recover_cleans_and_quarantines() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let mut m = s.begin().unwrap();
+        let good = m.id().to_string();
+        m.write(b"x");
+        m.commit(&env(&good)).unwrap();
+        fs::write(s.tmp.join("LEFTOVER.body"), b"x").unwrap();
+        fs::write(s.mail.join("ORPHAN.body"), b"x").unwrap();
+        fs::write(s.mail.join("BAD.env"), b"garbage").unwrap();
+        fs::write(s.mail.join("BAD.body"), b"x").unwrap();
+        fs::write(s.mail.join("NOBODY.env"), env("NOBODY").to_text()).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(
+            r,
+            ScanReport {
+                messages: 1,
+                removed_tmp: 1,
+                removed_orphans: 1,
+                quarantined: 2
+            }
+        );
+        assert_eq!(s.list().unwrap(), [good]);
+        assert!(s.corrupt.join("BAD.env").exists() && s.corrupt.join("BAD.body").exists());
+    }
+}
