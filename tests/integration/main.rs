@@ -1,1 +1,8 @@
-//! Integration tests: the real binary driven by real clients.
+//! Integration tests: the real binary on loopback, driven by real clients.
+//! One test binary (ripgrep's layout); each test gets its own temp dir,
+//! certificate, config and daemon.
+
+mod clients;
+mod daemon;
+mod harness;
+mod inbound;

@@ -1,0 +1,455 @@
+//! Start the real postern binary on loopback with a test-made certificate
+//! and config in a temp dir, and talk to it line by line.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// `openssl passwd -6 -salt saltsaltsaltsalt secret`
+pub const ALICE_HASH: &str = "$6$saltsaltsaltsalt$ph0yGsyjzqdeFaon7.gJZo8eAG5/rj9/JdzOu1Rl7dKzBYg3xgvl7T2VQ2Rt81bc5AXkdA54r0p8QvC1omD6R1";
+
+/// A certificate and key made for a test.
+pub struct TestCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: CertificateDer<'static>,
+}
+
+pub fn make_cert(names: &[&str]) -> TestCert {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names[0]);
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    TestCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+/// Write a file with the given mode.
+pub fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The standard test setup: three listeners like `make run`'s, plus a plain
+/// one, local delivery for example.com, relay only after AUTH.
+pub fn standard_config(dir: &Path) -> String {
+    format!(
+        r#"hostname mx.test
+queue "{q}"
+pki mx.test cert "{d}/cert.pem"
+pki mx.test key "{d}/key.pem"
+table users file:{d}/users
+table locals {{ postmaster, alice, bob }}
+listen on 127.0.0.1 port 0 tls pki mx.test
+listen on 127.0.0.1 port 0 tls-require pki mx.test auth <users>
+listen on 127.0.0.1 port 0 smtps pki mx.test auth <users>
+listen on 127.0.0.1 port 0
+action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+action "out" relay
+match from any for domain "example.com" action "local"
+match auth from any for any action "out"
+limit max-message-size 10K
+limit auth-delay 50ms
+limit workers 8
+limit command-timeout 30s
+"#,
+        q = dir.join("queue").display(),
+        d = dir.display()
+    )
+}
+
+/// Shared view of the daemon's stderr.
+#[derive(Default)]
+pub struct LogBuf {
+    lines: Mutex<Vec<String>>,
+    cond: Condvar,
+}
+
+pub struct Postern {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub addrs: Vec<SocketAddr>,
+    pub cert: TestCert,
+    pub log: Arc<LogBuf>,
+    pub config: PathBuf,
+}
+
+impl Postern {
+    /// Start with [`standard_config`].
+    pub fn start() -> Postern {
+        Self::start_with(standard_config)
+    }
+
+    /// Start with a config made from the temp dir's path.
+    pub fn start_with(conf: impl FnOnce(&Path) -> String) -> Postern {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = make_cert(&["mx.test", "localhost"]);
+        write_mode(&dir.path().join("cert.pem"), &cert.cert_pem, 0o644);
+        write_mode(&dir.path().join("key.pem"), &cert.key_pem, 0o600);
+        write_mode(
+            &dir.path().join("users"),
+            &format!("alice {ALICE_HASH}\n"),
+            0o600,
+        );
+        let config = dir.path().join("postern.conf");
+        std::fs::write(&config, conf(dir.path())).unwrap();
+        Self::spawn(dir, cert, config)
+    }
+
+    fn spawn(dir: tempfile::TempDir, cert: TestCert, config: PathBuf) -> Postern {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(["-d", "-v", "-f"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start postern");
+        let log = Arc::new(LogBuf::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lines.lock().unwrap();
+                l.push(line);
+                sink.cond.notify_all();
+            }
+        });
+        let mut p = Postern {
+            child,
+            dir,
+            addrs: Vec::new(),
+            cert,
+            log,
+            config,
+        };
+        let started = p.wait_log("postern started: listening on ", Duration::from_secs(20));
+        let list = started
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split(" with ")
+            .next()
+            .unwrap();
+        p.addrs = list.split(", ").map(|a| a.parse().unwrap()).collect();
+        p
+    }
+
+    /// Wait for a log line containing `needle`; panics with the log so far.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "no log line with {needle:?} within {limit:?}; log:\n{}",
+                    lines.join("\n")
+                );
+            }
+            lines = self.log.cond.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// Listener addresses in config order: tls, tls-require, smtps, plain.
+    pub fn tls(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+    pub fn submission(&self) -> SocketAddr {
+        self.addrs[1]
+    }
+    pub fn smtps(&self) -> SocketAddr {
+        self.addrs[2]
+    }
+    pub fn plain(&self) -> SocketAddr {
+        self.addrs[3]
+    }
+
+    pub fn queue(&self) -> PathBuf {
+        self.dir.path().join("queue")
+    }
+
+    /// Committed message ids.
+    pub fn queued_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.queue().join("mail"))
+            .unwrap()
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".env")
+                    .map(str::to_string)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn body(&self, id: &str) -> Vec<u8> {
+        std::fs::read(self.queue().join("mail").join(format!("{id}.body"))).unwrap()
+    }
+
+    pub fn envelope(&self, id: &str) -> String {
+        std::fs::read_to_string(self.queue().join("mail").join(format!("{id}.env"))).unwrap()
+    }
+
+    pub fn files_in(&self, sub: &str) -> usize {
+        std::fs::read_dir(self.queue().join(sub)).unwrap().count()
+    }
+
+    /// The test CA as PEM path, for clients that verify.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Wait for exit within `limit`; returns the exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postern did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Postern {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client-side TLS config trusting only `cert`.
+pub fn client_tls(
+    cert: &CertificateDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    None,
+}
+
+impl Read for Io {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(b),
+            Io::Tls(s) => s.read(b),
+            Io::None => unreachable!(),
+        }
+    }
+}
+impl Write for Io {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.write(b),
+            Io::Tls(s) => s.write(b),
+            Io::None => unreachable!(),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Io::Plain(s) => s.flush(),
+            Io::Tls(s) => s.flush(),
+            Io::None => unreachable!(),
+        }
+    }
+}
+
+/// A line-level SMTP client (maddy's tests/conn.go): after STARTTLS it
+/// starts a new reader, so nothing read before the upgrade leaks into TLS.
+pub struct Conn {
+    io: Io,
+    buf: Vec<u8>,
+    cert: CertificateDer<'static>,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr, cert: &CertificateDer<'static>) -> Conn {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Conn {
+            io: Io::Plain(s),
+            buf: Vec::new(),
+            cert: cert.clone(),
+        }
+    }
+
+    /// Connect to an smtps port: handshake first.
+    pub fn connect_tls(addr: SocketAddr, cert: &CertificateDer<'static>) -> Conn {
+        let mut c = Self::connect(addr, cert);
+        c.tls("mx.test").unwrap();
+        c
+    }
+
+    pub fn tls(&mut self, name: &str) -> std::io::Result<()> {
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes before TLS: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let Io::Plain(tcp) = std::mem::replace(&mut self.io, Io::None) else {
+            panic!("already TLS")
+        };
+        let cfg = client_tls(
+            &self.cert,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        );
+        let conn =
+            rustls::ClientConnection::new(cfg, ServerName::try_from(name.to_string()).unwrap())
+                .unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        self.io = Io::Tls(Box::new(s));
+        Ok(())
+    }
+
+    pub fn tls_info(&self) -> Option<(rustls::ProtocolVersion, Vec<u8>)> {
+        match &self.io {
+            Io::Tls(s) => Some((
+                s.conn.protocol_version()?,
+                s.conn.peer_certificates()?.first()?.to_vec(),
+            )),
+            _ => None,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).unwrap();
+        self.io.flush().unwrap();
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+    }
+
+    /// Read one whole (possibly multi-line) reply; None on EOF.
+    pub fn reply(&mut self) -> Option<String> {
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line()?;
+            let done = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if done {
+                return Some(lines.join("\n"));
+            }
+        }
+    }
+
+    fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let l: Vec<u8> = self.buf.drain(..=i).collect();
+                assert!(l.ends_with(b"\r\n"), "reply line without CRLF: {l:?}");
+                return Some(String::from_utf8_lossy(&l[..l.len() - 2]).into_owned());
+            }
+            let mut b = [0u8; 4096];
+            match self.io.read(&mut b) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&b[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Read a reply and check it starts with `prefix`; returns it.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let r = self
+            .reply()
+            .unwrap_or_else(|| panic!("connection closed, wanted {prefix:?}"));
+        assert!(r.starts_with(prefix), "got {r:?}, want {prefix:?}");
+        r
+    }
+
+    pub fn cmd(&mut self, line: &str, prefix: &str) -> String {
+        self.send(line);
+        self.expect(prefix)
+    }
+
+    /// True when the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        self.reply().is_none()
+    }
+
+    pub fn ehlo(&mut self) -> String {
+        self.cmd("EHLO client.test", "250")
+    }
+
+    pub fn starttls(&mut self) {
+        self.cmd("STARTTLS", "220 2.0.0");
+        self.tls("mx.test").unwrap();
+    }
+
+    pub fn auth_alice(&mut self) {
+        // base64("\0alice\0secret")
+        self.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235 2.7.0");
+    }
+}
+
+/// Fail with a clear message when a peer program is missing.
+pub fn need(program: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed: apt-get install -y {package} (.ci/run does this)"
+    );
+}
