@@ -264,6 +264,7 @@ impl Config {
             base,
             cfg: Config::empty(file),
             pki_files: BTreeMap::new(),
+            user_line: 0,
         }
         .run(text)
     }
@@ -380,6 +381,7 @@ struct Parser<'a> {
     cfg: Config,
     /// pki name → (cert path, key path, line).
     pki_files: BTreeMap<String, (Option<PathBuf>, Option<PathBuf>, usize)>,
+    user_line: usize,
 }
 
 /// Cursor over one directive's tokens.
@@ -461,7 +463,10 @@ impl Parser<'_> {
                 self.cfg.hostname = h.to_string();
             }
             "queue" => self.cfg.queue = self.path(a.word("queue directory")?),
-            "user" => self.cfg.user = Some(a.word("user name")?.to_string()),
+            "user" => {
+                self.cfg.user = Some(a.word("user name")?.to_string());
+                self.user_line = l.line;
+            }
             "pki" => {
                 let name = a.word("pki name")?.to_string();
                 let which = a.word("'cert' or 'key'")?;
@@ -809,7 +814,7 @@ impl Parser<'_> {
                 Ok(Some(_)) => {}
                 _ => {
                     return Err(err(
-                        0,
+                        self.user_line,
                         format!("user: no such user '{u}' in the password database"),
                     ));
                 }

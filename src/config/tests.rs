@@ -1,1 +1,158 @@
+//! Config parsing and validation, and the man page's completeness.
 
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse("t.conf", text, Path::new("/base"))
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_parse() {
+    for (name, _, default) in LIMITS {
+        let mut l = default_limits();
+        assert_eq!(
+            set_limit(&mut l, name, default),
+            Ok(()),
+            "{name} default {default}"
+        );
+    }
+    let l = default_limits();
+    assert_eq!(l.max_message_size, 35 << 20);
+    assert_eq!(l.command_timeout, Duration::from_secs(300));
+    assert_eq!(l.max_errors, 20);
+    assert_eq!(l.sessions_per_ip, 20);
+}
+
+#[test]
+fn sizes_and_durations() {
+    assert_eq!(parse_size("35M"), Some(35 << 20));
+    assert_eq!(parse_size("512k"), Some(512 << 10));
+    assert_eq!(parse_size("100"), Some(100));
+    assert_eq!(parse_size("0"), None);
+    assert_eq!(parse_size("M"), None);
+    assert_eq!(parse_size("99999999999G"), None);
+    assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("4d"), Some(Duration::from_secs(4 * 86400)));
+    assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+    assert_eq!(parse_duration("1w"), None);
+    assert_eq!(parse_duration(""), None);
+}
+
+#[test]
+fn listeners() {
+    let c = parse(
+        "listen on localhost port 2525\nlisten on ::\nlisten on 0.0.0.0 hostname smtp.test\n",
+    )
+    .unwrap();
+    let addrs: Vec<String> = c.listeners.iter().map(|l| l.addr.to_string()).collect();
+    assert_eq!(
+        addrs,
+        ["127.0.0.1:2525", "[::1]:2525", "[::]:25", "0.0.0.0:25"].map(String::from)
+    );
+    assert_eq!(c.listeners[3].hostname.as_deref(), Some("smtp.test"));
+    assert!(err("listen on 127.0.0.1 tls smtps\n").contains("only one of"));
+    assert!(err("listen on example.com\n").contains("'example.com' is not an IP address"));
+    assert!(err("listen at 127.0.0.1\n").contains("expected 'on'"));
+    assert!(err("listen on 127.0.0.1 auth users\n").contains("expected <table> after auth"));
+}
+
+#[test]
+fn actions_and_rules() {
+    let c = parse(
+        "listen on 127.0.0.1\ntable d { a.example }\ntable n { 10.0.0.0/8 }\n\
+         action \"loc\" maildir \"/m/%{user}\"\naction out relay host smtp+tls://relay.example:587 tls verify port 2525 ca \"ca.pem\"\n\
+         match auth from src <n> for domain <d> action \"loc\"\nmatch from local for domain \"B.example\" action out\n",
+    )
+    .unwrap();
+    assert!(c.rules[0].auth);
+    assert_eq!(c.rules[0].from, From::Src("n".into()));
+    assert_eq!(c.rules[1].rcpt, For::Domain("b.example".into()));
+    let Some(Delivery::Relay {
+        host,
+        tls,
+        port,
+        ca,
+        ..
+    }) = c.actions.get("out")
+    else {
+        panic!("relay")
+    };
+    assert_eq!(host.as_deref(), Some("smtp+tls://relay.example:587"));
+    assert_eq!((*tls, *port), (TlsPolicy::Verify, Some(2525)));
+    assert_eq!(ca.as_deref(), Some(Path::new("/base/ca.pem")));
+    assert!(
+        err("listen on 127.0.0.1\naction a maildir \"rel/path\"\n")
+            .contains("t.conf:2: action a: maildir path must be absolute")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a relay host http://x\n")
+            .contains("relay host must be smtp://")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a relay tls maybe\n")
+            .contains("tls must be none, may, encrypt or verify")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a relay\naction a relay\n")
+            .contains("t.conf:3: action a is defined twice")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a relay\nmatch from src <x> for any action a\n")
+            .contains("t.conf:3: match: no table named 'x'")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a maildir \"/m\" users <x>\n")
+            .contains("action a: no table named 'x'")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a relay\nmatch from there for any action a\n")
+            .contains("t.conf:3: match: expected")
+    );
+    assert!(err("listen on 127.0.0.1\ntable n { nonsense }\naction a relay\nmatch from src <n> for any action a\n").contains("'nonsense' is not an address"));
+}
+
+#[test]
+fn globals() {
+    let c = parse("hostname mx.example\nqueue spool\nbounce-after 2d\nlisten on 127.0.0.1\nlimit max-message-size 1M\n").unwrap();
+    assert_eq!(c.hostname, "mx.example");
+    assert_eq!(c.queue, Path::new("/base/spool"));
+    assert_eq!(c.bounce_after, Duration::from_secs(2 * 86400));
+    assert_eq!(c.limits.max_message_size, 1 << 20);
+    assert!(
+        err("hostname bad_host!\nlisten on 127.0.0.1\n")
+            .contains("t.conf:1: hostname: 'bad_host!' is not a valid host name")
+    );
+    assert!(err("hostname a b\nlisten on 127.0.0.1\n").contains("t.conf:1: unexpected 'b'"));
+    assert!(
+        err("user nosuchuser-postern\nlisten on 127.0.0.1\n")
+            .contains("t.conf:1: user: no such user")
+    );
+    assert!(
+        err("pki x cert \"/c\"\nlisten on 127.0.0.1\n")
+            .contains("t.conf:1: pki x: both 'cert' and 'key' are needed")
+    );
+    assert!(err("pki x chain \"/c\"\n").contains("expected 'cert' or 'key'"));
+    assert!(err("table t { a }\ntable t { b }\n").contains("t.conf:2: table t is defined twice"));
+}
+
+#[test]
+fn every_keyword_and_limit_is_in_the_man_page() {
+    let man = include_str!("../../man/postern.conf.5");
+    for kw in KEYWORDS {
+        assert!(
+            man.contains(&format!("Ic {kw}")),
+            "postern.conf.5 does not document '{kw}'"
+        );
+    }
+    for (name, _, _) in LIMITS {
+        assert!(
+            man.contains(&format!("Ic limit {name}")),
+            "postern.conf.5 does not document 'limit {name}'"
+        );
+    }
+}

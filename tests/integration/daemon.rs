@@ -283,3 +283,21 @@ fn sighup_reload_takes_new_certificate() {
     let mut again = Conn::connect(p.tls(), &fresh.der);
     again.expect("220");
 }
+
+#[test]
+fn sample_config_is_valid() {
+    let sample =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/postern.conf")).unwrap();
+    let conf = sample
+        .replace("/etc/ssl/mx.example.com.crt", "DIR/cert.pem")
+        .replace("/etc/ssl/private/mx.example.com.key", "DIR/key.pem")
+        .replace("/etc/postern/users", "DIR/users")
+        .replace("/etc/postern/aliases", "DIR/aliases")
+        .replace("/var/spool/postern", "DIR/q")
+        // The sample names the _postern user, which a build machine lacks.
+        .replace("user \"_postern\"", "");
+    let (ok, text) = check(&conf, |d| {
+        std::fs::write(d.join("aliases"), "abuse: alice\n").unwrap()
+    });
+    assert!(ok, "{text}");
+}

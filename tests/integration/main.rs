@@ -4,5 +4,6 @@
 
 mod clients;
 mod daemon;
+mod docs;
 mod harness;
 mod inbound;
