@@ -77,6 +77,15 @@ mod tests {
     }
 
     #[test]
+    fn argon2_hashes() {
+        // From argon2-cffi (the reference C implementation).
+        const A: &str = "$argon2id$v=19$m=8192,t=1,p=1$gAN4rp8PLwrlYvrXfBFR/w$5MXsAKW8Ej2pEP0saVZI+LmMnclzsoZbNEUkwbh5Br8";
+        assert!(is_supported_hash(A));
+        assert!(verify(b"secret", A));
+        assert!(!verify(b"secret!", A));
+    }
+
+    #[test]
     fn refuses_weak_and_plain() {
         assert!(!is_supported_hash("secret"));
         assert!(!is_supported_hash("$1$salt$qJH7.N4xYta3aEG/dfqo/0"));

@@ -210,6 +210,19 @@ pub struct Session {
     auth_failures: u32,
     login_user: String,
     out: VecDeque<Action>,
+    log_id: String,
+}
+
+/// A command line as `-v` logs it: AUTH credentials hidden, bytes escaped.
+fn loggable(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let mut words = text.splitn(3, ' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some(verb), Some(mech), Some(_)) if verb.eq_ignore_ascii_case("AUTH") => {
+            format!("{verb} {mech} (hidden)")
+        }
+        _ => text.escape_debug().to_string(),
+    }
 }
 
 impl Session {
@@ -238,10 +251,16 @@ impl Session {
             auth_failures: 0,
             login_user: String::new(),
             out: VecDeque::new(),
+            log_id: String::new(),
         };
         let greeting = Reply::dynamic(220, "", &[format!("{} ESMTP postern", s.params.hostname)]);
         s.reply(greeting);
         s
+    }
+
+    /// A tag for this session's `-v` dialogue log lines.
+    pub fn set_log_id(&mut self, id: &str) {
+        self.log_id = id.to_string();
     }
 
     /// Bytes received from the client.
@@ -425,9 +444,11 @@ impl Session {
             return true;
         }
         if let State::AuthResponse(step) = self.state {
+            log::debug!("{} < (AUTH response hidden)", self.log_id);
             self.auth_response(step, body);
             return true;
         }
+        log::debug!("{} < {}", self.log_id, loggable(body));
         match command::parse(body) {
             Ok(cmd) => self.command(cmd),
             Err(r) => self.error(r),
@@ -751,6 +772,18 @@ impl Session {
         h.push_str(&format!(";\r\n\t{date}\r\n"));
         h
     }
+}
+
+#[cfg(test)]
+#[test]
+fn dialogue_log_hides_credentials() {
+    assert_eq!(
+        loggable(b"AUTH PLAIN AGFsaWNlAHNlY3JldA=="),
+        "AUTH PLAIN (hidden)"
+    );
+    assert_eq!(loggable(b"auth login YWxpY2U="), "auth login (hidden)");
+    assert_eq!(loggable(b"AUTH LOGIN"), "AUTH LOGIN");
+    assert_eq!(loggable(b"MAIL FROM:<a@b>\x01"), "MAIL FROM:<a@b>\\u{1}");
 }
 
 #[cfg(test)]

@@ -148,6 +148,22 @@ fn auth_replies() {
     c.cmd("YWxpY2U=", "334 UGFzc3dvcmQ6");
     c.cmd("c2VjcmV0", "235 2.7.0 Authentication successful");
     c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "503 5.5.1");
+    c.cmd("QUIT", "221");
+    // -v logs the dialogue, but never a credential.
+    p2.wait_log("< QUIT", Duration::from_secs(5));
+    let log = p2.log_text();
+    assert!(log.contains("< EHLO client.test"), "{log}");
+    for secret in [
+        "AGFsaWNlAHNlY3JldA==",
+        "AGFsaWNlAHdyb25n",
+        "c2VjcmV0",
+        "YWxpY2U=",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "credential {secret} in the log:\n{log}"
+        );
+    }
 }
 
 #[test]
