@@ -9,6 +9,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod net;
 pub mod passwd;
 pub mod rules;

@@ -77,6 +77,8 @@ fn run(cfg: Arc<Config>, path: PathBuf) -> Result<(), String> {
         report.quarantined
     );
     let bound = listener::bind(&cfg)?;
+    let notify = postern::delivery::start(cfg.clone(), spool.clone())?;
+    let spool = spool.with_notify(notify);
     let server = Server::new(cfg, Some(path), bound, Arc::new(spool))?;
     server.run().map_err(|e| format!("event loop: {e}"))
 }

@@ -127,6 +127,17 @@ impl Table {
         Ok(())
     }
 
+    /// Check every value passes `ok`; the error names the entry.
+    pub fn check_values(&self, what: &str, ok: impl Fn(&str) -> bool) -> Result<(), String> {
+        for (k, (v, line)) in &self.entries {
+            if !ok(v) {
+                // The value is not echoed: in a secrets table it is a password.
+                return Err(format!("{}: '{k}' has a bad {what}", self.where_(*line)));
+            }
+        }
+        Ok(())
+    }
+
     /// Check every key is an address or CIDR network.
     pub fn check_networks(&self) -> Result<(), String> {
         for (k, (_, line)) in &self.entries {

@@ -189,6 +189,13 @@ pub struct Limits {
     pub auth_delay: Duration,
     /// `shutdown-timeout`: how long SIGTERM waits for sessions.
     pub shutdown_timeout: Duration,
+    /// `connect-timeout`: outbound TCP connect.
+    pub connect_timeout: Duration,
+    /// `delivery-timeout`: outbound wait for any one reply (RFC 5321 §4.5.3.2).
+    pub delivery_timeout: Duration,
+    /// `retry-interval`: the first retry delay; later ones are 5, 15, 30
+    /// and 60 times as long.
+    pub retry_interval: Duration,
 }
 
 /// The `limit` keywords, their kind and default, in one table.
@@ -204,6 +211,9 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("auth-failures", "count", "3"),
     ("auth-delay", "duration", "2s"),
     ("shutdown-timeout", "duration", "30s"),
+    ("connect-timeout", "duration", "30s"),
+    ("delivery-timeout", "duration", "300s"),
+    ("retry-interval", "duration", "1m"),
 ];
 
 /// Every top-level keyword, for the man-page completeness test.
@@ -218,6 +228,7 @@ pub const KEYWORDS: &[&str] = &[
     "match",
     "limit",
     "bounce-after",
+    "resolver",
 ];
 
 /// A validated configuration.
@@ -245,6 +256,8 @@ pub struct Config {
     pub limits: Limits,
     /// `bounce-after`.
     pub bounce_after: Duration,
+    /// `resolver`: DNS servers to use instead of /etc/resolv.conf.
+    pub resolvers: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -282,6 +295,7 @@ impl Config {
             rules: Vec::new(),
             limits: default_limits(),
             bounce_after: Duration::from_secs(4 * 86400),
+            resolvers: Vec::new(),
         }
     }
 }
@@ -299,6 +313,9 @@ fn default_limits() -> Limits {
         auth_failures: 0,
         auth_delay: Duration::ZERO,
         shutdown_timeout: Duration::ZERO,
+        connect_timeout: Duration::ZERO,
+        delivery_timeout: Duration::ZERO,
+        retry_interval: Duration::ZERO,
     };
     for (name, _, default) in LIMITS {
         // The table's defaults are constants; a typo there is caught by the
@@ -336,6 +353,9 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "auth-failures" => l.auth_failures = count()?.min(u32::MAX as usize) as u32,
         "auth-delay" => l.auth_delay = dur()?,
         "shutdown-timeout" => l.shutdown_timeout = dur()?,
+        "connect-timeout" => l.connect_timeout = dur()?,
+        "delivery-timeout" => l.delivery_timeout = dur()?,
+        "retry-interval" => l.retry_interval = dur()?,
         _ => {
             let known: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
             return Err(format!(
@@ -517,6 +537,18 @@ impl Parser<'_> {
                 let v = a.word("duration")?;
                 self.cfg.bounce_after =
                     parse_duration(v).ok_or_else(|| format!("bounce-after: bad duration '{v}'"))?;
+            }
+            "resolver" => {
+                let v = a.word("resolver address")?;
+                let addr = v
+                    .parse::<SocketAddr>()
+                    .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        format!(
+                            "resolver: '{v}' is not an address or address:port ([v6]:port for IPv6)"
+                        )
+                    })?;
+                self.cfg.resolvers.push(addr);
             }
             other => return Err(format!("unknown keyword '{other}'")),
         }
@@ -779,6 +811,27 @@ impl Parser<'_> {
                 if !self.cfg.tables.contains_key(t) {
                     return Err(err(0, format!("action {name}: no table named '{t}'")));
                 }
+            }
+            if let Delivery::Relay {
+                tls_policy: Some(t),
+                ..
+            } = d
+            {
+                self.cfg.tables[t]
+                    .check_values("TLS policy", |v| TlsPolicy::parse(v).is_some())
+                    .map_err(|e| err(0, format!("action {name}: tls-policy <{t}>: {e} (use none, may, encrypt or verify)")))?;
+            }
+            if let Delivery::Relay { auth: Some(t), .. } = d {
+                self.cfg.tables[t]
+                    .check_values("secret", |v| {
+                        v.split_once(':').is_some_and(|(u, _)| !u.is_empty())
+                    })
+                    .map_err(|e| {
+                        err(
+                            0,
+                            format!("action {name}: auth <{t}>: {e} (use 'host user:password')"),
+                        )
+                    })?;
             }
         }
         for r in &self.cfg.rules {

@@ -10,7 +10,8 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 
 use crate::smtp::server::TlsInfo;
 
@@ -21,6 +22,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS as the server side.
     Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    /// TLS as the client side (delivery).
+    TlsClient(Box<StreamOwned<ClientConnection, TcpStream>>),
     /// Only while upgrading; never observable from outside.
     Detached,
 }
@@ -31,6 +34,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => Some(s),
             Stream::Tls(t) => Some(&t.sock),
+            Stream::TlsClient(t) => Some(&t.sock),
             Stream::Detached => None,
         }
     }
@@ -68,11 +72,65 @@ impl Stream {
     }
 }
 
+/// The client side of a finished handshake.
+#[derive(Debug)]
+pub struct ClientTlsInfo {
+    /// Version and cipher (no SNI on this side).
+    pub info: TlsInfo,
+    /// The server's certificate chain, for the `verified=` check.
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+impl Stream {
+    /// Run the client side of a TLS handshake, asking for `host` by SNI. On
+    /// failure the connection is gone: a plaintext retry needs a new one.
+    pub fn upgrade_client(
+        &mut self,
+        cfg: Arc<ClientConfig>,
+        host: &str,
+    ) -> io::Result<ClientTlsInfo> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Detached) else {
+            debug_assert!(false, "upgrade of a stream that is not plain");
+            return Err(io::Error::other(
+                "TLS upgrade of a stream that is not plain TCP",
+            ));
+        };
+        let name = ServerName::try_from(host.trim_end_matches('.').to_string())
+            .map_err(|e| io::Error::other(format!("bad TLS server name {host}: {e}")))?;
+        let conn = ClientConnection::new(cfg, name).map_err(io::Error::other)?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        let info = TlsInfo {
+            version: tls
+                .conn
+                .protocol_version()
+                .map(crate::tls::version_name)
+                .unwrap_or_default(),
+            cipher: tls
+                .conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default(),
+            sni: None,
+        };
+        let chain = tls
+            .conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        *self = Stream::TlsClient(Box::new(tls));
+        Ok(ClientTlsInfo { info, chain })
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
             Stream::Tls(t) => t.read(buf),
+            Stream::TlsClient(t) => t.read(buf),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -83,6 +141,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.write(buf),
             Stream::Tls(t) => t.write(buf),
+            Stream::TlsClient(t) => t.write(buf),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -90,6 +149,7 @@ impl Write for Stream {
         match self {
             Stream::Plain(s) => s.flush(),
             Stream::Tls(t) => t.flush(),
+            Stream::TlsClient(t) => t.flush(),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }

@@ -4,4 +4,5 @@
 pub mod address;
 pub mod command;
 pub mod reply;
+pub mod response;
 pub mod server;

@@ -35,6 +35,7 @@ pub struct Spool {
     tmp: PathBuf,
     mail: PathBuf,
     corrupt: PathBuf,
+    notify: Option<crossbeam_channel::Sender<String>>,
 }
 
 /// What the start-up scan found.
@@ -87,12 +88,63 @@ impl Spool {
             tmp: root.join("tmp"),
             mail: root.join("mail"),
             corrupt: root.join("corrupt"),
+            notify: None,
         };
         fs::create_dir_all(root).map_err(|e| at(root, e))?;
         for d in [&s.tmp, &s.mail, &s.corrupt] {
             mkdir(d).map_err(|e| at(d, e))?;
         }
         Ok(s)
+    }
+
+    /// Tell `tx` the id of every message committed from now on (the
+    /// scheduler picks new mail up at once instead of polling).
+    pub fn with_notify(mut self, tx: crossbeam_channel::Sender<String>) -> Spool {
+        self.notify = Some(tx);
+        self
+    }
+
+    /// Rewrite a committed envelope atomically: new file, fsync, rename
+    /// over the old one, fsync the directory.
+    pub fn update(&self, env: &Envelope) -> io::Result<()> {
+        let tmp = self.tmp.join(format!("{}.env.update", env.id));
+        let _ = fs::remove_file(&tmp);
+        let done = write_synced(&tmp, env.to_text().as_bytes())
+            .and_then(|_| {
+                fs::rename(&tmp, self.mail.join(format!("{}.env", env.id))).map_err(|e| at(&tmp, e))
+            })
+            .and_then(|_| fsync_dir(&self.mail).map_err(|e| at(&self.mail, e)));
+        if done.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        done
+    }
+
+    /// Remove a finished message: envelope first, so a crash in between
+    /// leaves only an orphan body, which the next start removes.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        let env = self.mail.join(format!("{id}.env"));
+        match fs::remove_file(&env) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&env, e)),
+            _ => {}
+        }
+        let body = self.body_path(id);
+        match fs::remove_file(&body) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&body, e)),
+            _ => {}
+        }
+        fsync_dir(&self.mail).map_err(|e| at(&self.mail, e))
+    }
+
+    /// Queue a message made here (a bounce): body and envelope in one go.
+    pub fn submit(&self, body: &[u8], env: &mut Envelope) -> io::Result<String> {
+        let mut m = self.begin()?;
+        env.id = m.id().to_string();
+        env.size = body.len() as u64;
+        m.write(body);
+        let id = env.id.clone();
+        m.commit(env)?;
+        Ok(id)
     }
 
     /// The spool's root directory.
@@ -295,6 +347,11 @@ impl Incoming {
             return Err(e);
         }
         self.body_path = PathBuf::new();
+        if let Some(n) = &self.spool.notify {
+            // The scheduler may be gone during shutdown; the message is
+            // safe on disk and found by the next start's scan.
+            let _ = n.send(self.id.clone());
+        }
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! TLS for both directions: certificates from PEM files ([`pki`]) and the
 //! server configuration with SNI ([`server`]).
 
+pub mod client;
 pub mod pki;
 pub mod server;
 

@@ -48,6 +48,10 @@ pub fn write_mode(path: &Path, text: &str, mode: u32) {
 
 /// The standard test setup: three listeners like `make run`'s, plus a plain
 /// one, local delivery for example.com, relay only after AUTH.
+///
+/// Deliveries here always defer, so tests can inspect the spool without
+/// racing the delivery threads: the maildir lies under a plain file and DNS
+/// goes to a port where nothing answers.
 pub fn standard_config(dir: &Path) -> String {
     format!(
         r#"hostname mx.test
@@ -60,8 +64,9 @@ listen on 127.0.0.1 port 0 tls pki mx.test
 listen on 127.0.0.1 port 0 tls-require pki mx.test auth <users>
 listen on 127.0.0.1 port 0 smtps pki mx.test auth <users>
 listen on 127.0.0.1 port 0
-action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+action "local" maildir "{d}/cert.pem/%{{user}}/Maildir" users <locals>
 action "out" relay
+resolver 127.0.0.1:9
 match from any for domain "example.com" action "local"
 match auth from any for any action "out"
 limit max-message-size 10K

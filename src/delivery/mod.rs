@@ -1,0 +1,252 @@
+//! Delivery: the scheduler ([`scheduler`]) decides what is due and is the
+//! only writer of envelope state; a fixed pool of delivery threads carries
+//! out jobs, locally ([`local`]) or over SMTP ([`remote`]), and reports one
+//! result per recipient back. Bounces are built in [`bounce`].
+//!
+//! Unknown failures are temporary: anything not clearly permanent defers.
+
+pub mod bounce;
+pub mod local;
+pub mod remote;
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Config, Delivery};
+use crate::dns::Resolver;
+use crate::spool::Spool;
+use crate::tls::client::ClientTls;
+
+/// How a recipient fared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Delivered.
+    Sent,
+    /// Try again later.
+    Deferred,
+    /// Failed for good: bounce.
+    Bounced,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Sent => "sent",
+            Status::Deferred => "deferred",
+            Status::Bounced => "bounced",
+        }
+    }
+
+    /// From a reply code: 2xx sent, 5xx bounced, anything else deferred.
+    pub fn from_code(code: u16) -> Status {
+        match code {
+            200..=299 => Status::Sent,
+            500..=599 => Status::Bounced,
+            _ => Status::Deferred,
+        }
+    }
+}
+
+/// One recipient's result.
+#[derive(Clone, Debug)]
+pub struct RcptOutcome {
+    /// Index into the envelope's recipients.
+    pub idx: usize,
+    /// Result.
+    pub status: Status,
+    /// The remote reply or our own explanation, one line.
+    pub reply: String,
+    /// `HOST[ADDR]:PORT`, `maildir`, or `none`.
+    pub relay: String,
+    /// `TLSv1.3/CIPHER` or `none`.
+    pub tls: String,
+    /// Whether the server certificate verified.
+    pub verified: bool,
+}
+
+/// One message's part of a job.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Queue id.
+    pub id: String,
+    /// Envelope sender (empty for `<>`).
+    pub from: String,
+    /// Body size.
+    pub size: u64,
+    /// 8BITMIME body.
+    pub eight_bit: bool,
+    /// Arrival time, for `delay=`.
+    pub arrival: u64,
+    /// (index, address) of the recipients to try.
+    pub rcpts: Vec<(usize, String)>,
+    /// Body file.
+    pub body: PathBuf,
+}
+
+/// Where a job goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    /// Action name.
+    pub action: String,
+    /// Recipient domain (lower-cased) for MX relay; empty for maildir and
+    /// smarthost routes.
+    pub domain: String,
+}
+
+/// Work for a delivery thread: messages for one route.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// Destination.
+    pub route: Route,
+    /// Messages.
+    pub items: Vec<Item>,
+}
+
+/// A delivery thread's report.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Queue id.
+    pub id: String,
+    /// Results, one per recipient tried.
+    pub results: Vec<RcptOutcome>,
+}
+
+/// What delivery threads share: built once per configuration.
+pub struct Context {
+    /// The configuration.
+    pub cfg: Arc<Config>,
+    /// DNS.
+    pub resolver: Resolver,
+    /// TLS client configs per relay action.
+    pub tls: HashMap<String, ClientTls>,
+    /// Our EHLO name.
+    pub hostname: String,
+}
+
+impl Context {
+    /// Build from the configuration; errors name what failed.
+    pub fn new(cfg: Arc<Config>) -> Result<Context, String> {
+        let resolver = if cfg.resolvers.is_empty() {
+            // Without a usable resolv.conf, remote mail defers (and says
+            // why in its log line) while local delivery goes on.
+            Resolver::from_system().unwrap_or_else(|e| {
+                log::error!(
+                    "DNS: {e}; remote deliveries will defer until it is fixed and postern reloaded"
+                );
+                Resolver::with_servers(Vec::new())
+            })
+        } else {
+            Resolver::with_servers(cfg.resolvers.clone())
+        };
+        let mut tls = HashMap::new();
+        let needs_tls = cfg
+            .actions
+            .values()
+            .any(|a| matches!(a, Delivery::Relay { .. }));
+        let roots = if needs_tls {
+            crate::tls::client::system_roots()
+        } else {
+            rustls::RootCertStore::empty()
+        };
+        for (name, a) in &cfg.actions {
+            if let Delivery::Relay { ca, .. } = a {
+                tls.insert(
+                    name.clone(),
+                    ClientTls::new(roots.clone(), ca.as_deref())
+                        .map_err(|e| format!("action {name}: {e}"))?,
+                );
+            }
+        }
+        Ok(Context {
+            hostname: cfg.hostname.clone(),
+            cfg,
+            resolver,
+            tls,
+        })
+    }
+
+    /// Carry out one job: one outcome per message.
+    pub fn run(&self, job: &Job) -> Vec<Outcome> {
+        match self.cfg.actions.get(&job.route.action) {
+            Some(Delivery::Maildir { path, alias, .. }) => {
+                let alias = alias.as_ref().and_then(|t| self.cfg.tables.get(t));
+                job.items
+                    .iter()
+                    .map(|item| local::deliver(item, path, alias))
+                    .collect()
+            }
+            Some(Delivery::Relay { .. }) => remote::deliver(self, job),
+            None => job
+                .items
+                .iter()
+                .map(|item| Outcome {
+                    id: item.id.clone(),
+                    results: item
+                        .rcpts
+                        .iter()
+                        .map(|(idx, _)| RcptOutcome {
+                            idx: *idx,
+                            status: Status::Deferred,
+                            reply: format!(
+                                "451 4.3.0 no action named '{}' in the configuration",
+                                job.route.action
+                            ),
+                            relay: "none".into(),
+                            tls: "none".into(),
+                            verified: false,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Start the scheduler and `limit delivery-workers` delivery threads.
+/// Returns the sender that committed messages are announced on.
+pub fn start(cfg: Arc<Config>, spool: Spool) -> Result<crossbeam_channel::Sender<String>, String> {
+    let ctx = Arc::new(Context::new(cfg.clone())?);
+    let (new_tx, new_rx) = crossbeam_channel::unbounded::<String>();
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+    let (res_tx, res_rx) = crossbeam_channel::unbounded::<Vec<Outcome>>();
+    for i in 0..cfg.limits.delivery_workers {
+        let (ctx, job_rx, res_tx) = (ctx.clone(), job_rx.clone(), res_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("delivery-{i}"))
+            .spawn(move || {
+                for job in job_rx {
+                    let out = ctx.run(&job);
+                    if res_tx.send(out).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start delivery thread: {e}"))?;
+    }
+    let mut sched = scheduler::Scheduler::new(cfg, spool, job_tx)?;
+    std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || sched.run(new_rx, res_rx))
+        .map_err(|e| format!("cannot start scheduler: {e}"))?;
+    Ok(new_tx)
+}
+
+/// The per-recipient log line (SPEC §5, after Postfix's log_adhoc).
+pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
+    let delay = crate::time::unix_now().saturating_sub(item.arrival);
+    let line = format!(
+        "{}: to=<{addr}> relay={} delay={delay}s tls={} verified={} status={} ({})",
+        item.id,
+        r.relay,
+        r.tls,
+        if r.verified { "yes" } else { "no" },
+        r.status.as_str(),
+        r.reply
+    );
+    match r.status {
+        Status::Sent => log::info!("{line}"),
+        _ => log::warn!("{line}"),
+    }
+}

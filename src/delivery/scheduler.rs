@@ -1,0 +1,339 @@
+//! The scheduler: one thread that owns the queue state in memory (rebuilt
+//! from the spool at start, so `kill -9` loses nothing), decides what is
+//! due, groups recipients by route into jobs, and writes every result back
+//! to the envelope (write-new + rename) before acting on it.
+//!
+//! Newly committed mail is announced over a channel and dispatched at once;
+//! deferred recipients wait for their retry time: 1m, 5m, 15m, 30m, 1h,
+//! then hourly, until `bounce-after`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use super::bounce::{self, Failure};
+use super::{Item, Job, Outcome, Route, Status};
+use crate::config::{Config, Delivery};
+use crate::rules::ListenerPolicy;
+use crate::smtp::address::parse_mailbox;
+use crate::smtp::server::{Client, Policy};
+use crate::spool::Spool;
+use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
+
+/// Messages per job: enough to reuse a connection, few enough that one
+/// busy destination still spreads over several delivery threads.
+const ITEMS_PER_JOB: usize = 20;
+
+/// Seconds to wait after the n-th failed attempt, for a first retry of
+/// `base` seconds (60 by default: 1m, 5m, 15m, 30m, 1h, then hourly).
+pub fn backoff(attempts: u32, base: u64) -> u64 {
+    let factor = match attempts {
+        0 | 1 => 1,
+        2 => 5,
+        3 => 15,
+        4 => 30,
+        _ => 60,
+    };
+    base.max(1).saturating_mul(factor)
+}
+
+struct Entry {
+    env: Envelope,
+    /// Jobs out for this message; it is not dispatched again until 0.
+    busy: usize,
+}
+
+/// The scheduler's state.
+pub struct Scheduler {
+    cfg: Arc<Config>,
+    spool: Spool,
+    jobs: Sender<Job>,
+    queue: BTreeMap<String, Entry>,
+}
+
+impl Scheduler {
+    /// Load every committed message.
+    pub fn new(cfg: Arc<Config>, spool: Spool, jobs: Sender<Job>) -> Result<Scheduler, String> {
+        let mut s = Scheduler {
+            cfg,
+            spool,
+            jobs,
+            queue: BTreeMap::new(),
+        };
+        for id in s.spool.list().map_err(|e| format!("queue: {e}"))? {
+            s.load(&id);
+        }
+        Ok(s)
+    }
+
+    fn load(&mut self, id: &str) {
+        if self.queue.contains_key(id) {
+            return;
+        }
+        match self.spool.envelope(id) {
+            Ok(env) => {
+                self.queue.insert(id.to_string(), Entry { env, busy: 0 });
+            }
+            Err(e) => log::error!("{id}: cannot read envelope: {e}"),
+        }
+    }
+
+    /// Run until the announcement channel closes.
+    pub fn run(&mut self, new: Receiver<String>, results: Receiver<Vec<Outcome>>) {
+        log::info!("scheduler: {} messages in the queue", self.queue.len());
+        loop {
+            let now = crate::time::unix_now();
+            let next = self.dispatch(now);
+            // Wake for the next retry, but at least once a minute so a
+            // changed clock cannot stall the queue.
+            let wait = Duration::from_secs(
+                next.map(|t| t.saturating_sub(now).clamp(1, 60))
+                    .unwrap_or(60),
+            );
+            select! {
+                recv(new) -> id => match id {
+                    Ok(id) => self.load(&id),
+                    Err(_) => return,
+                },
+                recv(results) -> r => if let Ok(outcomes) = r {
+                    for o in outcomes {
+                        self.apply(o);
+                    }
+                },
+                default(wait) => {}
+            }
+        }
+    }
+
+    /// Hand out every due recipient; returns the earliest future retry.
+    fn dispatch(&mut self, now: u64) -> Option<u64> {
+        let mut groups: BTreeMap<Route, Vec<Item>> = BTreeMap::new();
+        let mut next: Option<u64> = None;
+        for (id, e) in self.queue.iter_mut() {
+            if e.busy > 0 {
+                continue;
+            }
+            let mut per_route: BTreeMap<Route, Vec<(usize, String)>> = BTreeMap::new();
+            for (idx, r) in e.env.rcpts.iter().enumerate() {
+                if r.state != RcptState::Pending {
+                    continue;
+                }
+                if r.next_try > now {
+                    next = Some(next.map_or(r.next_try, |n| n.min(r.next_try)));
+                    continue;
+                }
+                per_route
+                    .entry(route_of(&self.cfg, r))
+                    .or_default()
+                    .push((idx, r.addr.clone()));
+            }
+            for (route, rcpts) in per_route {
+                groups.entry(route).or_default().push(Item {
+                    id: id.clone(),
+                    from: e.env.from.clone(),
+                    size: e.env.size,
+                    eight_bit: e.env.eight_bit,
+                    arrival: e.env.arrival,
+                    rcpts,
+                    body: self.spool.body_path(id),
+                });
+            }
+        }
+        for (route, items) in groups {
+            for chunk in items.chunks(ITEMS_PER_JOB) {
+                for item in chunk {
+                    if let Some(e) = self.queue.get_mut(&item.id) {
+                        e.busy += 1;
+                    }
+                }
+                let job = Job {
+                    route: route.clone(),
+                    items: chunk.to_vec(),
+                };
+                if self.jobs.send(job).is_err() {
+                    log::error!("scheduler: delivery threads are gone");
+                }
+            }
+        }
+        next
+    }
+
+    fn apply(&mut self, o: Outcome) {
+        let now = crate::time::unix_now();
+        let bounce_after = self.cfg.bounce_after.as_secs();
+        let retry = self.cfg.limits.retry_interval.as_secs();
+        let Some(e) = self.queue.get_mut(&o.id) else {
+            return;
+        };
+        e.busy = e.busy.saturating_sub(1);
+        let mut failures: Vec<(String, String, String)> = Vec::new();
+        for r in &o.results {
+            let Some(rc) = e.env.rcpts.get_mut(r.idx) else {
+                continue;
+            };
+            rc.error = r.reply.clone();
+            match r.status {
+                Status::Sent => rc.state = RcptState::Sent,
+                Status::Bounced => {
+                    rc.state = RcptState::Bounced;
+                    failures.push((rc.addr.clone(), r.reply.clone(), r.relay.clone()));
+                }
+                Status::Deferred => {
+                    rc.attempts += 1;
+                    if now.saturating_sub(e.env.arrival) >= bounce_after {
+                        rc.state = RcptState::Bounced;
+                        let reply = format!("{} (gave up after {} attempts)", r.reply, rc.attempts);
+                        log::warn!(
+                            "{}: to=<{}> status=bounced (expired: {reply})",
+                            o.id,
+                            rc.addr
+                        );
+                        failures.push((rc.addr.clone(), reply, r.relay.clone()));
+                    } else {
+                        rc.next_try = now + backoff(rc.attempts, retry);
+                    }
+                }
+            }
+        }
+        if !failures.is_empty() && !e.env.from.is_empty() {
+            let env = e.env.clone();
+            if let Err(why) = self.send_bounce(&env, &failures) {
+                // The bounce could not be queued: keep the recipients for a
+                // later try rather than lose the notification.
+                log::error!("{}: cannot queue the bounce ({why}); will retry", o.id);
+                if let Some(e) = self.queue.get_mut(&o.id) {
+                    for (addr, _, _) in &failures {
+                        for rc in e.env.rcpts.iter_mut().filter(|rc| &rc.addr == addr) {
+                            rc.state = RcptState::Pending;
+                            rc.next_try = now + retry.max(1);
+                        }
+                    }
+                }
+            }
+        } else if !failures.is_empty() {
+            log::info!("{}: not bouncing a message from <>", o.id);
+        }
+        let Some(e) = self.queue.get(&o.id) else {
+            return;
+        };
+        let done = e.env.rcpts.iter().all(|r| r.state != RcptState::Pending);
+        if done && e.busy == 0 {
+            match self.spool.remove(&o.id) {
+                Ok(()) => {
+                    log::info!("{}: removed", o.id);
+                    self.queue.remove(&o.id);
+                }
+                Err(err) => log::error!("{}: cannot remove: {err}", o.id),
+            }
+        } else if let Err(err) = self.spool.update(&e.env) {
+            // XXX: the in-memory state is ahead of the disk now; after a
+            // crash the sent recipients of this message would be tried again.
+            log::error!("{}: cannot write envelope state: {err}", o.id);
+        }
+    }
+
+    fn send_bounce(
+        &mut self,
+        env: &Envelope,
+        failures: &[(String, String, String)],
+    ) -> Result<(), String> {
+        let list: Vec<Failure> = failures
+            .iter()
+            .map(|(rcpt, reply, relay)| Failure { rcpt, reply, relay })
+            .collect();
+        let text = bounce::build(
+            &self.cfg.hostname,
+            &env.id,
+            &env.from,
+            env.arrival,
+            &list,
+            &self.spool.body_path(&env.id),
+        );
+        // Bounces are routed like mail from a trusted local client.
+        let policy = ListenerPolicy::new(self.cfg.clone(), None);
+        let client = Client {
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            auth: Some("MAILER-DAEMON".into()),
+        };
+        let action = parse_mailbox(&env.from)
+            .ok_or_else(|| format!("sender <{}> cannot be parsed", env.from))
+            .and_then(|m| {
+                policy
+                    .check_rcpt(&client, &m)
+                    .map_err(|r| format!("no rule routes a bounce to <{}>: {r}", env.from))
+            });
+        let action = match action {
+            Ok(a) => a,
+            Err(why) => {
+                log::error!("{}: bounce dropped: {why}", env.id);
+                return Ok(());
+            }
+        };
+        let mut bounce_env = Envelope {
+            arrival: crate::time::unix_now(),
+            helo: self.cfg.hostname.clone(),
+            client: "127.0.0.1".into(),
+            rcpts: vec![EnvRcpt {
+                addr: env.from.clone(),
+                action,
+                state: RcptState::Pending,
+                attempts: 0,
+                next_try: 0,
+                error: String::new(),
+            }],
+            ..Envelope::default()
+        };
+        let id = self
+            .spool
+            .submit(&text, &mut bounce_env)
+            .map_err(|e| e.to_string())?;
+        log::info!("{}: bounce {id} queued to <{}>", env.id, env.from);
+        self.queue.insert(
+            id,
+            Entry {
+                env: bounce_env,
+                busy: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Snapshot of the queue for tests and the control socket.
+    pub fn states(&self) -> HashMap<String, Vec<RcptState>> {
+        self.queue
+            .iter()
+            .map(|(id, e)| (id.clone(), e.env.rcpts.iter().map(|r| r.state).collect()))
+            .collect()
+    }
+}
+
+/// The route of a recipient: MX relay routes are per domain.
+fn route_of(cfg: &Config, r: &EnvRcpt) -> Route {
+    let domain = match cfg.actions.get(&r.action) {
+        Some(Delivery::Relay { host: None, .. }) => r
+            .addr
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    Route {
+        action: r.action.clone(),
+        domain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_schedule() {
+        let s: Vec<u64> = (1..=7).map(|n| backoff(n, 60)).collect();
+        assert_eq!(s, [60, 300, 900, 1800, 3600, 3600, 3600]);
+        assert_eq!(backoff(2, 1), 5);
+        assert_eq!(backoff(1, 0), 1);
+    }
+}
