@@ -103,8 +103,14 @@ impl Postern {
 
     /// Start with a config made from the temp dir's path.
     pub fn start_with(conf: impl FnOnce(&Path) -> String) -> Postern {
+        Self::start_named(&["mx.test", "localhost"], conf)
+    }
+
+    /// Start with a certificate for `names` and a config made from the temp
+    /// dir's path.
+    pub fn start_named(names: &[&str], conf: impl FnOnce(&Path) -> String) -> Postern {
         let dir = tempfile::tempdir().unwrap();
-        let cert = make_cert(&["mx.test", "localhost"]);
+        let cert = make_cert(names);
         write_mode(&dir.path().join("cert.pem"), &cert.cert_pem, 0o644);
         write_mode(&dir.path().join("key.pem"), &cert.key_pem, 0o600);
         write_mode(
@@ -117,26 +123,18 @@ impl Postern {
         Self::spawn(dir, cert, config)
     }
 
+    /// `kill -9`, then start again on the same spool and config.
+    pub fn kill9_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (child, log) = spawn_child(&self.config);
+        self.child = child;
+        self.log = log;
+        self.read_addrs();
+    }
+
     fn spawn(dir: tempfile::TempDir, cert: TestCert, config: PathBuf) -> Postern {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-            .args(["-d", "-v", "-f"])
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start postern");
-        let log = Arc::new(LogBuf::default());
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = sink.lines.lock().unwrap();
-                l.push(line);
-                sink.cond.notify_all();
-            }
-        });
+        let (child, log) = spawn_child(&config);
         let mut p = Postern {
             child,
             dir,
@@ -145,7 +143,12 @@ impl Postern {
             log,
             config,
         };
-        let started = p.wait_log("postern started: listening on ", Duration::from_secs(20));
+        p.read_addrs();
+        p
+    }
+
+    fn read_addrs(&mut self) {
+        let started = self.wait_log("postern started: listening on ", Duration::from_secs(20));
         let list = started
             .split("listening on ")
             .nth(1)
@@ -153,8 +156,7 @@ impl Postern {
             .split(" with ")
             .next()
             .unwrap();
-        p.addrs = list.split(", ").map(|a| a.parse().unwrap()).collect();
-        p
+        self.addrs = list.split(", ").map(|a| a.parse().unwrap()).collect();
     }
 
     /// Wait for a log line containing `needle`; panics with the log so far.
@@ -260,6 +262,29 @@ impl Drop for Postern {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_child(config: &Path) -> (Child, Arc<LogBuf>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["-d", "-v", "-f"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start postern");
+    let log = Arc::new(LogBuf::default());
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = sink.lines.lock().unwrap();
+            l.push(line);
+            sink.cond.notify_all();
+        }
+    });
+    (child, log)
 }
 
 /// A client-side TLS config trusting only `cert`.
@@ -457,4 +482,107 @@ pub fn need(program: &str, package: &str) {
         found,
         "{program} is not installed: apt-get install -y {package} (.ci/run does this)"
     );
+}
+
+/// dnsmasq on a loopback port, authoritative for `.test`.
+pub struct Dns {
+    child: Child,
+    pub port: u16,
+}
+
+/// The records every delivery test can use.
+pub const TEST_ZONE: &[&str] = &[
+    "--mx-host=example.test,mx1.example.test,10",
+    "--host-record=mx1.example.test,127.0.0.2",
+    "--mx-host=backup.test,dead.backup.test,10",
+    "--mx-host=backup.test,mx1.example.test,20",
+    "--host-record=dead.backup.test,127.0.0.5",
+    "--mx-host=nullmx.test,.,0",
+    "--host-record=implicit.test,127.0.0.2",
+    "--mx-host=sender.test,mx.sender.test,10",
+    "--host-record=mx.sender.test,127.0.0.1",
+];
+
+impl Dns {
+    pub fn start() -> Dns {
+        need("dnsmasq", "dnsmasq-base");
+        // Bounded: a few tries in case another test took the port first.
+        for _ in 0..10 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("dnsmasq")
+                .args([
+                    "--no-daemon",
+                    "--listen-address=127.0.0.1",
+                    "--bind-interfaces",
+                    "--no-resolv",
+                    "--no-hosts",
+                ])
+                .args([
+                    "--pid-file=",
+                    "--user=root",
+                    "--local=/test/",
+                    "--log-facility=-",
+                ])
+                .arg(format!("--port={port}"))
+                .args(TEST_ZONE)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start dnsmasq");
+            std::thread::sleep(Duration::from_millis(200));
+            if child.try_wait().unwrap().is_none() {
+                return Dns { child, port };
+            }
+        }
+        panic!("dnsmasq would not start");
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `cond` every 50 ms for up to `limit`; panics with `what`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Files in a Maildir's new/ (empty when the Maildir does not exist).
+pub fn maildir_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("new"))
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Send one message over plain SMTP and return its queue id.
+pub fn submit(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
+    let cert = make_cert(&["unused.test"]);
+    let mut c = Conn::connect(addr, &cert.der);
+    c.expect("220");
+    c.ehlo();
+    c.cmd(&format!("MAIL FROM:<{from}>"), "250");
+    for t in to {
+        c.cmd(&format!("RCPT TO:<{t}>"), "250");
+    }
+    c.cmd("DATA", "354");
+    c.send_raw(body.as_bytes());
+    let r = c.cmd(".", "250 2.0.0 Ok: queued as ");
+    c.cmd("QUIT", "221");
+    r.rsplit(' ').next().unwrap().to_string()
 }

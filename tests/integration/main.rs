@@ -4,6 +4,7 @@
 
 mod clients;
 mod daemon;
+mod delivery;
 mod docs;
 mod harness;
 mod inbound;

@@ -1,0 +1,530 @@
+//! Delivery with real peers on loopback: dnsmasq for DNS, postern and
+//! aiosmtpd as receiving servers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Dns, Postern, maildir_files, need, submit, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A receiving postern on `ip` for example.test and friends.
+fn receiver(ip: &str, port: u16, tls: bool) -> Postern {
+    Postern::start_named(&["mx1.example.test"], |d| {
+        format!(
+            r#"hostname mx1.example.test
+queue "{d}/queue"
+pki mx1.example.test cert "{d}/cert.pem"
+pki mx1.example.test key "{d}/key.pem"
+table locals {{ alice, bob }}
+listen on {ip} port {port} {tls}
+action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+match from any for domain "example.test" action "local"
+match from any for domain "backup.test" action "local"
+match from any for domain "implicit.test" action "local"
+"#,
+            d = d.display(),
+            tls = if tls { "tls" } else { "" }
+        )
+    })
+}
+
+/// A sending postern: local mail for sender.test, everything else relayed.
+fn sender(dns: &Dns, port: u16, relay: &str) -> Postern {
+    Postern::start_with(|d| {
+        format!(
+            r#"hostname sender.test
+queue "{d}/queue"
+listen on 127.0.0.1 port 0
+resolver 127.0.0.1:{dns}
+table locals {{ carol }}
+action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+action "out" relay port {port} {relay}
+match from any for domain "sender.test" action "local"
+match from local for any action "out"
+limit retry-interval 1s
+"#,
+            d = d.display(),
+            dns = dns.port
+        )
+    })
+}
+
+fn maildir(p: &Postern, user: &str) -> PathBuf {
+    p.dir.path().join("mail").join(user).join("Maildir")
+}
+
+fn read(p: &Path) -> String {
+    String::from_utf8(std::fs::read(p).unwrap()).unwrap()
+}
+
+fn msg(subject: &str) -> String {
+    format!(
+        "From: carol@sender.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@sender.test>\r\n\r\nHello.\r\n"
+    )
+}
+
+#[test]
+fn opportunistic_starttls_is_used_when_offered() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let s = sender(&dns, r.addrs[0].port(), "");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("tls"),
+    );
+    wait_until(WAIT, "delivery to alice", || {
+        maildir_files(&maildir(&r, "alice")).len() == 1
+    });
+    let got = read(&maildir_files(&maildir(&r, "alice"))[0]);
+    assert!(
+        got.contains("by mx1.example.test (postern) with ESMTPS id"),
+        "{got}"
+    );
+    assert!(got.contains("(version=TLSv1.3 cipher=TLS13_"), "{got}");
+    assert!(
+        got.contains("by sender.test (postern) with ESMTP id"),
+        "{got}"
+    );
+    let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("relay=mx1.example.test[127.0.0.2]:"),
+        "{line}"
+    );
+    assert!(
+        line.contains("tls=TLSv1.3/TLS13_")
+            && line.contains("verified=no")
+            && line.contains("status=sent (250 2.0.0 Ok: queued as"),
+        "{line}"
+    );
+    s.wait_log(&format!("{id}: removed"), WAIT);
+    assert_eq!(s.files_in("mail"), 0);
+}
+
+#[test]
+fn plaintext_when_starttls_not_offered_under_may() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, false);
+    let s = sender(&dns, r.addrs[0].port(), "tls may");
+    submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("plain"),
+    );
+    wait_until(WAIT, "delivery to alice", || {
+        maildir_files(&maildir(&r, "alice")).len() == 1
+    });
+    let got = read(&maildir_files(&maildir(&r, "alice"))[0]);
+    assert!(
+        got.contains("by mx1.example.test (postern) with ESMTP id"),
+        "{got}"
+    );
+    let line = s.wait_log("to=<alice@example.test>", WAIT);
+    assert!(
+        line.contains("tls=none") && line.contains("status=sent"),
+        "{line}"
+    );
+}
+
+#[test]
+fn encrypt_defers_and_sends_nothing_without_starttls() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, false);
+    let s = sender(&dns, r.addrs[0].port(), "tls encrypt");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("enc"),
+    );
+    let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("status=deferred")
+            && line.contains("TLS is required, but mx1.example.test[127.0.0.2]"),
+        "{line}"
+    );
+    assert!(
+        !r.log_text().contains("< MAIL FROM"),
+        "MAIL sent without TLS:\n{}",
+        r.log_text()
+    );
+    assert!(maildir_files(&maildir(&r, "alice")).is_empty());
+    // The scheduler records the attempt right after the log line.
+    wait_until(WAIT, "attempt recorded", || {
+        s.envelope(&id).contains("state=pending attempts=1")
+    });
+}
+
+#[test]
+fn verify_needs_a_trusted_chain() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let port = r.addrs[0].port();
+    let untrusted = sender(&dns, port, "tls verify");
+    let id = submit(
+        untrusted.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("v1"),
+    );
+    let line = untrusted.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("status=deferred") && line.contains("TLS handshake with mx1.example.test"),
+        "{line}"
+    );
+    assert!(maildir_files(&maildir(&r, "alice")).is_empty());
+    let ca = r.cert_path();
+    let trusted = sender(&dns, port, &format!("tls verify ca \"{}\"", ca.display()));
+    let id = submit(
+        trusted.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("v2"),
+    );
+    let line = trusted.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("status=sent") && line.contains("verified=yes"),
+        "{line}"
+    );
+}
+
+#[test]
+fn second_mx_when_the_first_is_down() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let s = sender(&dns, r.addrs[0].port(), "");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@backup.test", "bob@implicit.test"],
+        &msg("mx"),
+    );
+    wait_until(WAIT, "two deliveries", || {
+        maildir_files(&maildir(&r, "alice")).len() + maildir_files(&maildir(&r, "bob")).len() == 2
+    });
+    let log = s.log_text();
+    let alice = log
+        .lines()
+        .find(|l| l.contains(&format!("{id}: to=<alice@backup.test>")))
+        .unwrap();
+    assert!(
+        alice.contains("relay=mx1.example.test[127.0.0.2]") && alice.contains("status=sent"),
+        "{alice}"
+    );
+    let bob = log
+        .lines()
+        .find(|l| l.contains(&format!("{id}: to=<bob@implicit.test>")))
+        .unwrap();
+    assert!(
+        bob.contains("relay=implicit.test[127.0.0.2]"),
+        "implicit MX: {bob}"
+    );
+}
+
+/// Wait for `count` bounces in carol's Maildir, check each parses as an
+/// RFC 3464 report, and return them joined.
+fn check_dsn(p: &Postern, count: usize, want: &[&str]) -> String {
+    wait_until(WAIT, "bounces in carol's Maildir", || {
+        maildir_files(&maildir(p, "carol")).len() >= count
+    });
+    let all: Vec<String> = maildir_files(&maildir(p, "carol"))
+        .iter()
+        .map(|f| read(f))
+        .collect();
+    for dsn in &all {
+        parses_as_report(dsn);
+    }
+    let joined = all.join("\n");
+    for w in want {
+        assert!(joined.contains(w), "bounces lack {w:?}:\n{joined}");
+    }
+    joined
+}
+
+fn parses_as_report(dsn: &str) {
+    need("python3", "python3");
+    let script = "import email,sys\nm=email.message_from_bytes(sys.stdin.buffer.read())\n\
+                  assert m.get_content_type()=='multipart/report', m.get_content_type()\n\
+                  assert m.get_param('report-type')=='delivery-status'\n\
+                  parts=[x.get_content_type() for x in m.get_payload()]\n\
+                  assert parts==['text/plain','message/delivery-status','text/rfc822-headers'], parts\n\
+                  print('ok')";
+    let mut py = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(dsn.as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "DSN does not parse: {}\n{dsn}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_at_once() {
+    let dns = Dns::start();
+    let s = sender(&dns, 25, "");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["x@nullmx.test", "y@nosuch.test"],
+        &msg("nullmx"),
+    );
+    // Two domains, two routes: one bounce each.
+    let dsn = check_dsn(
+        &s,
+        2,
+        &[
+            "Status: 5.1.10",
+            "Status: 5.1.2",
+            "Final-Recipient: rfc822; x@nullmx.test",
+            "Subject: nullmx",
+        ],
+    );
+    assert!(
+        dsn.contains("From: Mail Delivery System <MAILER-DAEMON@sender.test>"),
+        "{dsn}"
+    );
+    s.wait_log(&format!("{id}: removed"), WAIT);
+    // The bounce came from <> and was delivered locally.
+    assert!(s.log_text().contains("bounce "), "{}", s.log_text());
+}
+
+#[test]
+fn permanent_remote_failure_bounces_with_the_reply() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let s = sender(&dns, r.addrs[0].port(), "");
+    submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["nobody@example.test", "alice@example.test"],
+        &msg("5xx"),
+    );
+    let dsn = check_dsn(
+        &s,
+        1,
+        &[
+            "550 5.1.1 Recipient address rejected: user unknown",
+            "Remote-MTA: dns; mx1.example.test",
+            "Status: 5.1.1",
+        ],
+    );
+    assert!(
+        !dsn.contains("alice@example.test>:"),
+        "the delivered recipient is not in the bounce: {dsn}"
+    );
+    wait_until(WAIT, "alice's copy", || {
+        maildir_files(&maildir(&r, "alice")).len() == 1
+    });
+}
+
+#[test]
+fn local_maildir_copy_is_byte_identical() {
+    let dns = Dns::start();
+    let s = sender(&dns, 25, "");
+    let body = "Subject: local\r\n\r\n..starts with a dot\r\nbinary-ish \u{e9}\r\n";
+    submit(
+        s.addrs[0],
+        "someone@elsewhere.test",
+        &["carol@sender.test"],
+        body,
+    );
+    wait_until(WAIT, "local delivery", || {
+        maildir_files(&maildir(&s, "carol")).len() == 1
+    });
+    let got = std::fs::read(&maildir_files(&maildir(&s, "carol"))[0]).unwrap();
+    let text = String::from_utf8(got).unwrap();
+    let (received, rest) = text.split_at(text.find("Subject: local").unwrap());
+    assert!(
+        received.starts_with("Received: from client.test ([127.0.0.1])")
+            && received.ends_with("+0000\r\n"),
+        "{received}"
+    );
+    assert_eq!(rest, body.replacen("..starts", ".starts", 1));
+}
+
+#[test]
+fn kill_dash_nine_loses_nothing_and_delivers_once() {
+    let dns = Dns::start();
+    // The receiver's port is chosen now but it starts only after the crash,
+    // so nothing can be delivered before it.
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut s = sender(&dns, port, "");
+    const N: usize = 30;
+    for i in 0..N {
+        submit(
+            s.addrs[0],
+            "carol@sender.test",
+            &["alice@example.test"],
+            &msg(&format!("crash{i}")),
+        );
+    }
+    s.kill9_and_restart();
+    s.wait_log(&format!("scheduler: {N} messages in the queue"), WAIT);
+    let r = receiver("127.0.0.2", port, true);
+    wait_until(Duration::from_secs(60), "all messages delivered", || {
+        maildir_files(&maildir(&r, "alice")).len() >= N
+    });
+    wait_until(WAIT, "sender queue empty", || s.files_in("mail") == 0);
+    let mut ids: Vec<String> = maildir_files(&maildir(&r, "alice"))
+        .iter()
+        .map(|p| {
+            read(p)
+                .lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!((before, ids.len()), (N, N), "duplicates or losses");
+}
+
+/// aiosmtpd as the receiving side.
+struct Peer {
+    child: Child,
+    out: tempfile::TempDir,
+    port: u16,
+}
+
+impl Peer {
+    fn start(ip: &str, tls: Option<&Postern>, fail_first: bool) -> Peer {
+        need("python3", "python3");
+        let ok = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "aiosmtpd is not installed: pip install aiosmtpd (.ci/run does this)"
+        );
+        let out = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind(format!("{ip}:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/aiosmtpd_peer.py"
+        ))
+        .args([ip, &port.to_string()])
+        .arg(out.path());
+        if let Some(p) = tls {
+            cmd.arg("--tls")
+                .arg(p.cert_path())
+                .arg(p.dir.path().join("key.pem"));
+        }
+        if fail_first {
+            cmd.arg("--fail-first");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("ready"),
+            "aiosmtpd peer did not start: {line:?}"
+        );
+        Peer { child, out, port }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.out.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn aiosmtpd_peer_with_and_without_starttls() {
+    let dns = Dns::start();
+    // Its certificate comes from a throwaway postern's test files.
+    let certs = receiver("127.0.0.3", 0, true);
+    let tls_peer = Peer::start("127.0.0.2", Some(&certs), false);
+    let s = sender(&dns, tls_peer.port, "");
+    submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("aio-tls"),
+    );
+    wait_until(WAIT, "aiosmtpd delivery", || tls_peer.messages().len() == 1);
+    let m = &tls_peer.messages()[0];
+    assert!(
+        m.contains("\"tls\": true") && m.contains("Subject: aio-tls"),
+        "{m}"
+    );
+    drop(tls_peer);
+    let plain_peer = Peer::start("127.0.0.2", None, false);
+    let s2 = sender(&dns, plain_peer.port, "");
+    submit(
+        s2.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("aio-plain"),
+    );
+    wait_until(WAIT, "aiosmtpd delivery", || {
+        plain_peer.messages().len() == 1
+    });
+    assert!(plain_peer.messages()[0].contains("\"tls\": false"));
+}
+
+#[test]
+fn transient_failure_then_success_on_retry() {
+    let dns = Dns::start();
+    let peer = Peer::start("127.0.0.2", None, true);
+    let s = sender(&dns, peer.port, "");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("retry"),
+    );
+    let first = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        first.contains("status=deferred (451 4.3.0 try again later)"),
+        "{first}"
+    );
+    wait_until(WAIT, "delivery on retry", || peer.messages().len() == 1);
+    s.wait_log("status=sent", WAIT);
+    s.wait_log(&format!("{id}: removed"), WAIT);
+}
