@@ -14,7 +14,7 @@ VAR        := $(CURDIR)/var
 RUN_USER   ?= test
 RUN_PASS   ?= test
 
-.PHONY: all run test clean
+.PHONY: all run test bench clean
 
 all:
 	$(CARGO) build --release
@@ -23,6 +23,9 @@ test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+
+bench:
+	$(CARGO) bench --bench delivery
 
 $(VAR)/key.pem:
 	mkdir -p $(VAR)

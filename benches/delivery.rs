@@ -1,0 +1,131 @@
+//! `make bench` (delivery): time for one postern to deliver N queued 4 KiB
+//! messages to a second postern over STARTTLS, connections reused.
+//!
+//! The messages are written straight into the sender's spool before it
+//! starts, so the figure is pure delivery: scheduler, SMTP client, TLS and
+//! the receiver's durable commits. Loopback only; bounded in time.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postern::spool::Spool;
+use postern::spool::envelope::{EnvRcpt, Envelope, RcptState};
+
+const N: usize = 2000;
+const LIMIT: Duration = Duration::from_secs(300);
+
+fn write(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn postern(conf: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["-d", "-f"])
+        .arg(conf)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postern")
+}
+
+fn wait_port(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["rcv.bench".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    write(&d.join("cert.pem"), &cert.pem(), 0o644);
+    write(&d.join("key.pem"), &key.serialize_pem(), 0o600);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::create_dir_all(d.join("r")).unwrap();
+    std::fs::create_dir_all(d.join("s")).unwrap();
+    write(
+        &d.join("r/postern.conf"),
+        &format!(
+            "hostname rcv.bench\nqueue \"{d}/r/q\"\npki rcv.bench cert \"{d}/cert.pem\"\npki rcv.bench key \"{d}/key.pem\"\n\
+             listen on 127.0.0.1 port {port} tls\naction \"local\" maildir \"{d}/r/mail/%{{user}}\"\n\
+             match from any for domain \"bench.test\" action \"local\"\nlimit workers 64\nlimit delivery-workers 4\n",
+            d = d.display()
+        ),
+        0o644,
+    );
+    write(
+        &d.join("s/postern.conf"),
+        &format!(
+            "hostname snd.bench\nqueue \"{d}/s/q\"\nlisten on 127.0.0.1 port 0\n\
+             action \"out\" relay host smtp://127.0.0.1:{port} tls encrypt\n\
+             match from local for any action \"out\"\nlimit delivery-workers 16\n",
+            d = d.display()
+        ),
+        0o644,
+    );
+    // N messages of 4 KiB in the sender's spool, as a session would leave them.
+    let spool = Spool::open(&d.join("s/q")).unwrap();
+    let line = format!("{}\r\n", "x".repeat(78));
+    let mut body = String::from(
+        "Received: from bench ([127.0.0.1])\r\n\tby snd.bench (postern) with ESMTP id X;\r\n\tTue, 1 Dec 2026 00:00:00 +0000\r\nSubject: bench\r\n\r\n",
+    );
+    while body.len() < 4096 {
+        body.push_str(&line);
+    }
+    for _ in 0..N {
+        let mut env = Envelope {
+            arrival: postern::time::unix_now(),
+            from: "load@snd.bench".into(),
+            helo: "bench".into(),
+            client: "127.0.0.1".into(),
+            rcpts: vec![EnvRcpt {
+                addr: "user@bench.test".into(),
+                action: "out".into(),
+                state: RcptState::Pending,
+                attempts: 0,
+                next_try: 0,
+                error: String::new(),
+            }],
+            ..Envelope::default()
+        };
+        spool.submit(body.as_bytes(), &mut env).unwrap();
+    }
+    let mut r = postern(&d.join("r/postern.conf"));
+    wait_port(&format!("127.0.0.1:{port}"));
+    let t0 = Instant::now();
+    let mut s = postern(&d.join("s/postern.conf"));
+    let mail = d.join("s/q/mail");
+    let left = || std::fs::read_dir(&mail).map(|r| r.count()).unwrap_or(0);
+    while left() > 0 && t0.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = t0.elapsed();
+    let remaining = left() / 2;
+    let _ = s.kill();
+    let _ = r.kill();
+    let _ = (s.wait(), r.wait());
+    let delivered = N - remaining;
+    println!(
+        "delivery: {delivered}/{N} queued 4 KiB messages delivered postern -> postern over STARTTLS in {:.2}s = {:.0} msgs/s",
+        elapsed.as_secs_f64(),
+        delivered as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(
+        remaining, 0,
+        "not all messages were delivered within {LIMIT:?}"
+    );
+}
