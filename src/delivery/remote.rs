@@ -351,11 +351,16 @@ impl Session {
             return Ok(caps);
         }
         if !self.buf.is_empty() {
-            return Err(Fail::Next(format!(
+            let why = format!(
                 "451 4.7.0 {} sent {} bytes after its 220 to STARTTLS; refusing to read them inside TLS",
                 self.relay,
                 self.buf.len()
-            )));
+            );
+            return Err(if policy == TlsPolicy::May {
+                Fail::Downgrade(why)
+            } else {
+                Fail::Next(why)
+            });
         }
         let cfg = if policy == TlsPolicy::Verify {
             tls.verified.clone()

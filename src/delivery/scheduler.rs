@@ -98,9 +98,8 @@ impl Scheduler {
                     Err(_) => return,
                 },
                 recv(results) -> r => if let Ok(outcomes) = r {
-                    for o in outcomes {
-                        self.apply(o);
-                    }
+                    let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
+                    self.remove(&done);
                 },
                 default(wait) => {}
             }
@@ -160,13 +159,31 @@ impl Scheduler {
         next
     }
 
-    fn apply(&mut self, o: Outcome) {
+    /// Remove finished messages from disk, then from memory.
+    fn remove(&mut self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        match self.spool.remove(&refs) {
+            Ok(()) => {
+                for id in ids {
+                    log::info!("{id}: removed");
+                    self.queue.remove(id);
+                }
+            }
+            // Kept in memory as done: nothing is sent again, and the next
+            // start finds the files and sees every recipient finished.
+            Err(err) => log::error!("cannot remove finished messages: {err}"),
+        }
+    }
+
+    /// Record one message's results; returns its id when it is finished.
+    fn apply(&mut self, o: Outcome) -> Option<String> {
         let now = crate::time::unix_now();
         let bounce_after = self.cfg.bounce_after.as_secs();
         let retry = self.cfg.limits.retry_interval.as_secs();
-        let Some(e) = self.queue.get_mut(&o.id) else {
-            return;
-        };
+        let e = self.queue.get_mut(&o.id)?;
         e.busy = e.busy.saturating_sub(1);
         let mut failures: Vec<(String, String, String)> = Vec::new();
         for r in &o.results {
@@ -215,23 +232,17 @@ impl Scheduler {
         } else if !failures.is_empty() {
             log::info!("{}: not bouncing a message from <>", o.id);
         }
-        let Some(e) = self.queue.get(&o.id) else {
-            return;
-        };
+        let e = self.queue.get(&o.id)?;
         let done = e.env.rcpts.iter().all(|r| r.state != RcptState::Pending);
         if done && e.busy == 0 {
-            match self.spool.remove(&o.id) {
-                Ok(()) => {
-                    log::info!("{}: removed", o.id);
-                    self.queue.remove(&o.id);
-                }
-                Err(err) => log::error!("{}: cannot remove: {err}", o.id),
-            }
-        } else if let Err(err) = self.spool.update(&e.env) {
+            return Some(o.id);
+        }
+        if let Err(err) = self.spool.update(&e.env) {
             // XXX: the in-memory state is ahead of the disk now; after a
             // crash the sent recipients of this message would be tried again.
             log::error!("{}: cannot write envelope state: {err}", o.id);
         }
+        None
     }
 
     fn send_bounce(

@@ -528,3 +528,191 @@ fn transient_failure_then_success_on_retry() {
     s.wait_log("status=sent", WAIT);
     s.wait_log(&format!("{id}: removed"), WAIT);
 }
+
+/// A receiving server that advertises STARTTLS and then answers the
+/// ClientHello with garbage, and on the next connection behaves. Records
+/// whether the message arrived on the second, plaintext, connection.
+fn broken_tls_peer(ip: &str) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for conn in 0..2 {
+            let (s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            w.write_all(b"220 broken.test ESMTP\r\n").unwrap();
+            let mut line = String::new();
+            // Bounded: the client sends a handful of commands per connection.
+            for _ in 0..50 {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let cmd = line.trim_end().to_ascii_uppercase();
+                seen.push(format!("{conn}: {cmd}"));
+                let reply: &[u8] = if cmd.starts_with("EHLO") {
+                    b"250-broken.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
+                } else if cmd == "STARTTLS" {
+                    w.write_all(b"220 go ahead\r\n").unwrap();
+                    // Wait for the ClientHello, then answer with something
+                    // that is not a ServerHello: the handshake must fail.
+                    let mut hello = [0u8; 512];
+                    let _ = std::io::Read::read(&mut r, &mut hello);
+                    let _ = w.write_all(b"this is not TLS\r\n\r\n");
+                    break;
+                } else if cmd == "DATA" {
+                    b"354 go\r\n"
+                } else if cmd == "." {
+                    b"250 2.0.0 accepted in plaintext\r\n"
+                } else if cmd == "QUIT" {
+                    w.write_all(b"221 bye\r\n").unwrap();
+                    break;
+                } else if cmd.starts_with("MAIL")
+                    || cmd.starts_with("RCPT")
+                    || cmd.starts_with("RSET")
+                {
+                    b"250 ok\r\n"
+                } else {
+                    continue;
+                };
+                w.write_all(reply).unwrap();
+            }
+        }
+        seen
+    });
+    (port, h)
+}
+
+#[test]
+fn may_falls_back_to_plaintext_after_a_failed_handshake() {
+    let dns = Dns::start();
+    let (port, peer) = broken_tls_peer("127.0.0.2");
+    let s = sender(&dns, port, "tls may");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("fallback"),
+    );
+    let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("status=sent (250 2.0.0 accepted in plaintext)") && line.contains("tls=none"),
+        "{line}"
+    );
+    assert!(
+        s.log_text().contains("TLS handshake failed"),
+        "{}",
+        s.log_text()
+    );
+    let seen = peer.join().unwrap();
+    assert!(seen.contains(&"0: STARTTLS".to_string()), "{seen:?}");
+    assert!(
+        !seen.iter().any(|c| c.starts_with("0: MAIL")),
+        "mail sent on the broken connection: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|c| c.starts_with("1: MAIL FROM:<CAROL@SENDER.TEST>")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|c| c.starts_with("1: STARTTLS")),
+        "second connection tried TLS again: {seen:?}"
+    );
+}
+
+#[test]
+fn tls_policy_table_overrides_the_action() {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, false);
+    let s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:{dns}\n\
+             table pol {{ backup.test = encrypt }}\naction \"out\" relay port {port} tls-policy <pol>\n\
+             match from local for any action \"out\"\n",
+            d = d.display(),
+            dns = dns.port,
+            port = r.addrs[0].port()
+        )
+    });
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test", "bob@backup.test"],
+        &msg("pol"),
+    );
+    let bob = s.wait_log(&format!("{id}: to=<bob@backup.test>"), WAIT);
+    assert!(
+        bob.contains("status=deferred") && bob.contains("TLS is required"),
+        "{bob}"
+    );
+    let alice = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        alice.contains("status=sent") && alice.contains("tls=none"),
+        "{alice}"
+    );
+}
+
+#[test]
+fn dns_failure_defers_and_null_sender_never_bounces() {
+    // Nothing answers DNS on this port: the lookup fails, which defers.
+    let s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:9\n\
+             action \"out\" relay\nmatch from local for any action \"out\"\nbounce-after 0s\n",
+            d = d.display()
+        )
+    });
+    let id = submit(s.addrs[0], "", &["x@example.test"], &msg("nullsender"));
+    let line = s.wait_log(&format!("{id}: to=<x@example.test>"), WAIT);
+    assert!(
+        line.contains("status=deferred (451 4.4.3 MX lookup for example.test failed"),
+        "{line}"
+    );
+    // bounce-after 0s: it expires at once, but a message from <> is not bounced.
+    s.wait_log(&format!("{id}: not bouncing a message from <>"), WAIT);
+    s.wait_log(&format!("{id}: removed"), WAIT);
+    assert!(!s.log_text().contains("bounce "), "{}", s.log_text());
+}
+
+#[test]
+fn smarthost_smtps_with_auth() {
+    let r = Postern::start_named(&["relay.test"], |d| {
+        format!(
+            "hostname relay.test\nqueue \"{d}/queue\"\npki relay.test cert \"{d}/cert.pem\"\npki relay.test key \"{d}/key.pem\"\n\
+             table users file:{d}/users\nlisten on 127.0.0.2 port 0 smtps auth <users>\n\
+             action \"hold\" relay\nresolver 127.0.0.1:9\nmatch auth from any for any action \"hold\"\n",
+            d = d.display()
+        )
+    });
+    let port = r.addrs[0].port();
+    let s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\n\
+             table secrets {{ 127.0.0.2 = \"alice:secret\" }}\n\
+             action \"smart\" relay host smtps://127.0.0.2:{port} auth <secrets>\nmatch from local for any action \"smart\"\n",
+            d = d.display()
+        )
+    });
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["far@away.test"],
+        &msg("smart"),
+    );
+    let line = s.wait_log(&format!("{id}: to=<far@away.test>"), WAIT);
+    assert!(
+        line.contains("status=sent")
+            && line.contains("relay=127.0.0.2[127.0.0.2]")
+            && line.contains("tls=TLSv1.3"),
+        "{line}"
+    );
+    let got = r.wait_log("from=<carol@sender.test>", WAIT);
+    assert!(
+        got.contains("auth=alice") && got.contains("tls=TLSv1.3"),
+        "{got}"
+    );
+}
