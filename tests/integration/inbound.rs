@@ -244,7 +244,10 @@ fn spooled_body_is_what_was_sent_plus_received() {
     assert!(received.contains(&format!("id {id}")), "{received}");
     assert!(received.ends_with(" +0000\r\n"), "{received}");
     assert_eq!(rest, sent.replace("\r\n..dotted", "\r\n.dotted"));
-    assert_eq!(p.files_in("tmp"), 0);
+    // The scheduler's envelope rewrites pass through tmp/ for an instant.
+    crate::harness::wait_until(Duration::from_secs(5), "an empty tmp/", || {
+        p.files_in("tmp") == 0
+    });
 }
 
 #[test]
