@@ -9,13 +9,17 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod dns;
+pub mod logging;
 pub mod net;
 pub mod passwd;
 pub mod rules;
 pub mod smtp;
 pub mod spool;
+pub mod stats;
+pub mod sys;
 pub mod table;
 pub mod time;
 pub mod tls;

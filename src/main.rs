@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use argh::FromArgs;
 
-use postern::config::Config;
+use postern::config::{Config, LogTarget};
 use postern::net::listener::{self, Server};
 use postern::spool::Spool;
 
@@ -29,18 +29,13 @@ struct Args {
         default = "PathBuf::from(\"/etc/postern/postern.conf\")"
     )]
     file: PathBuf,
-}
-
-fn init_logging(verbose: bool) {
-    let default = if verbose { "debug" } else { "info" };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
-        .format_target(false)
-        .init();
+    /// pid file when running in the background (default /run/postern.pid)
+    #[argh(option, short = 'p', default = "PathBuf::from(\"/run/postern.pid\")")]
+    pid_file: PathBuf,
 }
 
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    init_logging(args.verbose);
     let cfg = match Config::load(&args.file) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -52,10 +47,17 @@ fn main() -> ExitCode {
         println!("postern: configuration {} OK", args.file.display());
         return ExitCode::SUCCESS;
     }
-    if !args.foreground {
-        log::warn!("background operation is not implemented yet; running in the foreground");
-    }
-    match run(cfg, args.file) {
+    let syslog = match &cfg.log {
+        LogTarget::Syslog(p) => Some(p.clone()),
+        LogTarget::Default if !args.foreground => Some(PathBuf::from("/dev/log")),
+        _ => None,
+    };
+    postern::logging::init(postern::logging::Setup {
+        verbose: args.verbose,
+        stderr: args.foreground,
+        syslog,
+    });
+    match run(cfg, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -65,7 +67,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cfg: Arc<Config>, path: PathBuf) -> Result<(), String> {
+fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
+    let run_as = postern::sys::run_as(cfg.user.as_deref())?;
     let spool = Spool::open(&cfg.queue).map_err(|e| format!("queue: {e}"))?;
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
@@ -76,9 +79,38 @@ fn run(cfg: Arc<Config>, path: PathBuf) -> Result<(), String> {
         report.removed_orphans,
         report.quarantined
     );
+    // Privileged ports are bound, and keys and tables were read with the
+    // configuration, before anything else.
     let bound = listener::bind(&cfg)?;
-    let notify = postern::delivery::start(cfg.clone(), spool.clone())?;
+    if !args.foreground {
+        postern::sys::daemonize()?;
+        postern::sys::write_pid_file(&args.pid_file)?;
+    }
+    if let Some(who) = &run_as {
+        postern::sys::chown_tree(&cfg.queue, who)?;
+        if !args.foreground {
+            postern::sys::chown_tree(&args.pid_file, who)?;
+        }
+        postern::sys::drop_privileges(who)?;
+    }
+    // Every thread starts after the drop, and no client byte is read before.
+    let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+    let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
+    let notify = postern::delivery::start(cfg.clone(), spool.clone(), ctl_rx)?;
     let spool = spool.with_notify(notify);
-    let server = Server::new(cfg, Some(path), bound, Arc::new(spool))?;
-    server.run().map_err(|e| format!("event loop: {e}"))
+    let server = Server::new(cfg.clone(), Some(args.file.clone()), bound, Arc::new(spool))?;
+    postern::control::serve(
+        &postern::control::socket_path(&cfg.queue),
+        ctl_tx,
+        reload_tx,
+        server.waker(),
+    )?;
+    let r = server
+        .run(reload_rx)
+        .map_err(|e| format!("event loop: {e}"));
+    let _ = std::fs::remove_file(postern::control::socket_path(&cfg.queue));
+    if !args.foreground {
+        let _ = std::fs::remove_file(&args.pid_file);
+    }
+    r
 }

@@ -229,7 +229,19 @@ pub const KEYWORDS: &[&str] = &[
     "limit",
     "bounce-after",
     "resolver",
+    "log",
 ];
+
+/// `log stderr` / `log syslog [SOCKET]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// stderr with `-d`, syslog in the background.
+    Default,
+    /// Always stderr.
+    Stderr,
+    /// The syslog socket (default /dev/log).
+    Syslog(PathBuf),
+}
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -258,6 +270,8 @@ pub struct Config {
     pub bounce_after: Duration,
     /// `resolver`: DNS servers to use instead of /etc/resolv.conf.
     pub resolvers: Vec<SocketAddr>,
+    /// `log`.
+    pub log: LogTarget,
 }
 
 impl Config {
@@ -296,6 +310,7 @@ impl Config {
             limits: default_limits(),
             bounce_after: Duration::from_secs(4 * 86400),
             resolvers: Vec::new(),
+            log: LogTarget::Default,
         }
     }
 }
@@ -537,6 +552,18 @@ impl Parser<'_> {
                 let v = a.word("duration")?;
                 self.cfg.bounce_after =
                     parse_duration(v).ok_or_else(|| format!("bounce-after: bad duration '{v}'"))?;
+            }
+            "log" => {
+                self.cfg.log = match a.word("'stderr' or 'syslog'")? {
+                    "stderr" => LogTarget::Stderr,
+                    "syslog" => LogTarget::Syslog(match a.next() {
+                        Some(t) => self.path(t.text().ok_or_else(|| {
+                            format!("log syslog: expected a socket path, got '{t}'")
+                        })?),
+                        None => PathBuf::from("/dev/log"),
+                    }),
+                    w => return Err(format!("log: expected 'stderr' or 'syslog', got '{w}'")),
+                };
             }
             "resolver" => {
                 let v = a.word("resolver address")?;

@@ -206,7 +206,11 @@ impl Context {
 
 /// Start the scheduler and `limit delivery-workers` delivery threads.
 /// Returns the sender that committed messages are announced on.
-pub fn start(cfg: Arc<Config>, spool: Spool) -> Result<crossbeam_channel::Sender<String>, String> {
+pub fn start(
+    cfg: Arc<Config>,
+    spool: Spool,
+    ctl: crossbeam_channel::Receiver<crate::control::Message>,
+) -> Result<crossbeam_channel::Sender<String>, String> {
     let ctx = Arc::new(Context::new(cfg.clone())?);
     let (new_tx, new_rx) = crossbeam_channel::unbounded::<String>();
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
@@ -228,7 +232,7 @@ pub fn start(cfg: Arc<Config>, spool: Spool) -> Result<crossbeam_channel::Sender
     let mut sched = scheduler::Scheduler::new(cfg, spool, job_tx)?;
     std::thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || sched.run(new_rx, res_rx))
+        .spawn(move || sched.run(new_rx, res_rx, ctl))
         .map_err(|e| format!("cannot start scheduler: {e}"))?;
     Ok(new_tx)
 }
@@ -246,7 +250,23 @@ pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
         r.reply
     );
     match r.status {
-        Status::Sent => log::info!("{line}"),
-        _ => log::warn!("{line}"),
+        Status::Sent => {
+            crate::stats::DELIVERED.inc();
+            if r.relay != "maildir" {
+                crate::stats::DELIVERED_REMOTE.inc();
+                if r.tls != "none" {
+                    crate::stats::DELIVERED_TLS.inc();
+                }
+            }
+            log::info!("{line}")
+        }
+        Status::Deferred => {
+            crate::stats::DEFERRED.inc();
+            log::warn!("{line}")
+        }
+        Status::Bounced => {
+            crate::stats::BOUNCED.inc();
+            log::warn!("{line}")
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! deferred recipients wait for their retry time: 1m, 5m, 15m, 30m, 1h,
 //! then hourly, until `bounce-after`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use super::bounce::{self, Failure};
 use super::{Item, Job, Outcome, Route, Status};
 use crate::config::{Config, Delivery};
+use crate::control;
 use crate::rules::ListenerPolicy;
 use crate::smtp::address::parse_mailbox;
 use crate::smtp::server::{Client, Policy};
@@ -81,7 +82,12 @@ impl Scheduler {
     }
 
     /// Run until the announcement channel closes.
-    pub fn run(&mut self, new: Receiver<String>, results: Receiver<Vec<Outcome>>) {
+    pub fn run(
+        &mut self,
+        new: Receiver<String>,
+        results: Receiver<Vec<Outcome>>,
+        ctl: Receiver<control::Message>,
+    ) {
         log::info!("scheduler: {} messages in the queue", self.queue.len());
         loop {
             let now = crate::time::unix_now();
@@ -100,6 +106,10 @@ impl Scheduler {
                 recv(results) -> r => if let Ok(outcomes) = r {
                     let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
                     self.remove(&done);
+                },
+                recv(ctl) -> m => if let Ok(m) = m {
+                    let answer = self.control(m.req);
+                    let _ = m.reply.send(answer);
                 },
                 default(wait) => {}
             }
@@ -311,12 +321,90 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Snapshot of the queue for tests and the control socket.
-    pub fn states(&self) -> HashMap<String, Vec<RcptState>> {
-        self.queue
-            .iter()
-            .map(|(id, e)| (id.clone(), e.env.rcpts.iter().map(|r| r.state).collect()))
-            .collect()
+    /// Answer a posternctl request.
+    fn control(&mut self, req: control::Request) -> String {
+        use control::Request;
+        let now = crate::time::unix_now();
+        match req {
+            Request::ShowQueue => {
+                let mut out = String::from("ok\n");
+                out.push_str(&format!(
+                    "{:<16}  {:>6}  {:<28}  {:<28}  {:<8}  {:>3}  {}\n",
+                    "ID", "AGE", "SENDER", "RECIPIENT", "STATE", "TRY", "LAST ERROR"
+                ));
+                for (id, e) in &self.queue {
+                    for r in &e.env.rcpts {
+                        let state = match (r.state, e.busy > 0) {
+                            (RcptState::Pending, true) => "active",
+                            (RcptState::Pending, false) if r.next_try > now => "deferred",
+                            (RcptState::Pending, false) => "queued",
+                            (RcptState::Sent, _) => "sent",
+                            (RcptState::Bounced, _) => "bounced",
+                        };
+                        out.push_str(&format!(
+                            "{id:<16}  {:>6}  {:<28}  {:<28}  {state:<8}  {:>3}  {}\n",
+                            age(now.saturating_sub(e.env.arrival)),
+                            format!("<{}>", e.env.from),
+                            r.addr,
+                            r.attempts,
+                            r.error
+                        ));
+                    }
+                }
+                out
+            }
+            Request::ShowStats => format!("ok\n{}", crate::stats::report(self.queue.len())),
+            Request::Schedule(which) => {
+                let ids = match self.select(&which) {
+                    Ok(ids) => ids,
+                    Err(e) => return e,
+                };
+                for id in &ids {
+                    if let Some(e) = self.queue.get_mut(id) {
+                        for r in e
+                            .env
+                            .rcpts
+                            .iter_mut()
+                            .filter(|r| r.state == RcptState::Pending)
+                        {
+                            r.next_try = 0;
+                        }
+                    }
+                }
+                format!("ok\n{} messages scheduled\n", ids.len())
+            }
+            Request::Remove(which) => {
+                let ids = match self.select(&which) {
+                    Ok(ids) => ids,
+                    Err(e) => return e,
+                };
+                self.remove(&ids);
+                for id in &ids {
+                    log::info!("{id}: removed by posternctl");
+                }
+                format!("ok\n{} messages removed\n", ids.len())
+            }
+        }
+    }
+
+    fn select(&self, which: &str) -> Result<Vec<String>, String> {
+        if which == "all" {
+            Ok(self.queue.keys().cloned().collect())
+        } else if self.queue.contains_key(which) {
+            Ok(vec![which.to_string()])
+        } else {
+            Err(format!("error: no message {which} in the queue\n"))
+        }
+    }
+}
+
+/// `42s`, `7m`, `3h`, `2d`.
+fn age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
     }
 }
 

@@ -70,7 +70,7 @@ pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
         spool,
         ep,
     };
-    let end = d.session(peer);
+    let (end, summary) = d.session(peer);
     let (reason, detail) = match &end {
         End::Closed => ("closed", String::new()),
         End::Eof => ("disconnect", String::new()),
@@ -82,11 +82,12 @@ pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
         End::Error(e) => ("error", format!(" error=\"{e}\"")),
         End::Handshake(e) => ("tls-handshake-failed", format!(" error=\"{e}\"")),
     };
+    crate::stats::SESSIONS_ACTIVE.dec();
     if d.incoming.take().is_some() {
         log::info!("{sid} smtp message-aborted reason={reason}: nothing was queued");
     }
     log::info!(
-        "{sid} smtp disconnected address={peer} reason={reason}{detail} duration={:.3}s",
+        "{sid} smtp disconnected address={peer} reason={reason}{detail} {summary} duration={:.3}s",
         started.elapsed().as_secs_f64()
     );
 }
@@ -131,12 +132,14 @@ impl Driver<'_> {
         }
     }
 
-    fn session(&mut self, peer: SocketAddr) -> End {
+    /// Run the session; returns how it ended and, for the log, its TLS
+    /// state and authenticated user.
+    fn session(&mut self, peer: SocketAddr) -> (End, String) {
         let mut tls = None;
         if self.ep.listener.tls == TlsMode::Implicit {
             match self.handshake(peer) {
                 Ok(info) => tls = Some(info),
-                Err(e) => return e,
+                Err(e) => return (e, tls_log(None)),
             }
         }
         let mut s = Session::new(
@@ -145,6 +148,18 @@ impl Driver<'_> {
             peer.ip(),
             tls,
         );
+        s.set_log_id(self.sid);
+        let end = self.drive(&mut s, peer);
+        let auth = s
+            .client()
+            .auth
+            .as_ref()
+            .map(|a| format!(" auth={a}"))
+            .unwrap_or_default();
+        (end, format!("{}{auth}", tls_log(s.tls())))
+    }
+
+    fn drive(&mut self, s: &mut Session, peer: SocketAddr) -> End {
         let mut buf = vec![0u8; 16 * 1024];
         // Bounded by the socket timeouts and the session's own error
         // limits: every pass either consumes input or blocks on a read.
@@ -186,7 +201,7 @@ impl Driver<'_> {
                     }
                 }
                 Action::Commit => {
-                    let result = self.commit(&s, peer);
+                    let result = self.commit(s, peer);
                     s.queued(result);
                 }
                 Action::Abort => self.incoming = None,
@@ -257,6 +272,10 @@ impl Driver<'_> {
         let id = env.id.clone();
         match m.commit(&env) {
             Ok(()) => {
+                crate::stats::MESSAGES_IN.inc();
+                if env.tls.is_some() {
+                    crate::stats::MESSAGES_IN_TLS.inc();
+                }
                 log::info!(
                     "{id}: from=<{}> size={} nrcpt={} client={} {}{} session={}",
                     env.from,

@@ -160,7 +160,10 @@ impl Server {
 
     /// Accept until SIGTERM/SIGINT, then let sessions finish (bounded by
     /// `limit shutdown-timeout`) and return.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(
+        mut self,
+        reloads: crossbeam_channel::Receiver<crossbeam_channel::Sender<String>>,
+    ) -> io::Result<()> {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         self.poll
             .registry()
@@ -203,7 +206,9 @@ impl Server {
                     SIGNALS => {
                         for sig in signals.pending() {
                             match sig {
-                                SIGHUP => self.reload(),
+                                SIGHUP => {
+                                    let _ = self.reload();
+                                }
                                 _ => {
                                     log::info!(
                                         "postern stopping on signal {sig}: no new connections"
@@ -213,7 +218,16 @@ impl Server {
                             }
                         }
                     }
-                    WAKER => {}
+                    WAKER => {
+                        // posternctl reload: answer with the outcome.
+                        while let Ok(reply) = reloads.try_recv() {
+                            let answer = match self.reload() {
+                                Ok(msg) => format!("ok\n{msg}\n"),
+                                Err(e) => format!("error: {e}\n"),
+                            };
+                            let _ = reply.send(answer);
+                        }
+                    }
                     Token(i) if i < self.listeners.len() => self.accept(i, &tx),
                     _ => {}
                 }
@@ -281,6 +295,7 @@ impl Server {
                 }
             };
             if let Some(which) = refused {
+                crate::stats::SESSIONS_REFUSED.inc();
                 log::warn!("smtp refused address={peer} reason=limit-{which}");
                 busy(&mut stream);
                 continue;
@@ -303,6 +318,7 @@ impl Server {
             match tx.try_send(job) {
                 Ok(()) => {}
                 Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    crate::stats::SESSIONS_REFUSED.inc();
                     log::warn!("smtp refused address={peer} reason=workers-busy");
                     let mut s = job.stream;
                     let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
@@ -317,18 +333,21 @@ impl Server {
     /// SIGHUP: re-read the configuration, certificates and tables. New
     /// sessions use them; sessions in flight keep what they started with.
     /// A bad file is refused and the running configuration kept.
-    fn reload(&mut self) {
+    fn reload(&mut self) -> Result<String, String> {
+        let r = self.try_reload();
+        match &r {
+            Ok(msg) => log::info!("{msg}"),
+            Err(e) => log::error!("{e}"),
+        }
+        r
+    }
+
+    fn try_reload(&mut self) -> Result<String, String> {
         let Some(path) = self.config_path.clone() else {
-            log::warn!("reload: postern was started without a configuration file");
-            return;
+            return Err("reload: postern was started without a configuration file".into());
         };
-        let cfg = match Config::load(&path) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                log::error!("reload refused, keeping the running configuration: {e}");
-                return;
-            }
-        };
+        let refused = |e: String| format!("reload refused, keeping the running configuration: {e}");
+        let cfg = Arc::new(Config::load(&path).map_err(|e| refused(e.to_string()))?);
         let same_sockets = cfg.listeners.len() == self.cfg.listeners.len()
             && cfg
                 .listeners
@@ -336,27 +355,22 @@ impl Server {
                 .zip(&self.cfg.listeners)
                 .all(|(a, b)| a.addr == b.addr);
         if !same_sockets {
-            log::error!(
-                "reload refused: listen on addresses changed; restart postern to change them"
-            );
-            return;
+            return Err(refused(
+                "listen on addresses changed; restart postern to change them".into(),
+            ));
         }
-        match cfg
+        let eps = cfg
             .listeners
             .iter()
             .map(|l| Endpoint::build(&cfg, l).map(Arc::new))
-            .collect()
-        {
-            Ok(eps) => {
-                self.endpoints = eps;
-                self.cfg = cfg;
-                log::info!(
-                    "reload: configuration, certificates and tables re-read from {}",
-                    path.display()
-                );
-            }
-            Err(e) => log::error!("reload refused, keeping the running configuration: {e}"),
-        }
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(refused)?;
+        self.endpoints = eps;
+        self.cfg = cfg;
+        Ok(format!(
+            "reload: configuration, certificates and tables re-read from {}",
+            path.display()
+        ))
     }
 }
 
