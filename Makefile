@@ -5,19 +5,62 @@
 #   make test     cargo fmt --check, clippy -D warnings, cargo test
 
 PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
 SYSCONFDIR ?= /etc
 MANDIR     ?= $(PREFIX)/share/man
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+SPOOLDIR   ?= /var/spool/postern
 DESTDIR    ?=
 CARGO      ?= cargo
+# release for real use; `make install PROFILE=debug` installs a debug build
+PROFILE    ?= release
+TARGETDIR  ?= target
+BIN        := $(TARGETDIR)/$(PROFILE)
 
 VAR        := $(CURDIR)/var
 RUN_USER   ?= test
 RUN_PASS   ?= test
 
-.PHONY: all run test bench clean
+.PHONY: all run test bench install uninstall clean
 
 all:
-	$(CARGO) build --release
+	$(CARGO) build --profile $(if $(filter debug,$(PROFILE)),dev,$(PROFILE)) --bins
+
+# Paths in the init scripts follow SBINDIR and SYSCONFDIR.
+SUBST = sed -e 's|/usr/local/sbin|$(SBINDIR)|g' -e 's|/etc/postern|$(SYSCONFDIR)/postern|g'
+
+install: all
+	install -d -m 755 $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(SYSCONFDIR)/postern $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSTEMDDIR)
+	install -m 755 $(BIN)/postern $(DESTDIR)$(SBINDIR)/postern
+	install -m 755 $(BIN)/posternctl $(DESTDIR)$(SBINDIR)/posternctl
+	install -m 644 man/postern.8 man/posternctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 644 man/postern.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	@# Never overwrite an administrator's configuration.
+	if [ -e $(DESTDIR)$(SYSCONFDIR)/postern/postern.conf ]; then \
+		install -m 644 etc/postern.conf $(DESTDIR)$(SYSCONFDIR)/postern/postern.conf.sample; \
+	else \
+		install -m 644 etc/postern.conf $(DESTDIR)$(SYSCONFDIR)/postern/postern.conf; \
+	fi
+	$(SUBST) etc/postern.service > $(DESTDIR)$(SYSTEMDDIR)/postern.service
+	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/postern.service
+	$(SUBST) etc/init.d/postern > $(DESTDIR)$(SYSCONFDIR)/init.d/postern
+	chmod 755 $(DESTDIR)$(SYSCONFDIR)/init.d/postern
+	@# As root on the real system: the _postern user and its spool.
+	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
+		id _postern >/dev/null 2>&1 || useradd --system --home-dir $(SPOOLDIR) --no-create-home \
+			--shell /usr/sbin/nologin _postern; \
+		install -d -m 700 -o _postern -g _postern $(SPOOLDIR); \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/postern $(DESTDIR)$(SBINDIR)/posternctl \
+		$(DESTDIR)$(MANDIR)/man8/postern.8 $(DESTDIR)$(MANDIR)/man8/posternctl.8 \
+		$(DESTDIR)$(MANDIR)/man5/postern.conf.5 \
+		$(DESTDIR)$(SYSTEMDDIR)/postern.service $(DESTDIR)$(SYSCONFDIR)/init.d/postern \
+		$(DESTDIR)$(SYSCONFDIR)/postern/postern.conf.sample
+	@# The configuration, the _postern user and the spool (mail!) are kept.
+	@echo "kept $(SYSCONFDIR)/postern/postern.conf and $(SPOOLDIR); remove them by hand if wanted"
 
 test:
 	$(CARGO) fmt --check
@@ -63,7 +106,7 @@ run: all $(VAR)/postern.conf
 	@echo "postern: STARTTLS on 127.0.0.1:2525, submission (STARTTLS required, AUTH) on 2587, smtps on 2465"
 	@echo "postern: test user '$(RUN_USER)' password '$(RUN_PASS)'; spool in $(VAR)/queue"
 	@echo "postern: try: swaks --server 127.0.0.1:2587 -tls -au $(RUN_USER) -ap $(RUN_PASS) --from $(RUN_USER)@localhost --to someone@example.net"
-	./target/release/postern -d -f $(VAR)/postern.conf
+	$(BIN)/postern -d -f $(VAR)/postern.conf
 
 clean:
 	$(CARGO) clean

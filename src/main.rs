@@ -68,6 +68,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
+    // Until the event loop takes over, a SIGHUP (an eager init script's
+    // reload) must not kill us and a SIGTERM must still stop us.
+    let early_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let early_hup = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, early_stop.clone())
+            .map_err(|e| format!("signals: {e}"))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup)
+        .map_err(|e| format!("signals: {e}"))?;
     let run_as = postern::sys::run_as(cfg.user.as_deref())?;
     let spool = Spool::open(&cfg.queue).map_err(|e| format!("queue: {e}"))?;
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
@@ -106,7 +116,7 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
         server.waker(),
     )?;
     let r = server
-        .run(reload_rx)
+        .run(reload_rx, &early_stop)
         .map_err(|e| format!("event loop: {e}"));
     let _ = std::fs::remove_file(postern::control::socket_path(&cfg.queue));
     if !args.foreground {

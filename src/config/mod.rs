@@ -410,6 +410,30 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     })
 }
 
+/// The `queue` directory of a configuration file, found without loading
+/// keys or tables (posternctl runs without access to them).
+pub fn queue_dir(path: &Path) -> Result<PathBuf, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::at(&name, 0, format!("cannot read configuration: {e}")))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut queue = PathBuf::from("/var/spool/postern");
+    for l in lexer::lex(&name, &text)? {
+        if let [Token::Word(kw), v] = l.tokens.as_slice()
+            && kw == "queue"
+            && let Some(q) = v.text()
+        {
+            let q = Path::new(q);
+            queue = if q.is_absolute() {
+                q.to_path_buf()
+            } else {
+                base.join(q)
+            };
+        }
+    }
+    Ok(queue)
+}
+
 struct Parser<'a> {
     file: &'a str,
     base: &'a Path,

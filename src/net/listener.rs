@@ -160,9 +160,11 @@ impl Server {
 
     /// Accept until SIGTERM/SIGINT, then let sessions finish (bounded by
     /// `limit shutdown-timeout`) and return.
+    /// `early_stop` is set by a SIGTERM that came before the loop started.
     pub fn run(
         mut self,
         reloads: crossbeam_channel::Receiver<crossbeam_channel::Sender<String>>,
+        early_stop: &std::sync::atomic::AtomicBool,
     ) -> io::Result<()> {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         self.poll
@@ -193,7 +195,7 @@ impl Server {
                 .join(", ")
         );
         let mut events = Events::with_capacity(256);
-        let mut stopping = false;
+        let mut stopping = early_stop.load(std::sync::atomic::Ordering::SeqCst);
         while !stopping {
             if let Err(e) = self.poll.poll(&mut events, None) {
                 if e.kind() == io::ErrorKind::Interrupted {

@@ -8,7 +8,7 @@ use crate::harness::need;
 fn man_pages_lint_clean() {
     need("mandoc", "mandoc");
     let root = env!("CARGO_MANIFEST_DIR");
-    for page in ["man/postern.8", "man/postern.conf.5"] {
+    for page in ["man/postern.8", "man/postern.conf.5", "man/posternctl.8"] {
         let out = Command::new("mandoc")
             .args(["-Tlint", "-W", "warning"])
             .arg(format!("{root}/{page}"))

@@ -8,3 +8,4 @@ mod delivery;
 mod docs;
 mod harness;
 mod inbound;
+mod ops;
