@@ -39,37 +39,54 @@ impl Stream {
         }
     }
 
+    /// Take the plain socket out for an upgrade.
+    fn take_plain(&mut self) -> io::Result<TcpStream> {
+        match std::mem::replace(self, Stream::Detached) {
+            Stream::Plain(tcp) => Ok(tcp),
+            other => {
+                *self = other;
+                debug_assert!(false, "upgrade of a stream that is not plain");
+                Err(io::Error::other(
+                    "TLS upgrade of a stream that is not plain TCP",
+                ))
+            }
+        }
+    }
+
     /// Run the server side of a TLS handshake on this connection.
     pub fn upgrade_server(&mut self, cfg: Arc<ServerConfig>) -> io::Result<TlsInfo> {
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Detached) else {
-            debug_assert!(false, "upgrade of a stream that is not plain");
-            return Err(io::Error::other(
-                "TLS upgrade of a stream that is not plain TCP",
-            ));
-        };
         let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
-        let mut tls = StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            // complete_io sends any alert describing a failure before it
-            // returns the error.
-            tls.conn.complete_io(&mut tls.sock)?;
-        }
-        let info = TlsInfo {
-            version: tls
-                .conn
-                .protocol_version()
-                .map(crate::tls::version_name)
-                .unwrap_or_default(),
-            cipher: tls
-                .conn
-                .negotiated_cipher_suite()
-                .map(|s| format!("{:?}", s.suite()))
-                .unwrap_or_default(),
-            sni: tls.conn.server_name().map(str::to_string),
-        };
+        let mut tls = StreamOwned::new(conn, self.take_plain()?);
+        let mut info = handshake(&mut tls)?;
+        info.sni = tls.conn.server_name().map(str::to_string);
         *self = Stream::Tls(Box::new(tls));
         Ok(info)
     }
+}
+
+/// Run a handshake to completion and describe its result. complete_io
+/// sends any alert describing a failure before it returns the error.
+fn handshake<C, D>(tls: &mut StreamOwned<C, TcpStream>) -> io::Result<TlsInfo>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(TlsInfo {
+        version: tls
+            .conn
+            .protocol_version()
+            .map(crate::tls::version_name)
+            .unwrap_or_default(),
+        cipher: tls
+            .conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
+        sni: None,
+    })
 }
 
 /// The client side of a finished handshake.
@@ -89,32 +106,11 @@ impl Stream {
         cfg: Arc<ClientConfig>,
         host: &str,
     ) -> io::Result<ClientTlsInfo> {
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Detached) else {
-            debug_assert!(false, "upgrade of a stream that is not plain");
-            return Err(io::Error::other(
-                "TLS upgrade of a stream that is not plain TCP",
-            ));
-        };
         let name = ServerName::try_from(host.trim_end_matches('.').to_string())
             .map_err(|e| io::Error::other(format!("bad TLS server name {host}: {e}")))?;
         let conn = ClientConnection::new(cfg, name).map_err(io::Error::other)?;
-        let mut tls = StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn.complete_io(&mut tls.sock)?;
-        }
-        let info = TlsInfo {
-            version: tls
-                .conn
-                .protocol_version()
-                .map(crate::tls::version_name)
-                .unwrap_or_default(),
-            cipher: tls
-                .conn
-                .negotiated_cipher_suite()
-                .map(|s| format!("{:?}", s.suite()))
-                .unwrap_or_default(),
-            sni: None,
-        };
+        let mut tls = StreamOwned::new(conn, self.take_plain()?);
+        let info = handshake(&mut tls)?;
         let chain = tls
             .conn
             .peer_certificates()

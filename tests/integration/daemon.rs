@@ -7,15 +7,7 @@ use std::time::Duration;
 use crate::harness::{Conn, Postern, make_cert, standard_config, write_mode};
 
 fn check(conf: &str, setup: impl FnOnce(&std::path::Path)) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = make_cert(&["mx.test"]);
-    write_mode(&dir.path().join("cert.pem"), &cert.cert_pem, 0o644);
-    write_mode(&dir.path().join("key.pem"), &cert.key_pem, 0o600);
-    write_mode(
-        &dir.path().join("users"),
-        &format!("alice {}\n", crate::harness::ALICE_HASH),
-        0o600,
-    );
+    let (dir, _) = crate::harness::test_dir(&["mx.test"]);
     setup(dir.path());
     let path = dir.path().join("postern.conf");
     std::fs::write(&path, conf.replace("DIR", dir.path().to_str().unwrap())).unwrap();

@@ -39,6 +39,21 @@ pub fn make_cert(names: &[&str]) -> TestCert {
     }
 }
 
+/// A temp dir with `cert.pem`, `key.pem` (mode 600) for `names` and a
+/// `users` table with alice's hash: what every test config refers to.
+pub fn test_dir(names: &[&str]) -> (tempfile::TempDir, TestCert) {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(names);
+    write_mode(&dir.path().join("cert.pem"), &cert.cert_pem, 0o644);
+    write_mode(&dir.path().join("key.pem"), &cert.key_pem, 0o600);
+    write_mode(
+        &dir.path().join("users"),
+        &format!("alice {ALICE_HASH}\n"),
+        0o600,
+    );
+    (dir, cert)
+}
+
 /// Write a file with the given mode.
 pub fn write_mode(path: &Path, text: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
@@ -124,15 +139,7 @@ impl Postern {
     /// Start with a certificate for `names` and a config made from the temp
     /// dir's path.
     pub fn start_named(names: &[&str], conf: impl FnOnce(&Path) -> String) -> Postern {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = make_cert(names);
-        write_mode(&dir.path().join("cert.pem"), &cert.cert_pem, 0o644);
-        write_mode(&dir.path().join("key.pem"), &cert.key_pem, 0o600);
-        write_mode(
-            &dir.path().join("users"),
-            &format!("alice {ALICE_HASH}\n"),
-            0o600,
-        );
+        let (dir, cert) = test_dir(names);
         let config = dir.path().join("postern.conf");
         std::fs::write(&config, as_root_too(conf(dir.path()))).unwrap();
         Self::spawn(dir, cert, config)

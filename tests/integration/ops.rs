@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::harness::{
-    Conn, Postern, as_root_too, make_cert, need, standard_config, submit, wait_until, write_mode,
+    Conn, Postern, as_root_too, need, standard_config, submit, test_dir, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -155,16 +155,8 @@ fn syslog_config(dir: &Path) -> String {
 
 #[test]
 fn background_start_pid_file_and_syslog() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, cert) = test_dir(&["mx.test"]);
     let d = dir.path();
-    let cert = make_cert(&["mx.test"]);
-    write_mode(&d.join("cert.pem"), &cert.cert_pem, 0o644);
-    write_mode(&d.join("key.pem"), &cert.key_pem, 0o600);
-    write_mode(
-        &d.join("users"),
-        &format!("alice {}\n", crate::harness::ALICE_HASH),
-        0o600,
-    );
     let conf = d.join("postern.conf");
     // One fixed listener, so the test knows where to connect.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -449,16 +441,8 @@ fn sysv_script_passes_shellcheck_and_runs() {
         "{}",
         String::from_utf8_lossy(&sc.stdout)
     );
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _) = test_dir(&["mx.test"]);
     let d = dir.path();
-    let cert = make_cert(&["mx.test"]);
-    write_mode(&d.join("cert.pem"), &cert.cert_pem, 0o644);
-    write_mode(&d.join("key.pem"), &cert.key_pem, 0o600);
-    write_mode(
-        &d.join("users"),
-        &format!("alice {}\n", crate::harness::ALICE_HASH),
-        0o600,
-    );
     let conf = d.join("postern.conf");
     std::fs::write(&conf, as_root_too(standard_config(d))).unwrap();
     let pid = d.join("postern.pid");
