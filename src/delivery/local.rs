@@ -8,13 +8,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Item, Outcome, RcptOutcome, Status, log_result};
 use crate::smtp::address::parse_mailbox;
 use crate::table::Table;
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Local part as `%{user}` sees it.
 fn user_of(addr: &str) -> String {
@@ -58,25 +55,25 @@ fn mkdirs(maildir: &Path) -> io::Result<()> {
 }
 
 /// Deliver one copy into `maildir`; returns the file's final path.
-pub fn write_maildir(maildir: &Path, body: &Path) -> io::Result<PathBuf> {
+///
+/// The file name comes from the message, not the clock: `ARRIVAL.KEY.HOST`
+/// with `key` naming the queue id and recipient. A retry after a crash
+/// between this delivery and the recording of its result finds the name
+/// taken in `new/` and does not deliver twice. (XXX: a copy the user already
+/// moved to `cur/` in that window would be delivered again.)
+pub fn write_maildir(maildir: &Path, body: &Path, arrival: u64, key: &str) -> io::Result<PathBuf> {
     mkdirs(maildir)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into())
         .replace(['/', ':'], "_");
-    let name = format!(
-        "{}.M{}P{}Q{}.{host}",
-        now.as_secs(),
-        now.subsec_micros(),
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let tmp = maildir.join("tmp").join(&name);
+    let name = format!("{arrival}.{key}.{host}");
+    let tmp = maildir
+        .join("tmp")
+        .join(format!("{name}.{}", std::process::id()));
     let new = maildir.join("new").join(&name);
+    let _ = fs::remove_file(&tmp);
     let copy = || -> io::Result<()> {
         let mut src = File::open(body)?;
         let mut dst = OpenOptions::new()
@@ -87,7 +84,17 @@ pub fn write_maildir(maildir: &Path, body: &Path) -> io::Result<PathBuf> {
         io::copy(&mut src, &mut dst)?;
         dst.flush()?;
         dst.sync_all()?;
-        fs::rename(&tmp, &new)?;
+        // link, not rename: an existing copy is an error, never replaced.
+        match fs::hard_link(&tmp, &new) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                log::info!(
+                    "{}: already delivered earlier, not delivering again",
+                    new.display()
+                );
+            }
+            r => r?,
+        }
+        fs::remove_file(&tmp)?;
         File::open(maildir.join("new"))?.sync_all()
     };
     copy().inspect_err(|_| {
@@ -109,7 +116,8 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
                 continue;
             }
             let dir = PathBuf::from(template.replace("%{user}", &user));
-            match write_maildir(&dir, &item.body) {
+            let key = format!("Q{}R{idx}", item.id);
+            match write_maildir(&dir, &item.body, item.arrival, &key) {
                 Ok(p) => paths.push(p.display().to_string()),
                 Err(e) => errors.push(format!("{}: {e}", dir.display())),
             }
@@ -169,13 +177,31 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let body = d.path().join("b");
         fs::write(&body, b"Received: x\r\n\r\nhello\r\n").unwrap();
-        let p = write_maildir(&d.path().join("Maildir"), &body).unwrap();
+        let p = write_maildir(&d.path().join("Maildir"), &body, 1, "QABCR0").unwrap();
         assert!(p.starts_with(d.path().join("Maildir/new")));
+        assert!(
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("1.QABCR0.")
+        );
         assert_eq!(fs::read(&p).unwrap(), fs::read(&body).unwrap());
         assert_eq!(
             fs::read_dir(d.path().join("Maildir/tmp")).unwrap().count(),
             0
         );
         assert!(d.path().join("Maildir/cur").is_dir());
+        // The same delivery again (a retry after a crash) adds nothing.
+        let again = write_maildir(&d.path().join("Maildir"), &body, 1, "QABCR0").unwrap();
+        assert_eq!(again, p);
+        assert_eq!(
+            fs::read_dir(d.path().join("Maildir/new")).unwrap().count(),
+            1
+        );
+        assert_eq!(
+            fs::read_dir(d.path().join("Maildir/tmp")).unwrap().count(),
+            0
+        );
     }
 }
