@@ -204,7 +204,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("max-recipients", "count", "100"),
     ("sessions", "count", "500"),
     ("sessions-per-ip", "count", "20"),
-    ("workers", "count", "64"),
+    ("workers", "count", "500"),
     ("delivery-workers", "count", "16"),
     ("command-timeout", "duration", "300s"),
     ("max-errors", "count", "20"),

@@ -28,6 +28,9 @@ use crate::spool::Spool;
 const SIGNALS: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 
+/// Stack of a session thread.
+const SESSION_STACK: usize = 512 * 1024;
+
 #[derive(Default)]
 struct Counts {
     total: usize,
@@ -178,6 +181,9 @@ impl Server {
             let spool = self.spool.clone();
             let h = std::thread::Builder::new()
                 .name(format!("session-{i}"))
+                // A session needs little stack; 500 idle threads then cost
+                // address space, not memory.
+                .stack_size(SESSION_STACK)
                 .spawn(move || {
                     for job in rx {
                         super::driver::run(job.stream, job.peer, &job.ep, &spool);

@@ -716,3 +716,277 @@ fn smarthost_smtps_with_auth() {
         "{got}"
     );
 }
+
+type Hostile = fn(&mut std::net::TcpStream, &mut std::io::BufReader<std::net::TcpStream>);
+
+fn read_cmd(r: &mut std::io::BufReader<std::net::TcpStream>) -> String {
+    use std::io::BufRead;
+    let mut l = String::new();
+    let _ = r.read_line(&mut l);
+    l.trim_end().to_ascii_uppercase()
+}
+
+/// Serve one hostile connection, then one well-behaved one; returns the
+/// message the good connection received, if any.
+fn hostile_then_good(ip: &str, hostile: Hostile) -> (u16, std::thread::JoinHandle<Option<String>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        hostile(&mut w, &mut BufReader::new(s));
+        drop(w);
+        let (s, _) = l.accept().ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        w.write_all(b"220 good.test ESMTP\r\n").ok()?;
+        // Bounded: a handful of commands, then the body.
+        for _ in 0..20 {
+            let cmd = read_cmd(&mut r);
+            let reply: &[u8] = match cmd.as_str() {
+                c if c.starts_with("EHLO") => b"250-good.test\r\n250 8BITMIME\r\n",
+                c if c.starts_with("MAIL") || c.starts_with("RCPT") => b"250 ok\r\n",
+                "DATA" => {
+                    w.write_all(b"354 go\r\n").ok()?;
+                    let mut body = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).ok()? == 0 {
+                            return None;
+                        }
+                        if line == ".\r\n" {
+                            break;
+                        }
+                        body.push_str(&line);
+                    }
+                    w.write_all(b"250 2.0.0 got it\r\n").ok()?;
+                    return Some(body);
+                }
+                _ => b"500 what\r\n",
+            };
+            w.write_all(reply).ok()?;
+        }
+        None
+    });
+    (port, h)
+}
+
+fn hostile_sender(dns: &Dns, port: u16, tls: &str) -> Postern {
+    Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:{dns}\n\
+             action \"out\" relay port {port} {tls}\nmatch from local for any action \"out\"\n\
+             limit retry-interval 1s\nlimit delivery-timeout 1s\nlimit delivery-workers 1\n",
+            d = d.display(),
+            dns = dns.port
+        )
+    })
+}
+
+/// The hostile connection defers (`why` in the log line), the message stays
+/// queued, and the one delivery thread retries on the second connection:
+/// there it is delivered, or under `tls encrypt` (the good connection offers
+/// no STARTTLS) deferred again with no MAIL sent.
+fn survives(hostile: Hostile, tls: &str, why: &str) {
+    let dns = Dns::start();
+    let (port, peer) = hostile_then_good("127.0.0.2", hostile);
+    let s = hostile_sender(&dns, port, tls);
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("hostile"),
+    );
+    let first = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        first.contains("status=deferred") && first.contains(why),
+        "want {why:?}: {first}"
+    );
+    if tls.contains("encrypt") {
+        wait_until(WAIT, "a second attempt", || {
+            s.envelope(&id).contains("state=pending attempts=2")
+        });
+        assert!(
+            peer.join().unwrap().is_none(),
+            "mail sent without TLS under encrypt"
+        );
+        return;
+    }
+    let body = peer
+        .join()
+        .unwrap()
+        .expect("the retry reached the good connection");
+    assert!(body.contains("Subject: hostile"), "{body}");
+    s.wait_log(&format!("{id}: removed"), WAIT);
+    assert!(s.log_text().contains("status=sent (250 2.0.0 got it)"));
+}
+
+#[test]
+fn hostile_server_drops_mid_data() {
+    survives(
+        |w, r| {
+            use std::io::Write;
+            let _ = w.write_all(b"220 x\r\n");
+            for _ in 0..5 {
+                let c = read_cmd(r);
+                let _ = w.write_all(if c == "DATA" {
+                    b"354 go\r\n" as &[u8]
+                } else {
+                    b"250 ok\r\n"
+                });
+                if c == "DATA" {
+                    let mut some = [0u8; 64];
+                    let _ = std::io::Read::read(r, &mut some);
+                    return;
+                }
+            }
+        },
+        "",
+        "connection closed by the server",
+    );
+}
+
+#[test]
+fn hostile_server_never_answers() {
+    survives(
+        |_, r| {
+            // Say nothing until the client gives up (delivery-timeout 1s).
+            let mut b = [0u8; 64];
+            let _ = std::io::Read::read(r, &mut b);
+        },
+        "",
+        "timed out",
+    );
+}
+
+#[test]
+fn hostile_server_sends_garbage() {
+    survives(
+        |w, _| {
+            use std::io::Write;
+            let _ = w.write_all(b"HELLO, I AM NOT SMTP\r\n");
+        },
+        "",
+        "malformed reply line",
+    );
+}
+
+#[test]
+fn hostile_server_floods_a_reply() {
+    survives(
+        |w, r| {
+            use std::io::Write;
+            let _ = w.write_all(b"220 x\r\n");
+            let _ = read_cmd(r);
+            let flood: Vec<u8> = (0..600)
+                .flat_map(|i| format!("250-flood line {i}\r\n").into_bytes())
+                .collect();
+            let _ = w.write_all(&flood);
+        },
+        "",
+        "reply of more than 128 lines",
+    );
+}
+
+#[test]
+fn hostile_server_sends_a_tls_alert_under_encrypt() {
+    survives(
+        |w, r| {
+            use std::io::Write;
+            let _ = w.write_all(b"220 x\r\n");
+            let _ = read_cmd(r);
+            let _ = w.write_all(b"250-x\r\n250 STARTTLS\r\n");
+            let _ = read_cmd(r);
+            let _ = w.write_all(b"220 go\r\n");
+            let mut hello = [0u8; 512];
+            let _ = std::io::Read::read(r, &mut hello);
+            // A fatal handshake_failure alert.
+            let _ = w.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+        },
+        "tls encrypt",
+        "TLS handshake with",
+    );
+}
+
+#[test]
+fn starttls_refused_with_454() {
+    // encrypt: no mail on that connection.
+    survives(
+        |w, r| {
+            use std::io::Write;
+            let _ = w.write_all(b"220 x\r\n");
+            let _ = read_cmd(r);
+            let _ = w.write_all(b"250-x\r\n250 STARTTLS\r\n");
+            let _ = read_cmd(r);
+            let _ = w.write_all(b"454 4.7.0 TLS not available\r\n");
+            let c = read_cmd(r);
+            assert!(
+                !c.starts_with("MAIL"),
+                "mail sent after a refused STARTTLS under encrypt: {c}"
+            );
+        },
+        "tls encrypt",
+        "refused STARTTLS: 454 4.7.0",
+    );
+    // may: carries on in plaintext on the same connection.
+    let dns = Dns::start();
+    let (port, peer) = broken_454_peer();
+    let s = hostile_sender(&dns, port, "tls may");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg("454may"),
+    );
+    let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("status=sent") && line.contains("tls=none"),
+        "{line}"
+    );
+    assert!(peer.join().unwrap(), "no mail after 454 under may");
+}
+
+fn broken_454_peer() -> (u16, std::thread::JoinHandle<bool>) {
+    use std::io::{BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        let _ = w.write_all(b"220 x\r\n");
+        let mut got_data = false;
+        let mut in_data = false;
+        // Bounded: the dialogue plus a short body.
+        for _ in 0..200 {
+            let c = read_cmd(&mut r);
+            if in_data && c != "." {
+                continue;
+            }
+            let reply: &[u8] = match c.as_str() {
+                c if c.starts_with("EHLO") => b"250-x\r\n250 STARTTLS\r\n",
+                "STARTTLS" => b"454 4.7.0 TLS not available\r\n",
+                "DATA" => {
+                    in_data = true;
+                    b"354 go\r\n"
+                }
+                "." => {
+                    in_data = false;
+                    got_data = true;
+                    b"250 2.0.0 ok\r\n"
+                }
+                "QUIT" => return got_data,
+                c if c.starts_with("MAIL") || c.starts_with("RCPT") => b"250 ok\r\n",
+                "" => return got_data,
+                _ => continue,
+            };
+            let _ = w.write_all(reply);
+        }
+        got_data
+    });
+    (port, h)
+}

@@ -7,5 +7,6 @@ mod daemon;
 mod delivery;
 mod docs;
 mod harness;
+mod hostile;
 mod inbound;
 mod ops;
