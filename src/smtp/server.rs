@@ -789,3 +789,7 @@ fn dialogue_log_hides_credentials() {
 #[cfg(test)]
 #[path = "server_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "server_props.rs"]
+mod props;

@@ -1,0 +1,161 @@
+//! Property tests: random byte streams against the parser and the state
+//! machine. No panic, every reply from the table (or one of the few built at
+//! run time), and no message begun without an accepted MAIL and RCPT.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::smtp::reply::ALL;
+
+struct AnyPolicy;
+
+impl Policy for AnyPolicy {
+    fn check_rcpt(&self, _: &Client, rcpt: &Mailbox) -> Result<String, Reply> {
+        if rcpt.local.starts_with('x') {
+            Err(reply::RELAY_DENIED)
+        } else {
+            Ok("local".into())
+        }
+    }
+    fn check_auth(&self, user: &str, pass: &[u8]) -> bool {
+        user == "alice" && pass == b"secret"
+    }
+}
+
+const PIECES: &[&[u8]] = &[
+    b"EHLO a.test\r\n",
+    b"HELO a.test\r\n",
+    b"MAIL FROM:<s@a.test>\r\n",
+    b"MAIL FROM:<s@a.test> SIZE=99999999\r\n",
+    b"RCPT TO:<bob@b.test>\r\n",
+    b"RCPT TO:<xbob@b.test>\r\n",
+    b"DATA\r\n",
+    b".\r\n",
+    b"\r\n.\r\n",
+    b"\n.\n",
+    b"body text\r\n",
+    b"..dot\r\n",
+    b"STARTTLS\r\n",
+    b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+    b"AUTH LOGIN\r\n",
+    b"*\r\n",
+    b"RSET\r\n",
+    b"NOOP\r\n",
+    b"QUIT\r\n",
+    b"VRFY x\r\n",
+    b"\r",
+    b"\n",
+    b"\0",
+];
+
+fn stream() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let piece = prop_oneof![
+        3 => proptest::sample::select(PIECES).prop_map(|p| p.to_vec()),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ];
+    proptest::collection::vec(piece, 0..60)
+}
+
+fn params(tls: TlsMode) -> Params {
+    Params {
+        hostname: "mx.test".into(),
+        tls,
+        tls_available: true,
+        auth: true,
+        max_message_size: 4096,
+        max_recipients: 3,
+        max_errors: 20,
+        max_auth_failures: 3,
+        auth_failure_delay: Duration::ZERO,
+    }
+}
+
+fn check_stream(tls: TlsMode, chunks: Vec<Vec<u8>>, cut: usize) -> Result<(), TestCaseError> {
+    let implicit = (tls == TlsMode::Implicit).then(|| TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "X".into(),
+        sni: None,
+    });
+    let mut s = Session::new(
+        params(tls),
+        Arc::new(AnyPolicy),
+        "192.0.2.1".parse().unwrap(),
+        implicit,
+    );
+    let bytes: Vec<u8> = chunks.concat();
+    // Feed in two parts split at an arbitrary point, as reads would.
+    let cut = cut.min(bytes.len());
+    let mut began = false;
+    for part in [&bytes[..cut], &bytes[cut..]] {
+        s.feed(part);
+        // Bounded: each step consumes input or ends in NeedInput.
+        for _ in 0..100_000 {
+            match s.next_action() {
+                Action::NeedInput => break,
+                Action::Reply(r) => {
+                    let dynamic =
+                        matches!(r.code, 220 | 250 | 334) || r.text.starts_with("Ok: queued as ");
+                    prop_assert!(
+                        dynamic || ALL.contains(&&r),
+                        "reply not in the table: {}",
+                        r
+                    );
+                    if r.code == 354 {
+                        prop_assert!(began, "354 without a begun message");
+                    }
+                }
+                Action::BeginMessage => {
+                    let tx = s.transaction();
+                    prop_assert!(tx.rcpts.iter().all(|r| !r.addr.local.starts_with('x')));
+                    prop_assert!(!tx.rcpts.is_empty(), "DATA accepted without RCPT");
+                    began = true;
+                    s.message_opened(Ok(("ID".into(), "DATE".into())));
+                }
+                Action::Commit => {
+                    began = false;
+                    s.queued(Ok(()));
+                }
+                Action::StartTls { .. } => s.tls_started(TlsInfo {
+                    version: "TLSv1.3".into(),
+                    cipher: "X".into(),
+                    sni: None,
+                }),
+                Action::Abort => began = false,
+                Action::Body(_) | Action::Sleep(_) | Action::Close => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn parser_never_panics(line in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = command::parse(&line);
+    }
+
+    #[test]
+    fn paths_never_panic(s in "\\PC{0,80}") {
+        let _ = crate::smtp::address::parse_path(&s);
+        let _ = crate::smtp::address::parse_mailbox(&s);
+    }
+
+    #[test]
+    fn sessions_hold_their_invariants(chunks in stream(), cut in 0usize..4000, mode in 0u8..4) {
+        let tls = [TlsMode::Off, TlsMode::Optional, TlsMode::Required, TlsMode::Implicit][mode as usize];
+        check_stream(tls, chunks, cut)?;
+    }
+
+    #[test]
+    fn replies_parse_back(lines in proptest::collection::vec("[ -~]{0,40}", 1..5), code in 200u16..600) {
+        let r = Reply::dynamic(code, "", &lines);
+        let mut wire = Vec::new();
+        r.write_to(&mut wire);
+        let (back, used) = crate::smtp::response::parse(&wire).unwrap().unwrap();
+        prop_assert_eq!(used, wire.len());
+        prop_assert_eq!(back.code, code);
+        prop_assert_eq!(back.lines, lines);
+    }
+}
