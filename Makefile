@@ -21,7 +21,7 @@ VAR        := $(CURDIR)/var
 RUN_USER   ?= test
 RUN_PASS   ?= test
 
-.PHONY: all run test bench install uninstall clean
+.PHONY: all run test bench stress install uninstall clean
 
 all:
 	$(CARGO) build --profile $(if $(filter debug,$(PROFILE)),dev,$(PROFILE)) --bins
@@ -69,6 +69,11 @@ test:
 
 bench:
 	$(CARGO) bench --bench delivery
+
+# Slow hardening runs: kill -9 under load, a full disk, testssl.sh.
+# Needs root (tmpfs) and testssl.sh, as CI has.
+stress:
+	$(CARGO) test --release --test stress -- --ignored --nocapture --test-threads=1
 
 $(VAR)/key.pem:
 	mkdir -p $(VAR)

@@ -1,4 +1,4 @@
-//! Maildir delivery: `tmp/` → fsync → rename into `new/` → fsync `new/`.
+//! Maildir delivery: `tmp/` → fsync → link into `new/` → fsync `new/`.
 //!
 //! The file is the spooled message byte for byte (our Received header and
 //! the body as received). Aliases are expanded before `%{user}`; a failure
@@ -69,9 +69,8 @@ pub fn write_maildir(maildir: &Path, body: &Path, arrival: u64, key: &str) -> io
         .unwrap_or_else(|| "localhost".into())
         .replace(['/', ':'], "_");
     let name = format!("{arrival}.{key}.{host}");
-    let tmp = maildir
-        .join("tmp")
-        .join(format!("{name}.{}", std::process::id()));
+    // Named after the copy too: a retry after a crash removes the stale one.
+    let tmp = maildir.join("tmp").join(&name);
     let new = maildir.join("new").join(&name);
     let _ = fs::remove_file(&tmp);
     let copy = || -> io::Result<()> {

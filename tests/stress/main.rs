@@ -1,0 +1,356 @@
+//! `make stress`: the slow hardening runs (ignored by `cargo test`).
+//!
+//! - crash safety: `kill -9` at random moments under STARTTLS load, 20
+//!   times; every acknowledged message delivered exactly once;
+//! - a full disk: 452 4.3.1, nothing half-written, recovery;
+//! - testssl.sh against the STARTTLS port.
+//!
+//! Each prints its figures; loopback only, bounded in count and time.
+
+#[path = "../integration/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use harness::{Conn, Postern, maildir_files, need, standard_config, wait_until};
+
+/// xorshift: the kill times need not be cryptographic, only varied.
+struct Rng(u64);
+impl Rng {
+    fn new() -> Rng {
+        Rng(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn fixed_port_config(dir: &Path, port: u16) -> String {
+    // Local delivery that works, on a fixed STARTTLS port that survives restarts.
+    standard_config(dir)
+        .replace(
+            "listen on 127.0.0.1 port 0 tls pki mx.test\n",
+            &format!("listen on 127.0.0.1 port {port} tls pki mx.test\n"),
+        )
+        .replace("/cert.pem/%{user}/Maildir", "/mail/%{user}/Maildir")
+        + "limit retry-interval 1s\n"
+}
+
+/// One STARTTLS transaction; Some(message id) when it got its 250.
+fn send_one(
+    addr: SocketAddr,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+    mid: &str,
+) -> Option<()> {
+    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    drop(s);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut c = Conn::connect(addr, cert);
+        c.expect("220");
+        c.ehlo();
+        c.starttls();
+        c.ehlo();
+        c.cmd("MAIL FROM:<load@sender.test>", "250");
+        c.cmd("RCPT TO:<alice@example.com>", "250");
+        c.cmd("DATA", "354");
+        c.send_raw(
+            format!(
+                "Message-ID: <{mid}>\r\nSubject: crash\r\n\r\n{}\r\n",
+                "x".repeat(2000)
+            )
+            .as_bytes(),
+        );
+        c.cmd(".", "250 2.0.0");
+    }));
+    result.ok()
+}
+
+#[test]
+#[ignore]
+fn crash_safety_under_load() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut p = Postern::start_with(|d| fixed_port_config(d, port));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cert = p.cert.der.clone();
+    // Clients see connections die at every kill; their panics are expected
+    // and caught, so keep them off the terminal.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let sent = Arc::new(Mutex::new(0usize));
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let (stop, acked, sent, cert) =
+                (stop.clone(), acked.clone(), sent.clone(), cert.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                // Bounded by the stop flag, set after the kill loop.
+                while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                    n += 1;
+                    let mid = format!("{t}.{n}@load.test");
+                    *sent.lock().unwrap() += 1;
+                    if send_one(addr, &cert, &mid).is_some() {
+                        acked.lock().unwrap().insert(mid);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut rng = Rng::new();
+    const KILLS: usize = 20;
+    for _ in 0..KILLS {
+        std::thread::sleep(Duration::from_millis(200 + rng.below(800)));
+        p.kill9_and_restart();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    std::panic::set_hook(hook);
+    let maildir = p.dir.path().join("mail/alice/Maildir");
+    wait_until(Duration::from_secs(120), "the queue to drain", || {
+        p.files_in("mail") == 0
+    });
+    let mut delivered: BTreeMap<String, usize> = BTreeMap::new();
+    for f in maildir_files(&maildir) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let mid = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: <"))
+            .unwrap()
+            .trim_end_matches('>')
+            .to_string();
+        *delivered.entry(mid).or_default() += 1;
+    }
+    let acked = acked.lock().unwrap();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|m| !delivered.contains_key(*m))
+        .collect();
+    let dups: Vec<(&String, &usize)> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    let unacked_delivered = delivered.keys().filter(|m| !acked.contains(*m)).count();
+    let tmp_left = p.files_in("tmp")
+        + std::fs::read_dir(maildir.join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+    println!(
+        "crash-safety: kills={KILLS} sent={} acknowledged={} delivered={} lost={} duplicated={} delivered-without-ack={unacked_delivered} tmp-left={tmp_left}",
+        *sent.lock().unwrap(),
+        acked.len(),
+        delivered.len(),
+        lost.len(),
+        dups.len()
+    );
+    assert!(acked.len() > 50, "too little load to mean anything");
+    assert!(lost.is_empty(), "acknowledged but not delivered: {lost:?}");
+    assert!(dups.is_empty(), "delivered twice: {dups:?}");
+    assert_eq!(tmp_left, 0);
+}
+
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+#[ignore]
+fn full_disk_answers_452_and_recovers() {
+    let root = tempfile::tempdir().unwrap();
+    let fs = root.path().join("fs");
+    assert!(
+        mount_tmpfs(&fs, "4m"),
+        "mounting a tmpfs failed: this test needs root (CI runs as root)"
+    );
+    let _guard = Unmount(fs.clone());
+    let p = Postern::start_with(|d| {
+        standard_config(d)
+            .replace(
+                &format!("queue \"{}/queue\"", d.display()),
+                &format!("queue \"{}/queue\"", fs.display()),
+            )
+            .replace(
+                &format!("{}/cert.pem/%{{user}}/Maildir", d.display()),
+                &format!("{}/mail/%{{user}}/Maildir", fs.display()),
+            )
+            + "limit max-message-size 1M\nlimit retry-interval 1s\n"
+    });
+    let queue = fs.join("queue");
+    // Leave about 1 MiB free.
+    let ballast = fs.join("ballast");
+    let mut free = nix::sys::statvfs::statvfs(&fs).unwrap();
+    let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
+    std::fs::write(&ballast, vec![0u8; (avail - (1 << 20)) as usize]).unwrap();
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "y".repeat(998)).repeat(200)
+    );
+    let mut accepted = 0;
+    let mut refused = None;
+    // Bounded: 1 MiB fills within a few 200 KiB messages.
+    for _ in 0..40 {
+        let mut c = Conn::connect(p.plain(), &p.cert.der);
+        c.expect("220");
+        c.ehlo();
+        c.cmd("MAIL FROM:<a@sender.test>", "250");
+        c.cmd("RCPT TO:<alice@example.com>", "250");
+        c.cmd("DATA", "354");
+        c.send_raw(body.as_bytes());
+        c.send(".");
+        let r = c.reply().unwrap();
+        if r.starts_with("452 4.3.1") {
+            refused = Some(r);
+            c.cmd("NOOP", "250");
+            break;
+        }
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        accepted += 1;
+    }
+    let refused = refused.expect("the disk never filled");
+    // Nothing half-written: tmp/ is empty and every envelope has its body.
+    assert_eq!(std::fs::read_dir(queue.join("tmp")).unwrap().count(), 0);
+    for e in std::fs::read_dir(queue.join("mail")).unwrap().flatten() {
+        let name = e.file_name().into_string().unwrap();
+        if let Some(id) = name.strip_suffix(".env") {
+            assert!(
+                queue.join("mail").join(format!("{id}.body")).exists(),
+                "{id} lost its body"
+            );
+        }
+    }
+    // Maildir delivery on the full disk defers, never drops.
+    p.wait_log("maildir delivery failed", Duration::from_secs(20));
+    std::fs::remove_file(&ballast).unwrap();
+    free = nix::sys::statvfs::statvfs(&fs).unwrap();
+    assert!(free.blocks_available() > 0);
+    let id = harness::submit(
+        p.plain(),
+        "a@sender.test",
+        &["alice@example.com"],
+        "Subject: after\r\n\r\nroom again\r\n",
+    );
+    let maildir = fs.join("mail/alice/Maildir");
+    wait_until(Duration::from_secs(30), "every message delivered", || {
+        maildir_files(&maildir).len() == accepted + 1
+    });
+    println!(
+        "full-disk: accepted={accepted} then \"{refused}\"; after freeing space {id} accepted; all {} delivered",
+        accepted + 1
+    );
+}
+
+#[test]
+#[ignore]
+fn testssl_finds_nothing() {
+    need("testssl", "testssl.sh");
+    let p = Postern::start();
+    let target = format!("127.0.0.1:{}", p.tls().port());
+    let t0 = Instant::now();
+    let out = Command::new("testssl")
+        .args([
+            "--starttls",
+            "smtp",
+            "--protocols",
+            "--std",
+            "--vulnerable",
+            "--quiet",
+            "--color",
+            "0",
+            "--warnings",
+            "batch",
+        ])
+        .args(["--openssl-timeout", "5", &target])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let summary: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            [
+                "SSLv2",
+                "SSLv3",
+                "TLS 1 ",
+                "TLS 1.1",
+                "TLS 1.2",
+                "TLS 1.3",
+                "NULL",
+                "Anonymous",
+                "Export",
+                "LOW:",
+                "Triple DES",
+                "Obsoleted",
+                "Strong",
+            ]
+            .iter()
+            .any(|k| t.starts_with(k))
+                || l.contains("VULNERABLE")
+                || l.contains("not vulnerable")
+        })
+        .collect();
+    println!(
+        "testssl ({:.0}s):\n{}",
+        t0.elapsed().as_secs_f64(),
+        summary.join("\n")
+    );
+    for proto in ["SSLv2", "SSLv3", "TLS 1 ", "TLS 1.1"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(proto))
+            .unwrap_or("");
+        assert!(line.contains("not offered"), "{proto}: {line}\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("TLS 1.3") && l.contains("offered")),
+        "{text}"
+    );
+    let vulnerable: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("VULNERABLE") && !l.contains("not vulnerable"))
+        .collect();
+    assert!(vulnerable.is_empty(), "{vulnerable:?}");
+    for weak in [
+        "NULL ciphers",
+        "Anonymous NULL",
+        "Export ciphers",
+        "LOW:",
+        "Triple DES",
+    ] {
+        if let Some(l) = text.lines().find(|l| l.contains(weak)) {
+            assert!(l.contains("not offered"), "{l}");
+        }
+    }
+}
