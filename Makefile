@@ -67,7 +67,9 @@ test:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
 
+# Figures go to bench/RESULTS.md (and the terminal).
 bench:
+	$(CARGO) bench --bench load
 	$(CARGO) bench --bench delivery
 
 # Slow hardening runs: kill -9 under load, a full disk, testssl.sh.

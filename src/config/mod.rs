@@ -362,6 +362,8 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "sessions" => l.sessions = count()?,
         "sessions-per-ip" => l.sessions_per_ip = count()?,
         "workers" => l.workers = count()?,
+        // 0 holds the queue: mail is accepted and kept, nothing is sent.
+        "delivery-workers" if value == "0" => l.delivery_workers = 0,
         "delivery-workers" => l.delivery_workers = count()?,
         "command-timeout" => l.command_timeout = dur()?,
         "max-errors" => l.max_errors = count()?.min(u32::MAX as usize) as u32,

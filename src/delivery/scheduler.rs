@@ -52,6 +52,10 @@ pub struct Scheduler {
     spool: Spool,
     jobs: Sender<Job>,
     queue: BTreeMap<String, Entry>,
+    /// Messages to look at in the next dispatch.
+    dirty: Vec<String>,
+    /// Earliest retry time among messages not in `dirty` (MAX: none).
+    next_due: u64,
 }
 
 impl Scheduler {
@@ -62,6 +66,9 @@ impl Scheduler {
             spool,
             jobs,
             queue: BTreeMap::new(),
+            dirty: Vec::new(),
+            // The first dispatch looks at the whole queue.
+            next_due: 0,
         };
         for id in s.spool.list().map_err(|e| format!("queue: {e}"))? {
             s.load(&id);
@@ -76,6 +83,7 @@ impl Scheduler {
         match self.spool.envelope(id) {
             Ok(env) => {
                 self.queue.insert(id.to_string(), Entry { env, busy: 0 });
+                self.dirty.push(id.to_string());
             }
             Err(e) => log::error!("{id}: cannot read envelope: {e}"),
         }
@@ -85,8 +93,8 @@ impl Scheduler {
     pub fn run(
         &mut self,
         new: Receiver<String>,
-        results: Receiver<Vec<Outcome>>,
-        ctl: Receiver<control::Message>,
+        mut results: Receiver<Vec<Outcome>>,
+        mut ctl: Receiver<control::Message>,
     ) {
         log::info!("scheduler: {} messages in the queue", self.queue.len());
         loop {
@@ -103,13 +111,21 @@ impl Scheduler {
                     Ok(id) => self.load(&id),
                     Err(_) => return,
                 },
-                recv(results) -> r => if let Ok(outcomes) = r {
-                    let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
-                    self.remove(&done);
+                recv(results) -> r => match r {
+                    Ok(outcomes) => {
+                        let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
+                        self.remove(&done);
+                    }
+                    // No delivery threads (`limit delivery-workers 0`): a
+                    // closed channel would otherwise wake select! forever.
+                    Err(_) => results = crossbeam_channel::never(),
                 },
-                recv(ctl) -> m => if let Ok(m) = m {
-                    let answer = self.control(m.req);
-                    let _ = m.reply.send(answer);
+                recv(ctl) -> m => match m {
+                    Ok(m) => {
+                        let answer = self.control(m.req);
+                        let _ = m.reply.send(answer);
+                    }
+                    Err(_) => ctl = crossbeam_channel::never(),
                 },
                 default(wait) => {}
             }
@@ -118,9 +134,25 @@ impl Scheduler {
 
     /// Hand out every due recipient; returns the earliest future retry.
     fn dispatch(&mut self, now: u64) -> Option<u64> {
+        if self.cfg.limits.delivery_workers == 0 {
+            // `limit delivery-workers 0`: the queue is held.
+            return None;
+        }
+        // Only messages that changed are looked at, unless a retry time has
+        // come: then the whole queue, once. Keeps a large deferred queue from
+        // costing a full scan per new message.
+        let ids: Vec<String> = if now >= self.next_due {
+            self.dirty.clear();
+            self.next_due = u64::MAX;
+            self.queue.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.dirty)
+        };
         let mut groups: BTreeMap<Route, Vec<Item>> = BTreeMap::new();
-        let mut next: Option<u64> = None;
-        for (id, e) in self.queue.iter_mut() {
+        for id in ids {
+            let Some(e) = self.queue.get(&id) else {
+                continue;
+            };
             if e.busy > 0 {
                 continue;
             }
@@ -130,7 +162,7 @@ impl Scheduler {
                     continue;
                 }
                 if r.next_try > now {
-                    next = Some(next.map_or(r.next_try, |n| n.min(r.next_try)));
+                    self.next_due = self.next_due.min(r.next_try);
                     continue;
                 }
                 per_route
@@ -146,7 +178,7 @@ impl Scheduler {
                     eight_bit: e.env.eight_bit,
                     arrival: e.env.arrival,
                     rcpts,
-                    body: self.spool.body_path(id),
+                    body: self.spool.body_path(&id),
                 });
             }
         }
@@ -166,7 +198,7 @@ impl Scheduler {
                 }
             }
         }
-        next
+        (self.next_due != u64::MAX).then_some(self.next_due)
     }
 
     /// Remove finished messages from disk, then from memory.
@@ -247,6 +279,7 @@ impl Scheduler {
         if done && e.busy == 0 {
             return Some(o.id);
         }
+        self.dirty.push(o.id.clone());
         if let Err(err) = self.spool.update(&e.env) {
             // XXX: the in-memory state is ahead of the disk now; after a
             // crash the sent recipients of this message would be tried again.
@@ -311,6 +344,7 @@ impl Scheduler {
             .submit(&text, &mut bounce_env)
             .map_err(|e| e.to_string())?;
         log::info!("{}: bounce {id} queued to <{}>", env.id, env.from);
+        self.dirty.push(id.clone());
         self.queue.insert(
             id,
             Entry {
@@ -371,6 +405,7 @@ impl Scheduler {
                         }
                     }
                 }
+                self.dirty.extend(ids.iter().cloned());
                 format!("ok\n{} messages scheduled\n", ids.len())
             }
             Request::Remove(which) => {

@@ -18,6 +18,7 @@
 //! temporary file, so a client that disconnects mid-DATA leaves nothing.
 
 pub mod envelope;
+mod group;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -36,6 +37,7 @@ pub struct Spool {
     mail: PathBuf,
     corrupt: PathBuf,
     notify: Option<crossbeam_channel::Sender<String>>,
+    dirsync: std::sync::Arc<group::DirSync>,
 }
 
 /// What the start-up scan found.
@@ -89,6 +91,7 @@ impl Spool {
             mail: root.join("mail"),
             corrupt: root.join("corrupt"),
             notify: None,
+            dirsync: Default::default(),
         };
         fs::create_dir_all(root).map_err(|e| at(root, e))?;
         for d in [&s.tmp, &s.mail, &s.corrupt] {
@@ -340,7 +343,7 @@ impl Incoming {
         let renamed = fs::rename(&self.body_path, &body_final)
             .map_err(|e| at(&self.body_path, e))
             .and_then(|_| fs::rename(&env_tmp, &env_final).map_err(|e| at(&env_tmp, e)))
-            .and_then(|_| fsync_dir(&self.spool.mail).map_err(|e| at(&self.spool.mail, e)));
+            .and_then(|_| self.spool.dirsync.sync(&self.spool.mail));
         if let Err(e) = renamed {
             // Undo whatever got into mail/: the client will be told 452, so
             // the message must not be delivered.
