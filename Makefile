@@ -76,6 +76,8 @@ bench:
 # Needs root (tmpfs) and testssl.sh, as CI has.
 stress:
 	$(CARGO) test --release --test stress -- --ignored --nocapture --test-threads=1
+	@# Coverage-guided fuzzing of the session, 60 s (cargo-fuzz on stable: -s none).
+	cd fuzz && $(CARGO) fuzz run -s none session -- -max_total_time=60
 
 $(VAR)/key.pem:
 	mkdir -p $(VAR)

@@ -70,7 +70,7 @@ fn main() {
         &format!(
             "hostname rcv.bench\nqueue \"{d}/r/q\"\npki rcv.bench cert \"{d}/cert.pem\"\npki rcv.bench key \"{d}/key.pem\"\n\
              listen on 127.0.0.1 port {port} tls\naction \"local\" maildir \"{d}/r/mail/%{{user}}\"\n\
-             match from any for domain \"bench.test\" action \"local\"\nlimit workers 64\nlimit delivery-workers 4\n",
+             match from any for domain \"bench.test\" action \"local\"\nlimit workers 64\nlimit delivery-workers 0\n",
             d = d.display()
         ),
         0o644,
