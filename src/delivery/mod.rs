@@ -210,9 +210,9 @@ pub fn start(
     cfg: Arc<Config>,
     spool: Spool,
     ctl: crossbeam_channel::Receiver<crate::control::Message>,
-) -> Result<crossbeam_channel::Sender<String>, String> {
+) -> Result<crossbeam_channel::Sender<crate::spool::envelope::Envelope>, String> {
     let ctx = Arc::new(Context::new(cfg.clone())?);
-    let (new_tx, new_rx) = crossbeam_channel::unbounded::<String>();
+    let (new_tx, new_rx) = crossbeam_channel::unbounded::<crate::spool::envelope::Envelope>();
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<Vec<Outcome>>();
     for i in 0..cfg.limits.delivery_workers {

@@ -89,10 +89,18 @@ impl Scheduler {
         }
     }
 
+    /// A message a session just committed.
+    fn insert(&mut self, env: Envelope) {
+        if !self.queue.contains_key(&env.id) {
+            self.dirty.push(env.id.clone());
+            self.queue.insert(env.id.clone(), Entry { env, busy: 0 });
+        }
+    }
+
     /// Run until the announcement channel closes.
     pub fn run(
         &mut self,
-        new: Receiver<String>,
+        new: Receiver<Envelope>,
         mut results: Receiver<Vec<Outcome>>,
         mut ctl: Receiver<control::Message>,
     ) {
@@ -107,8 +115,8 @@ impl Scheduler {
                     .unwrap_or(60),
             );
             select! {
-                recv(new) -> id => match id {
-                    Ok(id) => self.load(&id),
+                recv(new) -> env => match env {
+                    Ok(env) => self.insert(env),
                     Err(_) => return,
                 },
                 recv(results) -> r => match r {

@@ -198,6 +198,8 @@ pub struct Session {
     client: Client,
     state: State,
     input: Vec<u8>,
+    /// Start of the unconsumed part of `input`.
+    pos: usize,
     /// Dropping an overlong command line until its LF.
     discarding_line: bool,
     helo: Option<(String, bool)>,
@@ -240,6 +242,7 @@ impl Session {
             client: Client { addr, auth: None },
             state: State::Connected,
             input: Vec::new(),
+            pos: 0,
             discarding_line: false,
             helo: None,
             tls,
@@ -266,8 +269,31 @@ impl Session {
     /// Bytes received from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.state != State::Closed {
+            // Consumed lines are dropped here, once per read, rather than
+            // one memmove per line.
+            if self.pos > 0 {
+                self.input.drain(..self.pos);
+                self.pos = 0;
+            }
             self.input.extend_from_slice(bytes);
         }
+    }
+
+    /// Input not consumed yet.
+    fn pending(&self) -> &[u8] {
+        &self.input[self.pos..]
+    }
+
+    /// Consume `n` bytes of pending input.
+    fn take_pending(&mut self, n: usize) -> Vec<u8> {
+        let v = self.input[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        v
+    }
+
+    fn clear_input(&mut self) {
+        self.input.clear();
+        self.pos = 0;
     }
 
     /// The next thing the driver must do.
@@ -363,7 +389,7 @@ impl Session {
         self.helo = None;
         self.client.auth = None;
         self.reset_transaction();
-        self.input.clear();
+        self.clear_input();
         self.state = State::Connected;
     }
 
@@ -402,7 +428,7 @@ impl Session {
         self.reply(r);
         self.out.push_back(Action::Close);
         self.state = State::Closed;
-        self.input.clear();
+        self.clear_input();
     }
 
     /// Reply with an error that counts towards `max_errors`.
@@ -422,14 +448,14 @@ impl Session {
 
     /// Take one command line from the input; false when none is complete.
     fn step_command(&mut self) -> bool {
-        let Some(lf) = self.input.iter().position(|&b| b == b'\n') else {
-            if self.input.len() > MAX_COMMAND_LINE {
+        let Some(lf) = self.pending().iter().position(|&b| b == b'\n') else {
+            if self.pending().len() > MAX_COMMAND_LINE {
                 self.discarding_line = true;
-                self.input.clear();
+                self.clear_input();
             }
             return false;
         };
-        let line: Vec<u8> = self.input.drain(..=lf).collect();
+        let line = self.take_pending(lf + 1);
         if std::mem::take(&mut self.discarding_line) || line.len() > MAX_COMMAND_LINE {
             self.error(reply::LINE_TOO_LONG);
             return true;
@@ -577,8 +603,8 @@ impl Session {
             _ => {}
         }
         self.reply(reply::READY_TO_START_TLS);
-        let discarded = self.input.len();
-        self.input.clear();
+        let discarded = self.pending().len();
+        self.clear_input();
         self.state = State::Handshake;
         self.out.push_back(Action::StartTls { discarded });
     }
@@ -672,12 +698,12 @@ impl Session {
     /// Consume one body line (or piece of a long one); false when the input
     /// holds nothing usable yet.
     fn step_data(&mut self) -> bool {
-        let (piece_len, complete) = match self.input.iter().position(|&b| b == b'\n') {
+        let (piece_len, complete) = match self.pending().iter().position(|&b| b == b'\n') {
             Some(lf) => (lf + 1, true),
-            None if self.input.len() > MAX_DATA_PIECE => (self.input.len(), false),
+            None if self.pending().len() > MAX_DATA_PIECE => (self.pending().len(), false),
             None => return false,
         };
-        let piece: Vec<u8> = self.input.drain(..piece_len).collect();
+        let piece = self.take_pending(piece_len);
         let line_start = !self.data.mid_line;
         self.data.mid_line = !complete;
         let mut content: &[u8] = &piece;

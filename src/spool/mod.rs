@@ -36,7 +36,7 @@ pub struct Spool {
     tmp: PathBuf,
     mail: PathBuf,
     corrupt: PathBuf,
-    notify: Option<crossbeam_channel::Sender<String>>,
+    notify: Option<crossbeam_channel::Sender<Envelope>>,
     dirsync: std::sync::Arc<group::DirSync>,
 }
 
@@ -100,9 +100,9 @@ impl Spool {
         Ok(s)
     }
 
-    /// Tell `tx` the id of every message committed from now on (the
-    /// scheduler picks new mail up at once instead of polling).
-    pub fn with_notify(mut self, tx: crossbeam_channel::Sender<String>) -> Spool {
+    /// Hand `tx` the envelope of every message committed from now on (the
+    /// scheduler picks new mail up at once, without polling or re-reading).
+    pub fn with_notify(mut self, tx: crossbeam_channel::Sender<Envelope>) -> Spool {
         self.notify = Some(tx);
         self
     }
@@ -356,7 +356,7 @@ impl Incoming {
         if let Some(n) = &self.spool.notify {
             // The scheduler may be gone during shutdown; the message is
             // safe on disk and found by the next start's scan.
-            let _ = n.send(self.id.clone());
+            let _ = n.send(env.clone());
         }
         Ok(())
     }
