@@ -136,4 +136,25 @@ fn main() {
         remaining, 0,
         "not all messages were delivered within {LIMIT:?}"
     );
+    // Fill in the (f) row of the results `make bench` just wrote.
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/RESULTS.md");
+    if let Ok(md) = std::fs::read_to_string(&results) {
+        let line = format!(
+            "(f) outbound: {N} queued 4 KiB messages delivered to a second postern over STARTTLS \
+             (16 delivery threads, up to 20 messages per connection) in {:.2}s = {:.0} msgs/s.",
+            elapsed.as_secs_f64(),
+            N as f64 / elapsed.as_secs_f64()
+        );
+        let md: Vec<String> = md
+            .lines()
+            .map(|l| {
+                if l.starts_with("(f) outbound") {
+                    line.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        let _ = std::fs::write(&results, md.join("\n") + "\n");
+    }
 }
