@@ -51,6 +51,21 @@ limit retry-interval 1s
     })
 }
 
+/// A receiving postern (with or without STARTTLS), a sender relaying to it
+/// with `relay` options, and one message from carol to alice submitted.
+fn to_alice(tls: bool, relay: &str, subject: &str) -> (Dns, Postern, Postern, String) {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, tls);
+    let s = sender(&dns, r.addrs[0].port(), relay);
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@example.test"],
+        &msg(subject),
+    );
+    (dns, r, s, id)
+}
+
 fn maildir(p: &Postern, user: &str) -> PathBuf {
     p.dir.path().join("mail").join(user).join("Maildir")
 }
@@ -67,15 +82,7 @@ fn msg(subject: &str) -> String {
 
 #[test]
 fn opportunistic_starttls_is_used_when_offered() {
-    let dns = Dns::start();
-    let r = receiver("127.0.0.2", 0, true);
-    let s = sender(&dns, r.addrs[0].port(), "");
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("tls"),
-    );
+    let (_dns, r, s, id) = to_alice(true, "", "tls");
     wait_until(WAIT, "delivery to alice", || {
         maildir_files(&maildir(&r, "alice")).len() == 1
     });
@@ -132,15 +139,7 @@ fn plaintext_when_starttls_not_offered_under_may() {
 
 #[test]
 fn encrypt_defers_and_sends_nothing_without_starttls() {
-    let dns = Dns::start();
-    let r = receiver("127.0.0.2", 0, false);
-    let s = sender(&dns, r.addrs[0].port(), "tls encrypt");
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("enc"),
-    );
+    let (_dns, r, s, id) = to_alice(false, "tls encrypt", "enc");
     let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         line.contains("status=deferred")
