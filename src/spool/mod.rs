@@ -3,11 +3,13 @@
 //! Layout under `queue`:
 //!
 //! ```text
-//! tmp/          messages being received; emptied at every start
-//! mail/ID.body  committed message: Received header + body as received
-//! mail/ID.env   its envelope (see [`envelope`]); present = committed
-//! corrupt/      files that could not be read, kept for inspection
+//! tmp/X/          messages being received; emptied at every start
+//! mail/X/ID.body  committed message: Received header + body as received
+//! mail/X/ID.env   its envelope (see [`envelope`]); present = committed
+//! corrupt/        files that could not be read, kept for inspection
 //! ```
+//!
+//! `X` is the id's last hex digit (16 buckets, see [`BUCKETS`]).
 //!
 //! Commit order (SPEC §4): body and envelope are written under `tmp/` and
 //! each `fsync`ed, the body is renamed into `mail/`, then the envelope, and
@@ -37,7 +39,21 @@ pub struct Spool {
     mail: PathBuf,
     corrupt: PathBuf,
     notify: Option<crossbeam_channel::Sender<Envelope>>,
-    dirsync: std::sync::Arc<group::DirSync>,
+    /// One group commit per bucket of `mail/`.
+    dirsync: std::sync::Arc<Vec<group::DirSync>>,
+}
+
+/// Sub-directories of `tmp/` and `mail/`, by the id's last hex digit:
+/// consecutive messages land in different directories, so sessions do not
+/// queue on one directory's lock and ext4 spreads their inodes.
+const BUCKETS: usize = 16;
+
+fn bucket(id: &str) -> usize {
+    id.chars().last().and_then(|c| c.to_digit(16)).unwrap_or(0) as usize % BUCKETS
+}
+
+fn bucket_name(b: usize) -> String {
+    format!("{b:x}")
 }
 
 /// What the start-up scan found.
@@ -91,11 +107,16 @@ impl Spool {
             mail: root.join("mail"),
             corrupt: root.join("corrupt"),
             notify: None,
-            dirsync: Default::default(),
+            dirsync: std::sync::Arc::new((0..BUCKETS).map(|_| group::DirSync::default()).collect()),
         };
         fs::create_dir_all(root).map_err(|e| at(root, e))?;
         for d in [&s.tmp, &s.mail, &s.corrupt] {
             mkdir(d).map_err(|e| at(d, e))?;
+        }
+        for b in 0..BUCKETS {
+            for d in [s.tmp.join(bucket_name(b)), s.mail.join(bucket_name(b))] {
+                mkdir(&d).map_err(|e| at(&d, e))?;
+            }
         }
         Ok(s)
     }
@@ -110,13 +131,17 @@ impl Spool {
     /// Rewrite a committed envelope atomically: new file, fsync, rename
     /// over the old one, fsync the directory.
     pub fn update(&self, env: &Envelope) -> io::Result<()> {
-        let tmp = self.tmp.join(format!("{}.env.update", env.id));
+        let tmp = self.tmp_of(&env.id).join(format!("{}.env.update", env.id));
         let _ = fs::remove_file(&tmp);
         let done = write_synced(&tmp, env.to_text().as_bytes())
             .and_then(|_| {
-                fs::rename(&tmp, self.mail.join(format!("{}.env", env.id))).map_err(|e| at(&tmp, e))
+                fs::rename(&tmp, self.mail_of(&env.id).join(format!("{}.env", env.id)))
+                    .map_err(|e| at(&tmp, e))
             })
-            .and_then(|_| fsync_dir(&self.mail).map_err(|e| at(&self.mail, e)));
+            .and_then(|_| {
+                let dir = self.mail_of(&env.id);
+                fsync_dir(&dir).map_err(|e| at(&dir, e))
+            });
         if done.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -127,8 +152,10 @@ impl Spool {
     /// in between leaves only an orphan body, which the next start removes;
     /// then one directory fsync for the whole batch.
     pub fn remove(&self, ids: &[&str]) -> io::Result<()> {
+        let mut touched = [false; BUCKETS];
         for id in ids {
-            let env = self.mail.join(format!("{id}.env"));
+            touched[bucket(id)] = true;
+            let env = self.mail_of(id).join(format!("{id}.env"));
             match fs::remove_file(&env) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&env, e)),
                 _ => {}
@@ -139,7 +166,31 @@ impl Spool {
                 _ => {}
             }
         }
-        fsync_dir(&self.mail).map_err(|e| at(&self.mail, e))
+        for (b, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
+            let dir = self.mail.join(bucket_name(b));
+            fsync_dir(&dir).map_err(|e| at(&dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn mail_of(&self, id: &str) -> PathBuf {
+        self.mail.join(bucket_name(bucket(id)))
+    }
+
+    fn tmp_of(&self, id: &str) -> PathBuf {
+        self.tmp.join(bucket_name(bucket(id)))
+    }
+
+    /// Every file in the buckets of `dir`.
+    fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        for b in 0..BUCKETS {
+            let d = dir.join(bucket_name(b));
+            for e in fs::read_dir(&d).map_err(|e| at(&d, e))? {
+                out.push(e?.path());
+            }
+        }
+        Ok(out)
     }
 
     /// Queue a message made here (a bounce): body and envelope in one go.
@@ -158,24 +209,15 @@ impl Spool {
         &self.root
     }
 
-    /// The directory of committed messages.
-    pub fn mail_dir(&self) -> &Path {
-        &self.mail
-    }
-
     /// Start-up scan: empty `tmp/`, drop orphan bodies, quarantine
     /// envelopes that do not parse or lost their body.
     pub fn recover(&self) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
-        for entry in fs::read_dir(&self.tmp).map_err(|e| at(&self.tmp, e))? {
-            let p = entry?.path();
+        for p in Self::files_in(&self.tmp)? {
             fs::remove_file(&p).map_err(|e| at(&p, e))?;
             report.removed_tmp += 1;
         }
-        let mut entries: Vec<PathBuf> = fs::read_dir(&self.mail)
-            .map_err(|e| at(&self.mail, e))?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<io::Result<_>>()?;
+        let mut entries = Self::files_in(&self.mail)?;
         entries.sort();
         for p in entries {
             // Quarantine moves pairs, so a later entry may already be gone.
@@ -186,7 +228,7 @@ impl Spool {
                 continue;
             };
             if let Some(id) = name.strip_suffix(".body") {
-                if !self.mail.join(format!("{id}.env")).exists() {
+                if !self.mail_of(id).join(format!("{id}.env")).exists() {
                     fs::remove_file(&p).map_err(|e| at(&p, e))?;
                     report.removed_orphans += 1;
                 }
@@ -196,7 +238,7 @@ impl Spool {
                     Ok(t) => Envelope::parse(&t).err(),
                 }
                 .or_else(|| {
-                    (!self.mail.join(format!("{id}.body")).exists())
+                    (!self.mail_of(id).join(format!("{id}.body")).exists())
                         .then(|| "body file is missing".to_string())
                 });
                 match problem {
@@ -213,13 +255,16 @@ impl Spool {
                 }
             }
         }
-        fsync_dir(&self.mail).map_err(|e| at(&self.mail, e))?;
+        for b in 0..BUCKETS {
+            let dir = self.mail.join(bucket_name(b));
+            fsync_dir(&dir).map_err(|e| at(&dir, e))?;
+        }
         Ok(report)
     }
 
     fn quarantine(&self, id: &str) -> io::Result<()> {
         for ext in ["env", "body"] {
-            let from = self.mail.join(format!("{id}.{ext}"));
+            let from = self.mail_of(id).join(format!("{id}.{ext}"));
             if from.exists() {
                 let to = self.corrupt.join(format!("{id}.{ext}"));
                 fs::rename(&from, &to).map_err(|e| at(&from, e))?;
@@ -235,7 +280,7 @@ impl Spool {
         let mut last = None;
         for _ in 0..8 {
             let id = new_id();
-            let path = self.tmp.join(format!("{id}.body"));
+            let path = self.tmp_of(&id).join(format!("{id}.body"));
             match OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -260,13 +305,12 @@ impl Spool {
 
     /// Ids of committed messages, oldest first.
     pub fn list(&self) -> io::Result<Vec<String>> {
-        let mut ids: Vec<String> = fs::read_dir(&self.mail)
-            .map_err(|e| at(&self.mail, e))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".env"))
+        let mut ids: Vec<String> = Self::files_in(&self.mail)?
+            .iter()
+            .filter_map(|p| {
+                p.file_name()?
+                    .to_str()?
+                    .strip_suffix(".env")
                     .map(str::to_string)
             })
             .collect();
@@ -276,7 +320,7 @@ impl Spool {
 
     /// Read a committed envelope.
     pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
-        let p = self.mail.join(format!("{id}.env"));
+        let p = self.mail_of(id).join(format!("{id}.env"));
         let text = fs::read_to_string(&p).map_err(|e| at(&p, e))?;
         Envelope::parse(&text).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))
@@ -285,7 +329,7 @@ impl Spool {
 
     /// Path of a committed body.
     pub fn body_path(&self, id: &str) -> PathBuf {
-        self.mail.join(format!("{id}.body"))
+        self.mail_of(id).join(format!("{id}.body"))
     }
 }
 
@@ -332,18 +376,21 @@ impl Incoming {
             .map_err(|e| at(&self.body_path, e.into_error()))?;
         f.sync_all().map_err(|e| at(&self.body_path, e))?;
         drop(f);
-        let env_tmp = self.spool.tmp.join(format!("{}.env", self.id));
+        let env_tmp = self.spool.tmp_of(&self.id).join(format!("{}.env", self.id));
         let written = write_synced(&env_tmp, env.to_text().as_bytes());
         if let Err(e) = written {
             let _ = fs::remove_file(&env_tmp);
             return Err(e);
         }
         let body_final = self.spool.body_path(&self.id);
-        let env_final = self.spool.mail.join(format!("{}.env", self.id));
+        let env_final = self
+            .spool
+            .mail_of(&self.id)
+            .join(format!("{}.env", self.id));
         let renamed = fs::rename(&self.body_path, &body_final)
             .map_err(|e| at(&self.body_path, e))
             .and_then(|_| fs::rename(&env_tmp, &env_final).map_err(|e| at(&env_tmp, e)))
-            .and_then(|_| self.spool.dirsync.sync(&self.spool.mail));
+            .and_then(|_| self.spool.dirsync[bucket(&self.id)].sync(&self.spool.mail_of(&self.id)));
         if let Err(e) = renamed {
             // Undo whatever got into mail/: the client will be told 452, so
             // the message must not be delivered.
@@ -405,7 +452,7 @@ mod tests {
     }
 
     fn count(dir: &Path) -> usize {
-        fs::read_dir(dir).unwrap().count()
+        Spool::files_in(dir).unwrap().len()
     }
 
     #[test]
@@ -455,11 +502,15 @@ mod tests {
         let good = m.id().to_string();
         m.write(b"x");
         m.commit(&env(&good)).unwrap();
-        fs::write(s.tmp.join("LEFTOVER.body"), b"x").unwrap();
-        fs::write(s.mail.join("ORPHAN.body"), b"x").unwrap();
-        fs::write(s.mail.join("BAD.env"), b"garbage").unwrap();
-        fs::write(s.mail.join("BAD.body"), b"x").unwrap();
-        fs::write(s.mail.join("NOBODY.env"), env("NOBODY").to_text()).unwrap();
+        fs::write(s.tmp_of("LEFTOVER").join("LEFTOVER.body"), b"x").unwrap();
+        fs::write(s.mail_of("ORPHAN").join("ORPHAN.body"), b"x").unwrap();
+        fs::write(s.mail_of("BAD").join("BAD.env"), b"garbage").unwrap();
+        fs::write(s.mail_of("BAD").join("BAD.body"), b"x").unwrap();
+        fs::write(
+            s.mail_of("NOBODY").join("NOBODY.env"),
+            env("NOBODY").to_text(),
+        )
+        .unwrap();
         let r = s.recover().unwrap();
         assert_eq!(
             r,

@@ -190,10 +190,10 @@ fn saturated_pool_answers_421() {
 fn startup_removes_temporary_leftovers() {
     let p = Postern::start_with(|d| {
         let q = d.join("queue");
-        std::fs::create_dir_all(q.join("tmp")).unwrap();
-        std::fs::create_dir_all(q.join("mail")).unwrap();
-        std::fs::write(q.join("tmp/0000000000001000.body"), "half").unwrap();
-        std::fs::write(q.join("mail/0000000000002000.body"), "orphan").unwrap();
+        std::fs::create_dir_all(q.join("tmp/0")).unwrap();
+        std::fs::create_dir_all(q.join("mail/0")).unwrap();
+        std::fs::write(q.join("tmp/0/0000000000001000.body"), "half").unwrap();
+        std::fs::write(q.join("mail/0/0000000000002000.body"), "orphan").unwrap();
         standard_config(d)
     });
     p.wait_log(

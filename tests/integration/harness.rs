@@ -224,11 +224,10 @@ impl Postern {
 
     /// Committed message ids.
     pub fn queued_ids(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.queue().join("mail"))
-            .unwrap()
-            .filter_map(|e| {
-                e.ok()?
-                    .file_name()
+        let mut v: Vec<String> = spool_files(&self.queue().join("mail"))
+            .iter()
+            .filter_map(|p| {
+                p.file_name()?
                     .to_str()?
                     .strip_suffix(".env")
                     .map(str::to_string)
@@ -238,16 +237,26 @@ impl Postern {
         v
     }
 
+    /// A spool file of message `id` (the spool buckets by the id's last digit).
+    fn spool_file(&self, id: &str, ext: &str) -> PathBuf {
+        let bucket = id.chars().last().unwrap().to_ascii_lowercase().to_string();
+        self.queue()
+            .join("mail")
+            .join(bucket)
+            .join(format!("{id}.{ext}"))
+    }
+
     pub fn body(&self, id: &str) -> Vec<u8> {
-        std::fs::read(self.queue().join("mail").join(format!("{id}.body"))).unwrap()
+        std::fs::read(self.spool_file(id, "body")).unwrap()
     }
 
     pub fn envelope(&self, id: &str) -> String {
-        std::fs::read_to_string(self.queue().join("mail").join(format!("{id}.env"))).unwrap()
+        std::fs::read_to_string(self.spool_file(id, "env")).unwrap()
     }
 
+    /// Files under `QUEUE/sub`, its bucket directories included.
     pub fn files_in(&self, sub: &str) -> usize {
-        std::fs::read_dir(self.queue().join(sub)).unwrap().count()
+        spool_files(&self.queue().join(sub)).len()
     }
 
     /// The test CA as PEM path, for clients that verify.
@@ -581,6 +590,24 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every file below `dir` (the spool keeps messages in bucket directories).
+pub fn spool_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    // Bounded by the tree: the spool is two levels deep.
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 /// Files in a Maildir's new/ (empty when the Maildir does not exist).

@@ -240,12 +240,12 @@ fn full_disk_answers_452_and_recovers() {
     }
     let refused = refused.expect("the disk never filled");
     // Nothing half-written: tmp/ is empty and every envelope has its body.
-    assert_eq!(std::fs::read_dir(queue.join("tmp")).unwrap().count(), 0);
-    for e in std::fs::read_dir(queue.join("mail")).unwrap().flatten() {
-        let name = e.file_name().into_string().unwrap();
+    assert_eq!(harness::spool_files(&queue.join("tmp")).len(), 0);
+    for e in harness::spool_files(&queue.join("mail")) {
+        let name = e.file_name().unwrap().to_str().unwrap().to_string();
         if let Some(id) = name.strip_suffix(".env") {
             assert!(
-                queue.join("mail").join(format!("{id}.body")).exists(),
+                e.with_file_name(format!("{id}.body")).exists(),
                 "{id} lost its body"
             );
         }
