@@ -201,6 +201,21 @@ struct Figure {
     cpu_per_msg: Duration,
 }
 
+impl Figure {
+    /// Rate, p50, p99, CPU per message and share of the commit ceiling, as
+    /// printed on the terminal and in RESULTS.md.
+    fn cells(&self, ceiling: f64) -> [String; 5] {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+        [
+            format!("{:.0}", self.rate),
+            ms(self.p50),
+            ms(self.p99),
+            format!("{:.2} ms", self.cpu_per_msg.as_secs_f64() * 1000.0),
+            format!("{:.0}%", self.rate * 100.0 / ceiling),
+        ]
+    }
+}
+
 /// CPU time a process has used so far.
 fn cpu_time(pid: u32) -> Duration {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -468,14 +483,10 @@ fn main() {
             per,
             size,
         );
+        let [rate, p50, p99, cpu, share] = f.cells(fsync16);
         println!(
-            "{}: {:.0} msgs/s, p50 {:.1} ms, p99 {:.1} ms, postern CPU {:.2} ms/msg ({:.0}% of the 16-thread commit ceiling)",
-            f.name,
-            f.rate,
-            f.p50.as_secs_f64() * 1000.0,
-            f.p99.as_secs_f64() * 1000.0,
-            f.cpu_per_msg.as_secs_f64() * 1000.0,
-            f.rate * 100.0 / fsync16
+            "{}: {rate} msgs/s, p50 {p50}, p99 {p99}, postern CPU {cpu}/msg ({share} of the 16-thread commit ceiling)",
+            f.name
         );
         figures.push(f);
     }
@@ -499,14 +510,10 @@ fn main() {
         RUN.as_secs()
     );
     for f in &figures {
+        let [rate, p50, p99, cpu, share] = f.cells(fsync16);
         md.push_str(&format!(
-            "| {} | {:.0} | {:.1} ms | {:.1} ms | {:.2} ms | {:.0}% |\n",
-            f.name,
-            f.rate,
-            f.p50.as_secs_f64() * 1000.0,
-            f.p99.as_secs_f64() * 1000.0,
-            f.cpu_per_msg.as_secs_f64() * 1000.0,
-            f.rate * 100.0 / fsync16
+            "| {} | {rate} | {p50} | {p99} | {cpu} | {share} |\n",
+            f.name
         ));
     }
     md.push_str(&format!(

@@ -57,13 +57,18 @@ fn to_alice(tls: bool, relay: &str, subject: &str) -> (Dns, Postern, Postern, St
     let dns = Dns::start();
     let r = receiver("127.0.0.2", 0, tls);
     let s = sender(&dns, r.addrs[0].port(), relay);
-    let id = submit(
+    let id = carol_to_alice(&s, subject);
+    (dns, r, s, id)
+}
+
+/// Submit one message from carol to alice through `s`; its queue id.
+fn carol_to_alice(s: &Postern, subject: &str) -> String {
+    submit(
         s.addrs[0],
         "carol@sender.test",
         &["alice@example.test"],
         &msg(subject),
-    );
-    (dns, r, s, id)
+    )
 }
 
 fn maildir(p: &Postern, user: &str) -> PathBuf {
@@ -116,12 +121,7 @@ fn plaintext_when_starttls_not_offered_under_may() {
     let dns = Dns::start();
     let r = receiver("127.0.0.2", 0, false);
     let s = sender(&dns, r.addrs[0].port(), "tls may");
-    submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("plain"),
-    );
+    carol_to_alice(&s, "plain");
     wait_until(WAIT, "delivery to alice", || {
         maildir_files(&maildir(&r, "alice")).len() == 1
     });
@@ -164,12 +164,7 @@ fn verify_needs_a_trusted_chain() {
     let r = receiver("127.0.0.2", 0, true);
     let port = r.addrs[0].port();
     let untrusted = sender(&dns, port, "tls verify");
-    let id = submit(
-        untrusted.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("v1"),
-    );
+    let id = carol_to_alice(&untrusted, "v1");
     let line = untrusted.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         line.contains("status=deferred") && line.contains("TLS handshake with mx1.example.test"),
@@ -178,12 +173,7 @@ fn verify_needs_a_trusted_chain() {
     assert!(maildir_files(&maildir(&r, "alice")).is_empty());
     let ca = r.cert_path();
     let trusted = sender(&dns, port, &format!("tls verify ca \"{}\"", ca.display()));
-    let id = submit(
-        trusted.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("v2"),
-    );
+    let id = carol_to_alice(&trusted, "v2");
     let line = trusted.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         line.contains("status=sent") && line.contains("verified=yes"),
@@ -366,12 +356,7 @@ fn kill_dash_nine_loses_nothing_and_delivers_once() {
     let mut s = sender(&dns, port, "");
     const N: usize = 30;
     for i in 0..N {
-        submit(
-            s.addrs[0],
-            "carol@sender.test",
-            &["alice@example.test"],
-            &msg(&format!("crash{i}")),
-        );
+        carol_to_alice(&s, &format!("crash{i}"));
     }
     s.kill9_and_restart();
     s.wait_log(&format!("scheduler: {N} messages in the queue"), WAIT);
@@ -480,12 +465,7 @@ fn aiosmtpd_peer_with_and_without_starttls() {
     let certs = receiver("127.0.0.3", 0, true);
     let tls_peer = Peer::start("127.0.0.2", Some(&certs), false);
     let s = sender(&dns, tls_peer.port, "");
-    submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("aio-tls"),
-    );
+    carol_to_alice(&s, "aio-tls");
     wait_until(WAIT, "aiosmtpd delivery", || tls_peer.messages().len() == 1);
     let m = &tls_peer.messages()[0];
     assert!(
@@ -495,12 +475,7 @@ fn aiosmtpd_peer_with_and_without_starttls() {
     drop(tls_peer);
     let plain_peer = Peer::start("127.0.0.2", None, false);
     let s2 = sender(&dns, plain_peer.port, "");
-    submit(
-        s2.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("aio-plain"),
-    );
+    carol_to_alice(&s2, "aio-plain");
     wait_until(WAIT, "aiosmtpd delivery", || {
         plain_peer.messages().len() == 1
     });
@@ -512,12 +487,7 @@ fn transient_failure_then_success_on_retry() {
     let dns = Dns::start();
     let peer = Peer::start("127.0.0.2", None, true);
     let s = sender(&dns, peer.port, "");
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("retry"),
-    );
+    let id = carol_to_alice(&s, "retry");
     let first = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         first.contains("status=deferred (451 4.3.0 try again later)"),
@@ -590,12 +560,7 @@ fn may_falls_back_to_plaintext_after_a_failed_handshake() {
     let dns = Dns::start();
     let (port, peer) = broken_tls_peer("127.0.0.2");
     let s = sender(&dns, port, "tls may");
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("fallback"),
-    );
+    let id = carol_to_alice(&s, "fallback");
     let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         line.contains("status=sent (250 2.0.0 accepted in plaintext)") && line.contains("tls=none"),
@@ -793,12 +758,7 @@ fn survives(hostile: Hostile, tls: &str, why: &str) {
     let dns = Dns::start();
     let (port, peer) = hostile_then_good("127.0.0.2", hostile);
     let s = hostile_sender(&dns, port, tls);
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("hostile"),
-    );
+    let id = carol_to_alice(&s, "hostile");
     let first = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         first.contains("status=deferred") && first.contains(why),
@@ -934,12 +894,7 @@ fn starttls_refused_with_454() {
     let dns = Dns::start();
     let (port, peer) = broken_454_peer();
     let s = hostile_sender(&dns, port, "tls may");
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@example.test"],
-        &msg("454may"),
-    );
+    let id = carol_to_alice(&s, "454may");
     let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
         line.contains("status=sent") && line.contains("tls=none"),
