@@ -54,6 +54,19 @@ fn mkdirs(maildir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// The host part of Maildir names, looked up once: it is the same for
+/// every delivery.
+fn host_part() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into())
+            .replace(['/', ':'], "_")
+    })
+}
+
 /// Deliver one copy into `maildir`; returns the file's final path.
 ///
 /// The file name comes from the message, not the clock: `ARRIVAL.KEY.HOST`
@@ -63,11 +76,7 @@ fn mkdirs(maildir: &Path) -> io::Result<()> {
 /// moved to `cur/` in that window would be delivered again.)
 pub fn write_maildir(maildir: &Path, body: &Path, arrival: u64, key: &str) -> io::Result<PathBuf> {
     mkdirs(maildir)?;
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-        .replace(['/', ':'], "_");
+    let host = host_part();
     let name = format!("{arrival}.{key}.{host}");
     // Named after the copy too: a retry after a crash removes the stale one.
     let tmp = maildir.join("tmp").join(&name);
