@@ -56,6 +56,8 @@ pub struct Scheduler {
     dirty: Vec<String>,
     /// Earliest retry time among messages not in `dirty` (MAX: none).
     next_due: u64,
+    /// Removals whose directory fsync is still to do.
+    owed: crate::spool::Unsynced,
 }
 
 impl Scheduler {
@@ -69,6 +71,7 @@ impl Scheduler {
             dirty: Vec::new(),
             // The first dispatch looks at the whole queue.
             next_due: 0,
+            owed: Default::default(),
         };
         for id in s.spool.list().map_err(|e| format!("queue: {e}"))? {
             s.load(&id);
@@ -81,6 +84,12 @@ impl Scheduler {
             return;
         }
         match self.spool.envelope(id) {
+            // Finished before a crash or a failed removal: remove it now.
+            Ok(env) if env.rcpts.iter().all(|r| r.state != RcptState::Pending) => {
+                if let Err(e) = self.spool.remove(&[id]) {
+                    log::error!("{id}: finished, but cannot be removed: {e}");
+                }
+            }
             Ok(env) => {
                 self.queue.insert(id.to_string(), Entry { env, busy: 0 });
                 self.dirty.push(id.to_string());
@@ -110,10 +119,13 @@ impl Scheduler {
             let next = self.dispatch(now);
             // Wake for the next retry, but at least once a minute so a
             // changed clock cannot stall the queue.
-            let wait = Duration::from_secs(
+            let mut wait = Duration::from_secs(
                 next.map(|t| t.saturating_sub(now).clamp(1, 60))
                     .unwrap_or(60),
             );
+            if self.owed.any() {
+                wait = wait.min(Duration::from_millis(100));
+            }
             select! {
                 recv(new) -> env => match env {
                     Ok(env) => self.insert(env),
@@ -123,6 +135,9 @@ impl Scheduler {
                     Ok(outcomes) => {
                         let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
                         self.remove(&done);
+                        if results.is_empty() {
+                            self.sync_owed();
+                        }
                     }
                     // No delivery threads (`limit delivery-workers 0`): a
                     // closed channel would otherwise wake select! forever.
@@ -135,7 +150,7 @@ impl Scheduler {
                     }
                     Err(_) => ctl = crossbeam_channel::never(),
                 },
-                default(wait) => {}
+                default(wait) => self.sync_owed(),
             }
         }
     }
@@ -215,16 +230,35 @@ impl Scheduler {
             return;
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        match self.spool.remove(&refs) {
+        // The directory fsyncs are owed until the results channel is drained
+        // (see run): one per bucket per burst, not per job. A crash before
+        // them can bring a finished message back, which delivers it again:
+        // the same window as a crash between a remote 250 and its record.
+        match self.spool.unlink(&refs, &mut self.owed) {
             Ok(()) => {
                 for id in ids {
                     log::info!("{id}: removed");
                     self.queue.remove(id);
                 }
             }
-            // Kept in memory as done: nothing is sent again, and the next
-            // start finds the files and sees every recipient finished.
-            Err(err) => log::error!("cannot remove finished messages: {err}"),
+            Err(err) => {
+                // Keep them in memory as done, and record that on disk so a
+                // restart does not send them again.
+                log::error!("cannot remove finished messages: {err}");
+                for id in ids {
+                    if let Some(e) = self.queue.get(id)
+                        && let Err(err) = self.spool.update(&e.env)
+                    {
+                        log::error!("{id}: cannot record it as finished either: {err}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_owed(&mut self) {
+        if let Err(err) = self.spool.sync_owed(&mut self.owed) {
+            log::error!("spool: {err}");
         }
     }
 

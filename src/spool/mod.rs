@@ -43,6 +43,17 @@ pub struct Spool {
     dirsync: std::sync::Arc<Vec<group::DirSync>>,
 }
 
+/// Bucket directories with removals not yet fsynced.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unsynced([bool; BUCKETS]);
+
+impl Unsynced {
+    /// Some fsync is owed.
+    pub fn any(&self) -> bool {
+        self.0.iter().any(|b| *b)
+    }
+}
+
 /// Sub-directories of `tmp/` and `mail/`, by the id's last hex digit:
 /// consecutive messages land in different directories, so sessions do not
 /// queue on one directory's lock and ext4 spreads their inodes.
@@ -148,13 +159,19 @@ impl Spool {
         done
     }
 
-    /// Remove finished messages: each envelope before its body, so a crash
-    /// in between leaves only an orphan body, which the next start removes;
-    /// then one directory fsync for the whole batch.
+    /// Remove finished messages and make the removal durable.
     pub fn remove(&self, ids: &[&str]) -> io::Result<()> {
-        let mut touched = [false; BUCKETS];
+        let mut owed = Unsynced::default();
+        self.unlink(ids, &mut owed)?;
+        self.sync_owed(&mut owed)
+    }
+
+    /// Remove finished messages, each envelope before its body (a crash in
+    /// between leaves an orphan body, which the next start removes), and
+    /// note in `owed` the directories whose fsync makes it durable.
+    pub fn unlink(&self, ids: &[&str], owed: &mut Unsynced) -> io::Result<()> {
         for id in ids {
-            touched[bucket(id)] = true;
+            owed.0[bucket(id)] = true;
             let env = self.mail_of(id).join(format!("{id}.env"));
             match fs::remove_file(&env) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&env, e)),
@@ -166,9 +183,17 @@ impl Spool {
                 _ => {}
             }
         }
-        for (b, _) in touched.iter().enumerate().filter(|(_, t)| **t) {
-            let dir = self.mail.join(bucket_name(b));
-            fsync_dir(&dir).map_err(|e| at(&dir, e))?;
+        Ok(())
+    }
+
+    /// fsync the directories `owed` names.
+    pub fn sync_owed(&self, owed: &mut Unsynced) -> io::Result<()> {
+        for b in 0..BUCKETS {
+            if owed.0[b] {
+                let dir = self.mail.join(bucket_name(b));
+                fsync_dir(&dir).map_err(|e| at(&dir, e))?;
+                owed.0[b] = false;
+            }
         }
         Ok(())
     }
