@@ -23,6 +23,9 @@ use crate::smtp::server::{Client, Policy};
 use crate::spool::Spool;
 use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
 
+/// Longest a finished message's removal waits for its directory fsync.
+const OWED_MAX: Duration = Duration::from_millis(100);
+
 /// Messages per job: enough to reuse a connection, few enough that one
 /// busy destination still spreads over several delivery threads.
 const ITEMS_PER_JOB: usize = 20;
@@ -58,6 +61,8 @@ pub struct Scheduler {
     next_due: u64,
     /// Removals whose directory fsync is still to do.
     owed: crate::spool::Unsynced,
+    /// When the oldest of them was made.
+    owed_since: Option<std::time::Instant>,
 }
 
 impl Scheduler {
@@ -72,6 +77,7 @@ impl Scheduler {
             // The first dispatch looks at the whole queue.
             next_due: 0,
             owed: Default::default(),
+            owed_since: None,
         };
         for id in s.spool.list().map_err(|e| format!("queue: {e}"))? {
             s.load(&id);
@@ -135,7 +141,10 @@ impl Scheduler {
                     Ok(outcomes) => {
                         let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
                         self.remove(&done);
-                        if results.is_empty() {
+                        // Bounded: under a steady stream of results the owed
+                        // fsyncs still happen within about 100 ms.
+                        let overdue = self.owed_since.is_some_and(|t| t.elapsed() >= OWED_MAX);
+                        if results.is_empty() || overdue {
                             self.sync_owed();
                         }
                     }
@@ -234,6 +243,9 @@ impl Scheduler {
         // (see run): one per bucket per burst, not per job. A crash before
         // them can bring a finished message back, which delivers it again:
         // the same window as a crash between a remote 250 and its record.
+        if self.owed_since.is_none() {
+            self.owed_since = Some(std::time::Instant::now());
+        }
         match self.spool.unlink(&refs, &mut self.owed) {
             Ok(()) => {
                 for id in ids {
@@ -257,6 +269,7 @@ impl Scheduler {
     }
 
     fn sync_owed(&mut self) {
+        self.owed_since = None;
         if let Err(err) = self.spool.sync_owed(&mut self.owed) {
             log::error!("spool: {err}");
         }

@@ -51,7 +51,17 @@ fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
 
 fn first_line(s: &mut TcpStream) -> String {
     let mut buf = [0u8; 512];
-    let n = s.read(&mut buf).unwrap_or(0);
+    // Retried on EINTR (a child of the test process exiting), a few times.
+    let mut n = 0;
+    for _ in 0..5 {
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => {
+                n = r.unwrap_or(0);
+                break;
+            }
+        }
+    }
     String::from_utf8_lossy(&buf[..n])
         .lines()
         .next()
@@ -90,6 +100,7 @@ fn throw(p: &Postern, addr: SocketAddr, bytes: &[u8]) -> String {
     // Bounded: at most 200 reads of a closing or timing-out socket.
     for _ in 0..200 {
         match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(0) | Err(_) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
