@@ -36,6 +36,12 @@ fn is_local_client(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether a `%{user}` value is safe as a path component: no `/`, no
+/// leading `.` (which could climb out of the Maildir root), not empty.
+pub fn safe_user(user: &str) -> bool {
+    !user.is_empty() && !user.contains('/') && !user.starts_with('.')
+}
+
 /// The local part as `%{user}` would see it: unquoted and lower-cased.
 pub fn user_part(m: &Mailbox) -> String {
     let l = m
@@ -77,18 +83,16 @@ impl Policy for ListenerPolicy {
         };
         if let Some(Delivery::Maildir { users, alias, .. }) = cfg.actions.get(&rule.action) {
             let user = user_part(rcpt);
-            // %{user} becomes a path component: refuse what could climb out.
-            if user.contains('/') || user.starts_with('.') || user.is_empty() {
+            if !safe_user(&user) {
                 return Err(reply::BAD_RECIPIENT);
             }
             if let Some(users) = users {
                 let full = format!("{user}@{domain}");
-                let known = |t: &Option<String>| {
-                    t.as_ref()
-                        .and_then(|t| cfg.tables.get(t))
+                let known = |t: Option<&String>| {
+                    t.and_then(|t| cfg.tables.get(t))
                         .is_some_and(|t| t.contains(&user) || t.contains(&full))
                 };
-                if !known(&Some(users.clone())) && !known(alias) {
+                if !known(Some(users)) && !known(alias.as_ref()) {
                     return Err(reply::USER_UNKNOWN);
                 }
             }

@@ -117,39 +117,39 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
     for (idx, addr) in &item.rcpts {
         let mut errors = Vec::new();
         let mut paths = Vec::new();
+        let key = format!("Q{}R{idx}", item.id);
         for user in expand(&user_of(addr), alias) {
             // Re-checked here, not only at RCPT: aliases can produce names.
-            if user.contains('/') || user.starts_with('.') || user.is_empty() {
+            if !crate::rules::safe_user(&user) {
                 errors.push(format!("refusing unsafe user name '{user}'"));
                 continue;
             }
             let dir = PathBuf::from(template.replace("%{user}", &user));
-            let key = format!("Q{}R{idx}", item.id);
             match write_maildir(&dir, &item.body, item.arrival, &key) {
                 Ok(p) => paths.push(p.display().to_string()),
                 Err(e) => errors.push(format!("{}: {e}", dir.display())),
             }
         }
-        // XXX: with several alias targets, a partial failure defers all and
-        // the retry repeats the copies that did succeed.
-        let r = if errors.is_empty() {
-            RcptOutcome {
-                idx: *idx,
-                status: Status::Sent,
-                reply: format!("delivered to maildir {}", paths.join(", ")),
-                relay: "maildir".into(),
-                tls: "none".into(),
-                verified: false,
-            }
+        // With several alias targets a partial failure defers all; the retry
+        // finds the copies that succeeded already in new/ and skips them.
+        let (status, reply) = if errors.is_empty() {
+            (
+                Status::Sent,
+                format!("delivered to maildir {}", paths.join(", ")),
+            )
         } else {
-            RcptOutcome {
-                idx: *idx,
-                status: Status::Deferred,
-                reply: format!("451 4.3.0 maildir delivery failed: {}", errors.join("; ")),
-                relay: "maildir".into(),
-                tls: "none".into(),
-                verified: false,
-            }
+            (
+                Status::Deferred,
+                format!("451 4.3.0 maildir delivery failed: {}", errors.join("; ")),
+            )
+        };
+        let r = RcptOutcome {
+            idx: *idx,
+            status,
+            reply,
+            relay: "maildir".into(),
+            tls: "none".into(),
+            verified: false,
         };
         log_result(item, addr, &r);
         results.push(r);

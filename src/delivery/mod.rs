@@ -178,28 +178,14 @@ impl Context {
                     .collect()
             }
             Some(Delivery::Relay { .. }) => remote::deliver(self, job),
-            None => job
-                .items
-                .iter()
-                .map(|item| Outcome {
-                    id: item.id.clone(),
-                    results: item
-                        .rcpts
-                        .iter()
-                        .map(|(idx, _)| RcptOutcome {
-                            idx: *idx,
-                            status: Status::Deferred,
-                            reply: format!(
-                                "451 4.3.0 no action named '{}' in the configuration",
-                                job.route.action
-                            ),
-                            relay: "none".into(),
-                            tls: "none".into(),
-                            verified: false,
-                        })
-                        .collect(),
-                })
-                .collect(),
+            None => remote::fail_all(
+                job,
+                Status::Deferred,
+                &format!(
+                    "451 4.3.0 no action named '{}' in the configuration",
+                    job.route.action
+                ),
+            ),
         }
     }
 }

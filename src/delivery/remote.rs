@@ -50,6 +50,16 @@ struct Results {
 }
 
 impl Results {
+    fn empty(job: &Job) -> Results {
+        Results {
+            per_item: job
+                .items
+                .iter()
+                .map(|i| vec![None; i.rcpts.len()])
+                .collect(),
+        }
+    }
+
     fn pending(&self, item: usize, pos: usize) -> bool {
         self.per_item[item][pos].is_none()
     }
@@ -60,13 +70,7 @@ impl Results {
 
 /// Deliver a relay job; one outcome per message.
 pub fn deliver(ctx: &Context, job: &Job) -> Vec<Outcome> {
-    let mut res = Results {
-        per_item: job
-            .items
-            .iter()
-            .map(|i| vec![None; i.rcpts.len()])
-            .collect(),
-    };
+    let mut res = Results::empty(job);
     let (hosts, policy, tls) = match plan(ctx, job) {
         Ok(p) => p,
         Err((status, reply)) => {
@@ -117,6 +121,11 @@ pub fn deliver(ctx: &Context, job: &Job) -> Vec<Outcome> {
         }
     }
     finish(job, res, Status::Deferred, &last)
+}
+
+/// The same answer, logged, for every recipient of a job.
+pub(super) fn fail_all(job: &Job, status: Status, reply: &str) -> Vec<Outcome> {
+    finish(job, Results::empty(job), status, reply)
 }
 
 /// Fill every pending recipient with `status`/`reply`, log, and report.

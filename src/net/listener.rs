@@ -330,9 +330,7 @@ impl Server {
                     log::warn!("smtp refused address={peer} reason=workers-busy");
                     let mut s = job.stream;
                     let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-                    let mut out = Vec::new();
-                    reply::BUSY.write_to(&mut out);
-                    let _ = s.write_all(&out);
+                    busy(&mut s);
                 }
             }
         }
@@ -382,8 +380,9 @@ impl Server {
     }
 }
 
-/// 421 from the acceptor itself, without blocking it.
-fn busy(stream: &mut mio::net::TcpStream) {
+/// 421 from the acceptor itself, without blocking it (a non-blocking or
+/// short-timeout socket).
+fn busy(stream: &mut impl Write) {
     let mut out = Vec::new();
     reply::BUSY.write_to(&mut out);
     // A fresh socket's send buffer always has room for one line; if it

@@ -145,10 +145,7 @@ impl Spool {
         let tmp = self.tmp_of(&env.id).join(format!("{}.env.update", env.id));
         let _ = fs::remove_file(&tmp);
         let done = write_synced(&tmp, env.to_text().as_bytes())
-            .and_then(|_| {
-                fs::rename(&tmp, self.mail_of(&env.id).join(format!("{}.env", env.id)))
-                    .map_err(|e| at(&tmp, e))
-            })
+            .and_then(|_| fs::rename(&tmp, self.envelope_path(&env.id)).map_err(|e| at(&tmp, e)))
             .and_then(|_| {
                 let dir = self.mail_of(&env.id);
                 fsync_dir(&dir).map_err(|e| at(&dir, e))
@@ -172,7 +169,7 @@ impl Spool {
     pub fn unlink(&self, ids: &[&str], owed: &mut Unsynced) -> io::Result<()> {
         for id in ids {
             owed.0[bucket(id)] = true;
-            let env = self.mail_of(id).join(format!("{id}.env"));
+            let env = self.envelope_path(id);
             match fs::remove_file(&env) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&env, e)),
                 _ => {}
@@ -253,7 +250,7 @@ impl Spool {
                 continue;
             };
             if let Some(id) = name.strip_suffix(".body") {
-                if !self.mail_of(id).join(format!("{id}.env")).exists() {
+                if !self.envelope_path(id).exists() {
                     fs::remove_file(&p).map_err(|e| at(&p, e))?;
                     report.removed_orphans += 1;
                 }
@@ -263,8 +260,7 @@ impl Spool {
                     Ok(t) => Envelope::parse(&t).err(),
                 }
                 .or_else(|| {
-                    (!self.mail_of(id).join(format!("{id}.body")).exists())
-                        .then(|| "body file is missing".to_string())
+                    (!self.body_path(id).exists()).then(|| "body file is missing".to_string())
                 });
                 match problem {
                     Some(why) => {
@@ -345,7 +341,7 @@ impl Spool {
 
     /// Read a committed envelope.
     pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
-        let p = self.mail_of(id).join(format!("{id}.env"));
+        let p = self.envelope_path(id);
         let text = fs::read_to_string(&p).map_err(|e| at(&p, e))?;
         Envelope::parse(&text).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))
@@ -355,6 +351,11 @@ impl Spool {
     /// Path of a committed body.
     pub fn body_path(&self, id: &str) -> PathBuf {
         self.mail_of(id).join(format!("{id}.body"))
+    }
+
+    /// Path of a committed envelope.
+    pub fn envelope_path(&self, id: &str) -> PathBuf {
+        self.mail_of(id).join(format!("{id}.env"))
     }
 }
 
@@ -408,10 +409,7 @@ impl Incoming {
             return Err(e);
         }
         let body_final = self.spool.body_path(&self.id);
-        let env_final = self
-            .spool
-            .mail_of(&self.id)
-            .join(format!("{}.env", self.id));
+        let env_final = self.spool.envelope_path(&self.id);
         let renamed = fs::rename(&self.body_path, &body_final)
             .map_err(|e| at(&self.body_path, e))
             .and_then(|_| fs::rename(&env_tmp, &env_final).map_err(|e| at(&env_tmp, e)))

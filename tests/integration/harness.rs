@@ -223,35 +223,21 @@ impl Postern {
     }
 
     /// Committed message ids.
-    pub fn queued_ids(&self) -> Vec<String> {
-        let mut v: Vec<String> = spool_files(&self.queue().join("mail"))
-            .iter()
-            .filter_map(|p| {
-                p.file_name()?
-                    .to_str()?
-                    .strip_suffix(".env")
-                    .map(str::to_string)
-            })
-            .collect();
-        v.sort();
-        v
+    /// The daemon's spool, read with the library's own layout.
+    fn spool(&self) -> postern::spool::Spool {
+        postern::spool::Spool::open(&self.queue()).unwrap()
     }
 
-    /// A spool file of message `id` (the spool buckets by the id's last digit).
-    fn spool_file(&self, id: &str, ext: &str) -> PathBuf {
-        let bucket = id.chars().last().unwrap().to_ascii_lowercase().to_string();
-        self.queue()
-            .join("mail")
-            .join(bucket)
-            .join(format!("{id}.{ext}"))
+    pub fn queued_ids(&self) -> Vec<String> {
+        self.spool().list().unwrap()
     }
 
     pub fn body(&self, id: &str) -> Vec<u8> {
-        std::fs::read(self.spool_file(id, "body")).unwrap()
+        std::fs::read(self.spool().body_path(id)).unwrap()
     }
 
     pub fn envelope(&self, id: &str) -> String {
-        std::fs::read_to_string(self.spool_file(id, "env")).unwrap()
+        std::fs::read_to_string(self.spool().envelope_path(id)).unwrap()
     }
 
     /// Files under `QUEUE/sub`, its bucket directories included.
