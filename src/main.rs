@@ -82,9 +82,10 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     let spool = Spool::open(&cfg.queue).map_err(|e| format!("queue: {e}"))?;
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
-        "queue {}: {} messages, removed {} temporary and {} orphan files, {} moved to corrupt/",
+        "queue {}: {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/",
         cfg.queue.display(),
         report.messages,
+        report.converted,
         report.removed_tmp,
         report.removed_orphans,
         report.quarantined

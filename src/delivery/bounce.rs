@@ -34,7 +34,7 @@ pub fn status_of(reply: &str) -> String {
 
 /// The headers of the original message, read from its spool body.
 fn original_headers(body: &Path) -> String {
-    let Ok(f) = std::fs::File::open(body) else {
+    let Ok(f) = crate::spool::open_body(body) else {
         return String::new();
     };
     let mut out = String::new();
@@ -137,8 +137,10 @@ mod tests {
     #[test]
     fn report_structure() {
         let d = tempfile::tempdir().unwrap();
-        let body = d.path().join("b");
-        std::fs::write(&body, "Received: x\r\nSubject: hi\r\n\r\nsecret body\r\n").unwrap();
+        let body = crate::spool::sample_message(
+            d.path(),
+            b"Received: x\r\nSubject: hi\r\n\r\nsecret body\r\n",
+        );
         let f = [Failure {
             rcpt: "bob@example.org",
             reply: "550 5.1.1 unknown",

@@ -83,7 +83,7 @@ pub fn write_maildir(maildir: &Path, body: &Path, arrival: u64, key: &str) -> io
     let new = maildir.join("new").join(&name);
     let _ = fs::remove_file(&tmp);
     let copy = || -> io::Result<()> {
-        let mut src = File::open(body)?;
+        let mut src = crate::spool::open_body(body)?;
         let mut dst = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -183,8 +183,8 @@ mod tests {
     #[test]
     fn maildir_copy_is_exact() {
         let d = tempfile::tempdir().unwrap();
-        let body = d.path().join("b");
-        fs::write(&body, b"Received: x\r\n\r\nhello\r\n").unwrap();
+        let text = b"Received: x\r\n\r\nhello\r\n";
+        let body = crate::spool::sample_message(&d.path().join("q"), text);
         let p = write_maildir(&d.path().join("Maildir"), &body, 1, "QABCR0").unwrap();
         assert!(p.starts_with(d.path().join("Maildir/new")));
         assert!(
@@ -194,7 +194,7 @@ mod tests {
                 .unwrap()
                 .starts_with("1.QABCR0.")
         );
-        assert_eq!(fs::read(&p).unwrap(), fs::read(&body).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), text);
         assert_eq!(
             fs::read_dir(d.path().join("Maildir/tmp")).unwrap().count(),
             0

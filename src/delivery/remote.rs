@@ -614,7 +614,7 @@ fn send_item(
 
 /// Stream the spooled body with dot-stuffing and the final `.`.
 fn send_body(s: &mut Session, item: &Item) -> Result<(), String> {
-    let f = std::fs::File::open(&item.body).map_err(|e| format!("{}: {e}", item.body.display()))?;
+    let f = crate::spool::open_body(&item.body).map_err(|e| e.to_string())?;
     let mut r = BufReader::with_capacity(64 * 1024, f);
     let mut out = Vec::with_capacity(64 * 1024 + 2);
     let mut chunk = vec![0u8; 64 * 1024];

@@ -1,4 +1,5 @@
-//! The on-disk envelope, `mail/ID.env`: a small versioned text file.
+//! The on-disk envelope: a small versioned text file, kept at the end of
+//! `mail/X/ID.msg` and, once delivery changed it, in `mail/X/ID.env`.
 //!
 //! ```text
 //! postern-envelope 1

@@ -4,27 +4,42 @@
 //!
 //! ```text
 //! tmp/X/          messages being received; emptied at every start
-//! mail/X/ID.body  committed message: Received header + body as received
-//! mail/X/ID.env   its envelope (see [`envelope`]); present = committed
+//! mail/X/ID.msg   committed message; present = committed
+//! mail/X/ID.env   later state of its envelope, once delivery changed it
 //! corrupt/        files that could not be read, kept for inspection
 //! ```
 //!
 //! `X` is the id's last hex digit (16 buckets, see [`BUCKETS`]).
 //!
-//! Commit order (SPEC §4): body and envelope are written under `tmp/` and
-//! each `fsync`ed, the body is renamed into `mail/`, then the envelope, and
-//! `mail/` itself is `fsync`ed; only then does [`Incoming::commit`] return
-//! and the client get its 250. A crash before the envelope rename leaves at
-//! most an orphan `.body`, which the start-up scan removes: such a message
-//! was never acknowledged. An [`Incoming`] dropped without commit removes its
-//! temporary file, so a client that disconnects mid-DATA leaves nothing.
+//! A message is one file, so a commit costs one inode, one file fsync and
+//! one rename:
+//!
+//! ```text
+//! Received header + body as received       (bytes 0..N)
+//! postern-envelope 1                        (the envelope, see [`envelope`])
+//! ...
+//! postern-body-length 00000000000000000N    (fixed width: found from the end)
+//! ```
+//!
+//! The file is never written again after its commit. Delivery results go
+//! to `ID.env` (new file, fsync, rename), which then supersedes the copy
+//! inside `ID.msg`. Removal unlinks `ID.msg` before `ID.env`, so a crash in
+//! between leaves only an `ID.env`, which the start-up scan removes.
+//!
+//! Commit order (SPEC §4): the file is written under `tmp/` and `fsync`ed,
+//! renamed into `mail/`, and `mail/X` itself is `fsync`ed (shared by
+//! concurrent commits, see [`group`]); only then does [`Incoming::commit`]
+//! return and the client get its 250. An [`Incoming`] dropped without commit
+//! removes its temporary file, so a client that disconnects mid-DATA leaves
+//! nothing. Spools of the earlier two-file layout (`ID.body` + `ID.env`) are
+//! rewritten into this one by the start-up scan.
 
 pub mod envelope;
 mod group;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -74,8 +89,10 @@ pub struct ScanReport {
     pub messages: usize,
     /// Temporary files removed.
     pub removed_tmp: usize,
-    /// Orphan bodies (crash mid-commit) removed.
+    /// Leftovers of an interrupted removal or conversion removed.
     pub removed_orphans: usize,
+    /// Messages of the two-file layout rewritten as one file.
+    pub converted: usize,
     /// Files moved to `corrupt/`.
     pub quarantined: usize,
 }
@@ -163,21 +180,18 @@ impl Spool {
         self.sync_owed(&mut owed)
     }
 
-    /// Remove finished messages, each envelope before its body (a crash in
-    /// between leaves an orphan body, which the next start removes), and
-    /// note in `owed` the directories whose fsync makes it durable.
+    /// Remove finished messages, each message file before its envelope
+    /// update (a crash in between leaves an orphan `.env`, which the next
+    /// start removes), and note in `owed` the directories whose fsync makes
+    /// it durable.
     pub fn unlink(&self, ids: &[&str], owed: &mut Unsynced) -> io::Result<()> {
         for id in ids {
             owed.0[bucket(id)] = true;
-            let env = self.envelope_path(id);
-            match fs::remove_file(&env) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&env, e)),
-                _ => {}
-            }
-            let body = self.body_path(id);
-            match fs::remove_file(&body) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&body, e)),
-                _ => {}
+            for p in [self.body_path(id), self.envelope_path(id)] {
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&p, e)),
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -231,8 +245,8 @@ impl Spool {
         &self.root
     }
 
-    /// Start-up scan: empty `tmp/`, drop orphan bodies, quarantine
-    /// envelopes that do not parse or lost their body.
+    /// Start-up scan: empty `tmp/`, drop the leftovers of interrupted
+    /// removals, rewrite two-file messages, quarantine what does not parse.
     pub fn recover(&self) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
         for p in Self::files_in(&self.tmp)? {
@@ -240,40 +254,63 @@ impl Spool {
             report.removed_tmp += 1;
         }
         let mut entries = Self::files_in(&self.mail)?;
+        // ID.body sorts before ID.env before ID.msg: a conversion is done
+        // before the files it replaces are looked at.
         entries.sort();
         for p in entries {
-            // Quarantine moves pairs, so a later entry may already be gone.
+            // Conversion and quarantine move several files of one id.
             if !p.exists() {
                 continue;
             }
             let Some(name) = p.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
                 continue;
             };
-            if let Some(id) = name.strip_suffix(".body") {
-                if !self.envelope_path(id).exists() {
-                    fs::remove_file(&p).map_err(|e| at(&p, e))?;
+            let (id, kind) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
+            let has_msg = self.body_path(id).exists();
+            let problem = match kind {
+                "msg" => self.envelope(id).err().map(|e| e.to_string()),
+                // A conversion that crashed after its rename: the message
+                // file has everything.
+                "body" if has_msg => {
+                    remove(&p)?;
                     report.removed_orphans += 1;
+                    None
                 }
-            } else if let Some(id) = name.strip_suffix(".env") {
-                let problem = match fs::read_to_string(&p) {
-                    Err(e) => Some(e.to_string()),
-                    Ok(t) => Envelope::parse(&t).err(),
-                }
-                .or_else(|| {
-                    (!self.body_path(id).exists()).then(|| "body file is missing".to_string())
-                });
-                match problem {
-                    Some(why) => {
-                        log::error!(
-                            "spool: {} is unusable ({why}); moved to {}",
-                            p.display(),
-                            self.corrupt.display()
-                        );
-                        self.quarantine(id)?;
-                        report.quarantined += 1;
+                "body" if self.envelope_path(id).exists() => match self.convert(id) {
+                    Ok(()) => {
+                        report.converted += 1;
+                        report.messages += 1;
+                        None
                     }
-                    None => report.messages += 1,
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => Some(e.to_string()),
+                    Err(e) => return Err(e),
+                },
+                // A body whose envelope never got written (a crash of the
+                // two-file layout mid-commit) or an envelope update whose
+                // message is gone (a crash mid-removal): never acknowledged,
+                // or finished.
+                "body" | "env" if !has_msg => {
+                    remove(&p)?;
+                    report.removed_orphans += 1;
+                    None
                 }
+                "env" => None,
+                _ => {
+                    log::warn!("spool: {} is not a spool file; left alone", p.display());
+                    None
+                }
+            };
+            match problem {
+                Some(why) => {
+                    log::error!(
+                        "spool: {id} is unusable ({why}); moved to {}",
+                        self.corrupt.display()
+                    );
+                    self.quarantine(id)?;
+                    report.quarantined += 1;
+                }
+                None if kind == "msg" => report.messages += 1,
+                None => {}
             }
         }
         for b in 0..BUCKETS {
@@ -283,8 +320,37 @@ impl Spool {
         Ok(report)
     }
 
+    /// Rewrite a message of the two-file layout as one file: the new file
+    /// is durable under its final name before the old ones go.
+    fn convert(&self, id: &str) -> io::Result<()> {
+        let old_env = self.envelope_path(id);
+        let text = fs::read_to_string(&old_env).map_err(|e| at(&old_env, e))?;
+        let env = Envelope::parse(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", old_env.display()),
+            )
+        })?;
+        let old_body = self.mail_of(id).join(format!("{id}.body"));
+        let mut m = self.begin_as(id)?;
+        let mut src = File::open(&old_body).map_err(|e| at(&old_body, e))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = src.read(&mut buf).map_err(|e| at(&old_body, e))?;
+            if n == 0 {
+                break;
+            }
+            m.write(&buf[..n]);
+        }
+        m.commit(&env)?;
+        remove(&old_env)?;
+        remove(&old_body)?;
+        log::info!("spool: {id} rewritten from the two-file layout");
+        Ok(())
+    }
+
     fn quarantine(&self, id: &str) -> io::Result<()> {
-        for ext in ["env", "body"] {
+        for ext in ["msg", "env", "body"] {
             let from = self.mail_of(id).join(format!("{id}.{ext}"));
             if from.exists() {
                 let to = self.corrupt.join(format!("{id}.{ext}"));
@@ -300,28 +366,30 @@ impl Spool {
         // the same microsecond; create_new makes that an error, so try again.
         let mut last = None;
         for _ in 0..8 {
-            let id = new_id();
-            let path = self.tmp_of(&id).join(format!("{id}.body"));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(f) => {
-                    return Ok(Incoming {
-                        spool: self.clone(),
-                        id,
-                        body_path: path,
-                        file: Some(BufWriter::with_capacity(64 * 1024, f)),
-                        failed: None,
-                    });
-                }
+            match self.begin_as(&new_id()) {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(at(&path, e)),
+                r => return r,
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("no free queue id")))
+    }
+
+    fn begin_as(&self, id: &str) -> io::Result<Incoming> {
+        let path = self.tmp_of(id).join(format!("{id}.msg"));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| at(&path, e))?;
+        Ok(Incoming {
+            spool: self.clone(),
+            id: id.to_string(),
+            body_path: path,
+            file: Some(BufWriter::with_capacity(64 * 1024, f)),
+            len: 0,
+            failed: None,
+        })
     }
 
     /// Ids of committed messages, oldest first.
@@ -331,7 +399,7 @@ impl Spool {
             .filter_map(|p| {
                 p.file_name()?
                     .to_str()?
-                    .strip_suffix(".env")
+                    .strip_suffix(".msg")
                     .map(str::to_string)
             })
             .collect();
@@ -339,24 +407,116 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Read a committed envelope.
+    /// Read a committed envelope: its latest update, or else the copy
+    /// inside the message file.
     pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
         let p = self.envelope_path(id);
-        let text = fs::read_to_string(&p).map_err(|e| at(&p, e))?;
-        Envelope::parse(&text).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", p.display()))
-        })
+        let (text, p) = match fs::read_to_string(&p) {
+            Ok(t) => (t, p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let p = self.body_path(id);
+                (trailer(&p)?, p)
+            }
+            Err(e) => return Err(at(&p, e)),
+        };
+        let env = Envelope::parse(&text).map_err(|e| invalid(&p, &e))?;
+        if env.id != id {
+            return Err(invalid(&p, &format!("envelope is for {}", env.id)));
+        }
+        Ok(env)
     }
 
-    /// Path of a committed body.
+    /// Path of a committed message file (its body is [`open_body`]).
     pub fn body_path(&self, id: &str) -> PathBuf {
-        self.mail_of(id).join(format!("{id}.body"))
+        self.mail_of(id).join(format!("{id}.msg"))
     }
 
-    /// Path of a committed envelope.
+    /// Path of a committed message's envelope update.
     pub fn envelope_path(&self, id: &str) -> PathBuf {
         self.mail_of(id).join(format!("{id}.env"))
     }
+}
+
+/// A committed message file holding `body`, in a spool under `dir`: for
+/// the tests of what reads message files.
+#[cfg(test)]
+pub(crate) fn sample_message(dir: &Path, body: &[u8]) -> PathBuf {
+    let s = Spool::open(dir).unwrap();
+    let mut env = Envelope {
+        from: "a@b.example".into(),
+        rcpts: vec![envelope::EnvRcpt {
+            addr: "c@d.example".into(),
+            action: "local".into(),
+            state: envelope::RcptState::Pending,
+            attempts: 0,
+            next_try: 0,
+            error: String::new(),
+        }],
+        ..Envelope::default()
+    };
+    let id = s.submit(body, &mut env).unwrap();
+    s.body_path(&id)
+}
+
+fn remove(p: &Path) -> io::Result<()> {
+    fs::remove_file(p).map_err(|e| at(p, e))
+}
+
+fn invalid(p: &Path, why: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{}: {why}", p.display()),
+    )
+}
+
+/// The last line of a message file, fixed width so that it is found with
+/// one read from the end.
+const FOOTER_KEY: &str = "postern-body-length ";
+const FOOTER_LEN: u64 = FOOTER_KEY.len() as u64 + 20 + 1;
+
+fn footer(body_len: u64) -> String {
+    format!("{FOOTER_KEY}{body_len:020}\n")
+}
+
+/// Body length and file length of a message file.
+fn lengths(f: &File, p: &Path) -> io::Result<(u64, u64)> {
+    let len = f.metadata().map_err(|e| at(p, e))?.len();
+    if len < FOOTER_LEN {
+        return Err(invalid(p, "too short to be a postern message file"));
+    }
+    let mut last = [0u8; FOOTER_LEN as usize];
+    f.read_exact_at(&mut last, len - FOOTER_LEN)
+        .map_err(|e| at(p, e))?;
+    let body = std::str::from_utf8(&last)
+        .ok()
+        .and_then(|l| l.strip_prefix(FOOTER_KEY))
+        .and_then(|l| l.strip_suffix('\n'))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n <= len - FOOTER_LEN)
+        .ok_or_else(|| invalid(p, "no postern-body-length line at the end"))?;
+    Ok((body, len))
+}
+
+/// The envelope text inside a message file.
+fn trailer(p: &Path) -> io::Result<String> {
+    let f = File::open(p).map_err(|e| at(p, e))?;
+    let (body, len) = lengths(&f, p)?;
+    let n = len - FOOTER_LEN - body;
+    // Thousands of recipients fit in a few MiB; more is damage.
+    if n > 64 << 20 {
+        return Err(invalid(p, "envelope is larger than 64 MiB"));
+    }
+    let mut text = vec![0u8; n as usize];
+    f.read_exact_at(&mut text, body).map_err(|e| at(p, e))?;
+    String::from_utf8(text).map_err(|_| invalid(p, "envelope is not UTF-8"))
+}
+
+/// Open a committed message file for reading its body (Received header and
+/// body as received, without the envelope after it).
+pub fn open_body(p: &Path) -> io::Result<io::Take<File>> {
+    let f = File::open(p).map_err(|e| at(p, e))?;
+    let (body, _) = lengths(&f, p)?;
+    Ok(f.take(body))
 }
 
 /// A message being received; dropped without [`Incoming::commit`], it
@@ -366,6 +526,8 @@ pub struct Incoming {
     id: String,
     body_path: PathBuf,
     file: Option<BufWriter<File>>,
+    /// Body bytes written so far.
+    len: u64,
     failed: Option<io::Error>,
 }
 
@@ -381,10 +543,11 @@ impl Incoming {
         if self.failed.is_some() {
             return;
         }
-        if let Some(f) = self.file.as_mut()
-            && let Err(e) = f.write_all(bytes)
-        {
-            self.failed = Some(at(&self.body_path, e));
+        if let Some(f) = self.file.as_mut() {
+            match f.write_all(bytes) {
+                Ok(()) => self.len += bytes.len() as u64,
+                Err(e) => self.failed = Some(at(&self.body_path, e)),
+            }
         }
     }
 
@@ -394,32 +557,25 @@ impl Incoming {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let Some(f) = self.file.take() else {
+        let Some(mut f) = self.file.take() else {
             return Err(io::Error::other("message already committed"));
         };
+        f.write_all(env.to_text().as_bytes())
+            .and_then(|_| f.write_all(footer(self.len).as_bytes()))
+            .map_err(|e| at(&self.body_path, e))?;
         let f = f
             .into_inner()
             .map_err(|e| at(&self.body_path, e.into_error()))?;
         f.sync_all().map_err(|e| at(&self.body_path, e))?;
         drop(f);
-        let env_tmp = self.spool.tmp_of(&self.id).join(format!("{}.env", self.id));
-        let written = write_synced(&env_tmp, env.to_text().as_bytes());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&env_tmp);
-            return Err(e);
-        }
-        let body_final = self.spool.body_path(&self.id);
-        let env_final = self.spool.envelope_path(&self.id);
-        let renamed = fs::rename(&self.body_path, &body_final)
+        let fin = self.spool.body_path(&self.id);
+        let renamed = fs::rename(&self.body_path, &fin)
             .map_err(|e| at(&self.body_path, e))
-            .and_then(|_| fs::rename(&env_tmp, &env_final).map_err(|e| at(&env_tmp, e)))
             .and_then(|_| self.spool.dirsync[bucket(&self.id)].sync(&self.spool.mail_of(&self.id)));
         if let Err(e) = renamed {
             // Undo whatever got into mail/: the client will be told 452, so
             // the message must not be delivered.
-            let _ = fs::remove_file(&env_final);
-            let _ = fs::remove_file(&body_final);
-            let _ = fs::remove_file(&env_tmp);
+            let _ = fs::remove_file(&fin);
             return Err(e);
         }
         self.body_path = PathBuf::new();
@@ -478,18 +634,86 @@ mod tests {
         Spool::files_in(dir).unwrap().len()
     }
 
+    fn body_of(s: &Spool, id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        open_body(&s.body_path(id))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
     #[test]
-    fn commit_makes_both_files() {
+    fn commit_makes_one_file() {
         let d = tempfile::tempdir().unwrap();
         let s = Spool::open(d.path()).unwrap();
         let mut m = s.begin().unwrap();
         let id = m.id().to_string();
         m.write(b"hello\r\n");
+        m.write(b"world\r\n");
         m.commit(&env(&id)).unwrap();
-        assert_eq!(fs::read(s.body_path(&id)).unwrap(), b"hello\r\n");
+        assert_eq!(body_of(&s, &id), b"hello\r\nworld\r\n");
         assert_eq!(s.envelope(&id).unwrap(), env(&id));
+        let file = fs::read_to_string(s.body_path(&id)).unwrap();
+        assert!(
+            file.ends_with(&format!(
+                "\r\npostern-envelope 1\nid {id}\n{}postern-body-length 00000000000000000014\n",
+                &env(&id).to_text()[format!("postern-envelope 1\nid {id}\n").len()..]
+            )),
+            "{file}"
+        );
         assert_eq!(count(&s.tmp), 0);
+        assert_eq!(count(&s.mail), 1);
         assert_eq!(s.list().unwrap(), [id]);
+    }
+
+    #[test]
+    fn update_supersedes_and_removal_takes_both() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let mut e = env("");
+        let id = s.submit(b"x\r\n", &mut e).unwrap();
+        e.rcpts[0].attempts = 3;
+        s.update(&e).unwrap();
+        assert_eq!(s.envelope(&id).unwrap().rcpts[0].attempts, 3);
+        // The message file itself is never rewritten.
+        assert_eq!(body_of(&s, &id), b"x\r\n");
+        assert!(
+            fs::read_to_string(s.body_path(&id))
+                .unwrap()
+                .contains("attempts=0")
+        );
+        s.remove(&[&id]).unwrap();
+        assert_eq!(count(&s.mail), 0);
+        assert!(s.envelope(&id).is_err());
+    }
+
+    #[test]
+    fn damaged_message_files_are_named_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let id = s.submit(b"x\r\n", &mut env("")).unwrap();
+        let p = s.body_path(&id);
+        let good = fs::read(&p).unwrap();
+        for (bad, why) in [
+            (b"short".to_vec(), "too short"),
+            (good[..good.len() - 1].to_vec(), "no postern-body-length"),
+            (
+                [&good[..good.len() - 21], b"99999999999999999999\n"].concat(),
+                "no postern-body-length",
+            ),
+            (
+                String::from_utf8(good.clone())
+                    .unwrap()
+                    .replace(&format!("id {id}"), "id 0000000000000000")
+                    .into_bytes(),
+                "envelope is for 0000000000000000",
+            ),
+        ] {
+            fs::write(&p, bad).unwrap();
+            let e = s.envelope(&id).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(&id), "{e}");
+        }
     }
 
     #[test]
@@ -518,33 +742,51 @@ mod tests {
     }
 
     #[test]
-    fn recover_cleans_and_quarantines() {
+    fn recover_cleans_converts_and_quarantines() {
         let d = tempfile::tempdir().unwrap();
         let s = Spool::open(d.path()).unwrap();
-        let mut m = s.begin().unwrap();
-        let good = m.id().to_string();
-        m.write(b"x");
-        m.commit(&env(&good)).unwrap();
-        fs::write(s.tmp_of("LEFTOVER").join("LEFTOVER.body"), b"x").unwrap();
-        fs::write(s.mail_of("ORPHAN").join("ORPHAN.body"), b"x").unwrap();
-        fs::write(s.mail_of("BAD").join("BAD.env"), b"garbage").unwrap();
-        fs::write(s.mail_of("BAD").join("BAD.body"), b"x").unwrap();
+        let good = s.submit(b"x\r\n", &mut env("")).unwrap();
+        fs::write(s.tmp_of("LEFTOVER").join("LEFTOVER.msg"), b"x").unwrap();
+        // Two-file layout: a committed pair, and an orphan body.
+        let old = "0000000000000AB1";
+        fs::write(s.mail_of(old).join(format!("{old}.body")), b"old\r\n").unwrap();
         fs::write(
-            s.mail_of("NOBODY").join("NOBODY.env"),
-            env("NOBODY").to_text(),
+            s.mail_of(old).join(format!("{old}.env")),
+            env(old).to_text(),
         )
         .unwrap();
+        fs::write(s.mail_of("ORPHAN").join("ORPHAN.body"), b"x").unwrap();
+        // An interrupted removal leaves an update without its message.
+        fs::write(s.mail_of("GONE").join("GONE.env"), env("GONE").to_text()).unwrap();
+        fs::write(s.mail_of("BAD").join("BAD.msg"), b"garbage").unwrap();
+        fs::write(s.mail_of("BADOLD").join("BADOLD.env"), b"garbage").unwrap();
+        fs::write(s.mail_of("BADOLD").join("BADOLD.body"), b"x").unwrap();
         let r = s.recover().unwrap();
         assert_eq!(
             r,
             ScanReport {
-                messages: 1,
+                messages: 2,
                 removed_tmp: 1,
-                removed_orphans: 1,
+                removed_orphans: 2,
+                converted: 1,
                 quarantined: 2
             }
         );
-        assert_eq!(s.list().unwrap(), [good]);
-        assert!(s.corrupt.join("BAD.env").exists() && s.corrupt.join("BAD.body").exists());
+        let mut want = vec![good, old.to_string()];
+        want.sort();
+        assert_eq!(s.list().unwrap(), want);
+        assert_eq!(body_of(&s, old), b"old\r\n");
+        assert_eq!(s.envelope(old).unwrap(), env(old));
+        assert_eq!(count(&s.mail), 2);
+        assert!(s.corrupt.join("BAD.msg").exists());
+        assert!(s.corrupt.join("BADOLD.env").exists() && s.corrupt.join("BADOLD.body").exists());
+        // A second scan finds a clean spool.
+        assert_eq!(
+            s.recover().unwrap(),
+            ScanReport {
+                messages: 2,
+                ..Default::default()
+            }
+        );
     }
 }

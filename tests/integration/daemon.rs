@@ -187,21 +187,40 @@ fn saturated_pool_answers_421() {
 }
 
 #[test]
-fn startup_removes_temporary_leftovers() {
+fn startup_removes_leftovers_and_keeps_old_layout_mail() {
+    let old = "0000000000003000";
+    // Arrived now: an old arrival would bounce at once (bounce-after).
+    let now = postern::time::unix_now();
     let p = Postern::start_with(|d| {
         let q = d.join("queue");
         std::fs::create_dir_all(q.join("tmp/0")).unwrap();
         std::fs::create_dir_all(q.join("mail/0")).unwrap();
-        std::fs::write(q.join("tmp/0/0000000000001000.body"), "half").unwrap();
+        std::fs::write(q.join("tmp/0/0000000000001000.msg"), "half").unwrap();
         std::fs::write(q.join("mail/0/0000000000002000.body"), "orphan").unwrap();
+        // A message queued by a postern of the two-file layout.
+        std::fs::write(
+            q.join(format!("mail/0/{old}.body")),
+            "Subject: old\r\n\r\nkept\r\n",
+        )
+        .unwrap();
+        std::fs::write(
+            q.join(format!("mail/0/{old}.env")),
+            format!(
+                "postern-envelope 1\nid {old}\narrival {now}\nfrom a@sender.test\nhelo x\nclient 127.0.0.1\n\
+                 body 7bit\nsize 24\nrcpt addr=alice@example.com action=local state=pending attempts=0 next=0 error=\n"
+            ),
+        )
+        .unwrap();
         standard_config(d)
     });
     p.wait_log(
-        "removed 1 temporary and 1 orphan files",
+        "1 messages (1 rewritten from the two-file layout), removed 1 temporary and 1 orphan files",
         Duration::from_secs(5),
     );
     assert_eq!(p.files_in("tmp"), 0);
-    assert_eq!(p.files_in("mail"), 0);
+    assert_eq!(p.queued_ids(), [old]);
+    assert_eq!(p.body(old), b"Subject: old\r\n\r\nkept\r\n");
+    assert!(p.envelope(old).contains("rcpt addr=alice@example.com"));
 }
 
 #[test]

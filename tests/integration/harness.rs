@@ -232,12 +232,20 @@ impl Postern {
         self.spool().list().unwrap()
     }
 
+    /// A queued message's body: what a delivery sends.
     pub fn body(&self, id: &str) -> Vec<u8> {
-        std::fs::read(self.spool().body_path(id)).unwrap()
+        use std::io::Read;
+        let mut out = Vec::new();
+        postern::spool::open_body(&self.spool().body_path(id))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
     }
 
+    /// A queued message's current envelope, as text.
     pub fn envelope(&self, id: &str) -> String {
-        std::fs::read_to_string(self.spool().envelope_path(id)).unwrap()
+        self.spool().envelope(id).unwrap().to_text()
     }
 
     /// Files under `QUEUE/sub`, its bucket directories included.
