@@ -82,13 +82,14 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     let spool = Spool::open(&cfg.queue).map_err(|e| format!("queue: {e}"))?;
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
-        "queue {}: {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/",
+        "queue {}: {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",
         cfg.queue.display(),
         report.messages,
         report.converted,
         report.removed_tmp,
         report.removed_orphans,
-        report.quarantined
+        report.quarantined,
+        report.spares
     );
     // Privileged ports are bound, and keys and tables were read with the
     // configuration, before anything else.

@@ -6,6 +6,7 @@
 //! tmp/X/          messages being received; emptied at every start
 //! mail/X/ID.msg   committed message; present = committed
 //! mail/X/ID.env   later state of its envelope, once delivery changed it
+//! free/           files of finished messages, kept to be rewritten
 //! corrupt/        files that could not be read, kept for inspection
 //! ```
 //!
@@ -33,6 +34,16 @@
 //! removes its temporary file, so a client that disconnects mid-DATA leaves
 //! nothing. Spools of the earlier two-file layout (`ID.body` + `ID.env`) are
 //! rewritten into this one by the start-up scan.
+//!
+//! A finished message's file is not unlinked but renamed into `free/` (up
+//! to [`SPARES`] files of at most [`SPARE_MAX`] bytes), and the next message
+//! received is written over one of them and truncated before its fsync. A
+//! relay that receives and delivers then creates and frees no inodes in
+//! the spool at all: on ext4 without a journal every inode allocation scans
+//! past the inodes freed in the last minutes, which made a new file cost
+//! several times an fsync (see bench/RESULTS.md), and on any file system it
+//! saves the inode and block allocation. A spare is only a name in `free/`:
+//! it becomes a message by the same fsync and rename as a new file.
 
 pub mod envelope;
 mod group;
@@ -54,9 +65,17 @@ pub struct Spool {
     mail: PathBuf,
     corrupt: PathBuf,
     notify: Option<crossbeam_channel::Sender<Envelope>>,
+    free: PathBuf,
     /// One group commit per bucket of `mail/`.
     dirsync: std::sync::Arc<Vec<group::DirSync>>,
+    /// Names in `free/` that no message is being written to.
+    spares: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
+
+/// At most this many spare files are kept in `free/`...
+pub const SPARES: usize = 512;
+/// ...each at most this large, so they hold at most 64 MiB of disk.
+pub const SPARE_MAX: u64 = 128 * 1024;
 
 /// Bucket directories with removals not yet fsynced.
 #[derive(Debug, Default, Clone, Copy)]
@@ -93,6 +112,8 @@ pub struct ScanReport {
     pub removed_orphans: usize,
     /// Messages of the two-file layout rewritten as one file.
     pub converted: usize,
+    /// Spare files in `free/` kept for reuse.
+    pub spares: usize,
     /// Files moved to `corrupt/`.
     pub quarantined: usize,
 }
@@ -134,11 +155,13 @@ impl Spool {
             tmp: root.join("tmp"),
             mail: root.join("mail"),
             corrupt: root.join("corrupt"),
+            free: root.join("free"),
             notify: None,
             dirsync: std::sync::Arc::new((0..BUCKETS).map(|_| group::DirSync::default()).collect()),
+            spares: Default::default(),
         };
         fs::create_dir_all(root).map_err(|e| at(root, e))?;
-        for d in [&s.tmp, &s.mail, &s.corrupt] {
+        for d in [&s.tmp, &s.mail, &s.corrupt, &s.free] {
             mkdir(d).map_err(|e| at(d, e))?;
         }
         for b in 0..BUCKETS {
@@ -187,14 +210,95 @@ impl Spool {
     pub fn unlink(&self, ids: &[&str], owed: &mut Unsynced) -> io::Result<()> {
         for id in ids {
             owed.0[bucket(id)] = true;
-            for p in [self.body_path(id), self.envelope_path(id)] {
-                match fs::remove_file(&p) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&p, e)),
+            let msg = self.body_path(id);
+            if !self.keep_spare(id, &msg) {
+                match fs::remove_file(&msg) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&msg, e)),
                     _ => {}
                 }
             }
+            let env = self.envelope_path(id);
+            match fs::remove_file(&env) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&env, e)),
+                _ => {}
+            }
         }
         Ok(())
+    }
+
+    /// Move a finished message file into `free/` if there is room for it;
+    /// false: it is still in `mail/`, to be unlinked.
+    fn keep_spare(&self, id: &str, msg: &Path) -> bool {
+        let small = fs::metadata(msg).is_ok_and(|m| m.len() <= SPARE_MAX);
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        if !small || spares.len() >= SPARES {
+            return false;
+        }
+        // Ids are unique, so the name is free; were it not, rename would
+        // replace an idle spare, which is harmless.
+        if fs::rename(msg, self.free.join(id)).is_err() {
+            return false;
+        }
+        spares.push(id.to_string());
+        true
+    }
+
+    /// Take a spare file to write a message over, if one is kept.
+    fn take_spare(&self) -> Option<(PathBuf, File)> {
+        // Bounded by SPARES: each pass drops one name.
+        loop {
+            let name = self
+                .spares
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop()?;
+            let p = self.free.join(&name);
+            // Gone (an operator cleaned free/) or unusable: forget it.
+            if let Ok(f) = OpenOptions::new().write(true).open(&p) {
+                return Some((p, f));
+            }
+        }
+    }
+
+    fn return_spare(&self, p: &Path) {
+        if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+            let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            if spares.len() < SPARES {
+                spares.push(name.to_string());
+                return;
+            }
+        }
+        let _ = fs::remove_file(p);
+    }
+
+    /// List `free/` at start. A spare that is also linked elsewhere (a
+    /// crash within a rename on a file system that does not make renames
+    /// atomic) might be a message: it loses its `free/` name, never its
+    /// contents.
+    fn load_spares(&self) -> io::Result<usize> {
+        use std::os::unix::fs::MetadataExt;
+        let mut keep = Vec::new();
+        for e in fs::read_dir(&self.free).map_err(|e| at(&self.free, e))? {
+            let e = e.map_err(|e| at(&self.free, e))?;
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).map_err(|e| at(&p, e))?;
+            let name = e.file_name().into_string().ok();
+            match name {
+                Some(n)
+                    if m.is_file()
+                        && m.nlink() == 1
+                        && m.len() <= SPARE_MAX
+                        && keep.len() < SPARES =>
+                {
+                    keep.push(n)
+                }
+                _ if m.is_file() => remove(&p)?,
+                _ => log::warn!("spool: {} is not a spare file; left alone", p.display()),
+            }
+        }
+        let n = keep.len();
+        *self.spares.lock().unwrap_or_else(|p| p.into_inner()) = keep;
+        Ok(n)
     }
 
     /// fsync the directories `owed` names.
@@ -317,6 +421,7 @@ impl Spool {
             let dir = self.mail.join(bucket_name(b));
             fsync_dir(&dir).map_err(|e| at(&dir, e))?;
         }
+        report.spares = self.load_spares()?;
         Ok(report)
     }
 
@@ -375,19 +480,26 @@ impl Spool {
     }
 
     fn begin_as(&self, id: &str) -> io::Result<Incoming> {
-        let path = self.tmp_of(id).join(format!("{id}.msg"));
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| at(&path, e))?;
+        let (path, f, spare) = match self.take_spare() {
+            Some((p, f)) => (p, f, true),
+            None => {
+                let p = self.tmp_of(id).join(format!("{id}.msg"));
+                let f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&p)
+                    .map_err(|e| at(&p, e))?;
+                (p, f, false)
+            }
+        };
         Ok(Incoming {
             spool: self.clone(),
             id: id.to_string(),
             body_path: path,
             file: Some(BufWriter::with_capacity(64 * 1024, f)),
             len: 0,
+            spare,
             failed: None,
         })
     }
@@ -528,6 +640,8 @@ pub struct Incoming {
     file: Option<BufWriter<File>>,
     /// Body bytes written so far.
     len: u64,
+    /// Written over a spare file in `free/`, whose old tail must go.
+    spare: bool,
     failed: Option<io::Error>,
 }
 
@@ -560,12 +674,22 @@ impl Incoming {
         let Some(mut f) = self.file.take() else {
             return Err(io::Error::other("message already committed"));
         };
-        f.write_all(env.to_text().as_bytes())
-            .and_then(|_| f.write_all(footer(self.len).as_bytes()))
+        let (text, last) = (env.to_text(), footer(self.len));
+        f.write_all(text.as_bytes())
+            .and_then(|_| f.write_all(last.as_bytes()))
             .map_err(|e| at(&self.body_path, e))?;
+        let total = self.len + (text.len() + last.len()) as u64;
         let f = f
             .into_inner()
             .map_err(|e| at(&self.body_path, e.into_error()))?;
+        if self.spare {
+            let end = f.set_len(total).map_err(|e| at(&self.body_path, e));
+            // A spare that cannot be cut is dropped, not reused again.
+            if let Err(e) = end {
+                self.spare = false;
+                return Err(e);
+            }
+        }
         f.sync_all().map_err(|e| at(&self.body_path, e))?;
         drop(f);
         let fin = self.spool.body_path(&self.id);
@@ -602,7 +726,13 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.file = None;
-        if !self.body_path.as_os_str().is_empty() {
+        if self.body_path.as_os_str().is_empty() {
+            return;
+        }
+        if self.spare && self.failed.is_none() {
+            // Whatever was written stays in free/, which nothing reads.
+            self.spool.return_spare(&self.body_path);
+        } else {
             let _ = fs::remove_file(&self.body_path);
         }
     }
@@ -741,6 +871,88 @@ mod tests {
         );
     }
 
+    fn ino(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn finished_files_are_rewritten_for_new_mail() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let big = vec![b'#'; 20_000];
+        let old = s.submit(&big, &mut env("")).unwrap();
+        let inode = ino(&s.body_path(&old));
+        s.remove(&[&old]).unwrap();
+        assert_eq!(count(&s.mail), 0);
+        assert_eq!(fs::read_dir(&s.free).unwrap().count(), 1);
+        // The next message goes into the same inode, cut to its own size.
+        let new = s.submit(b"short\r\n", &mut env("")).unwrap();
+        assert_eq!(ino(&s.body_path(&new)), inode);
+        assert_eq!(body_of(&s, &new), b"short\r\n");
+        let mut want = env(&new);
+        want.size = 7;
+        assert_eq!(s.envelope(&new).unwrap(), want);
+        assert!(!fs::read(s.body_path(&new)).unwrap().contains(&b'#'));
+        assert_eq!(fs::read_dir(&s.free).unwrap().count(), 0);
+        // With no spare left, a new file is made.
+        let third = s.submit(b"x\r\n", &mut env("")).unwrap();
+        assert_ne!(ino(&s.body_path(&third)), inode);
+    }
+
+    #[test]
+    fn spares_are_bounded_in_number_and_size() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let huge = s
+            .submit(&vec![b'z'; SPARE_MAX as usize + 1], &mut env(""))
+            .unwrap();
+        s.remove(&[&huge]).unwrap();
+        assert_eq!(fs::read_dir(&s.free).unwrap().count(), 0);
+        let small = s.submit(b"x\r\n", &mut env("")).unwrap();
+        s.spares
+            .lock()
+            .unwrap()
+            .extend((0..SPARES).map(|i| format!("F{i}")));
+        s.remove(&[&small]).unwrap();
+        assert_eq!(fs::read_dir(&s.free).unwrap().count(), 0);
+        assert_eq!(count(&s.mail), 0);
+    }
+
+    #[test]
+    fn an_abandoned_spare_goes_back_to_free() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let id = s.submit(b"x\r\n", &mut env("")).unwrap();
+        s.remove(&[&id]).unwrap();
+        let mut m = s.begin().unwrap();
+        m.write(b"half a message");
+        drop(m);
+        assert_eq!(s.spares.lock().unwrap().len(), 1);
+        assert_eq!(count(&s.tmp) + count(&s.mail), 0);
+        let id = s.submit(b"whole\r\n", &mut env("")).unwrap();
+        assert_eq!(body_of(&s, &id), b"whole\r\n");
+    }
+
+    #[test]
+    fn start_keeps_only_safe_spares() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        fs::write(s.free.join("A"), b"old").unwrap();
+        fs::write(s.free.join("BIG"), vec![0u8; SPARE_MAX as usize + 1]).unwrap();
+        // Also linked as a message: its free/ name goes, the message stays.
+        let id = s.submit(b"x\r\n", &mut env("")).unwrap();
+        fs::hard_link(s.body_path(&id), s.free.join("TWICE")).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!((r.messages, r.spares), (1, 1));
+        let left: Vec<_> = fs::read_dir(&s.free)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["A"]);
+        assert_eq!(body_of(&s, &id), b"x\r\n");
+    }
+
     #[test]
     fn recover_cleans_converts_and_quarantines() {
         let d = tempfile::tempdir().unwrap();
@@ -769,7 +981,8 @@ mod tests {
                 removed_tmp: 1,
                 removed_orphans: 2,
                 converted: 1,
-                quarantined: 2
+                quarantined: 2,
+                spares: 0,
             }
         );
         let mut want = vec![good, old.to_string()];

@@ -151,12 +151,15 @@ fn crash_safety_under_load() {
         .collect();
     let dups: Vec<(&String, &usize)> = delivered.iter().filter(|(_, n)| **n > 1).collect();
     let unacked_delivered = delivered.keys().filter(|m| !acked.contains(*m)).count();
+    // Finished messages' files were kept as spares and written over by
+    // later messages all along, kills included.
+    let spares = p.files_in("free");
     let tmp_left = p.files_in("tmp")
         + std::fs::read_dir(maildir.join("tmp"))
             .map(|d| d.count())
             .unwrap_or(0);
     println!(
-        "crash-safety: kills={KILLS} sent={} acknowledged={} delivered={} lost={} duplicated={} delivered-without-ack={unacked_delivered} tmp-left={tmp_left}",
+        "crash-safety: kills={KILLS} sent={} acknowledged={} delivered={} lost={} duplicated={} delivered-without-ack={unacked_delivered} tmp-left={tmp_left} spares={spares}",
         *sent.lock().unwrap(),
         acked.len(),
         delivered.len(),
@@ -167,6 +170,7 @@ fn crash_safety_under_load() {
     assert!(lost.is_empty(), "acknowledged but not delivered: {lost:?}");
     assert!(dups.is_empty(), "delivered twice: {dups:?}");
     assert_eq!(tmp_left, 0);
+    assert!(spares > 0, "no finished message was kept for reuse");
 }
 
 fn mount_tmpfs(dir: &Path, size: &str) -> bool {
