@@ -71,6 +71,7 @@ test:
 bench:
 	$(CARGO) bench --bench load
 	$(CARGO) bench --bench delivery
+	$(CARGO) bench --bench spool
 
 # Slow hardening runs: kill -9 under load, a full disk, testssl.sh.
 # Needs root (tmpfs) and testssl.sh, as CI has.

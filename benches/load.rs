@@ -53,20 +53,28 @@ fn wait_port(addr: SocketAddr) {
     }
 }
 
-fn start(dir: &Path, extra: &str) -> Daemon {
+/// postern with the bench config; `rules` go before the catch-all relay
+/// rule, `limits` after the default limits.
+///
+/// Each daemon gets a queue of its own, left in place until the bench ends:
+/// deleting tens of thousands of files between rows would make the next
+/// row's file creations scan past them (ext4 without a journal), and the
+/// bench would measure its own clean-up.
+fn start(dir: &Path, rules: &str, limits: &str) -> Daemon {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, Ordering::Relaxed);
     let (pp, tp) = (free_port(), free_port());
     let d = dir.display();
     let mut conf = format!(
-        "hostname mx.bench\nqueue \"{d}/queue\"\npki mx.bench cert \"{d}/cert.pem\"\npki mx.bench key \"{d}/key.pem\"\n\
+        "hostname mx.bench\nqueue \"{d}/queue{n}\"\npki mx.bench cert \"{d}/cert.pem\"\npki mx.bench key \"{d}/key.pem\"\n\
          listen on 127.0.0.1 port {pp}\nlisten on 127.0.0.1 port {tp} tls\n\
-         action \"out\" relay\nmatch from any for any action \"out\"\n\
+         {rules}action \"out\" relay\nmatch from any for any action \"out\"\n\
          limit delivery-workers 0\nlimit workers 600\nlimit sessions 600\nlimit sessions-per-ip 600\n\
-         limit max-recipients 1000\n{extra}"
+         limit max-recipients 1000\n{limits}"
     );
     if nix::unistd::Uid::effective().is_root() {
         conf.push_str("user root\n");
     }
-    let _ = std::fs::remove_dir_all(dir.join("queue"));
     write(&dir.join("postern.conf"), &conf, 0o644);
     let child = Command::new(env!("CARGO_BIN_EXE_postern"))
         .args(["-d", "-f"])
@@ -448,7 +456,7 @@ fn main() {
         "ceiling: durable commits {fsync1:.0}/s (1 thread), {fsync16:.0}/s (16 threads); server TLS 1.3 handshakes {hs:.0}/s (1 core)"
     );
 
-    let daemon = start(d, "");
+    let daemon = start(d, "", "");
     let mut figures = Vec::new();
     for (name, tls, clients, per, size) in [
         ("(a) STARTTLS, 1 msg/conn, 1 client", true, 1, 1, 4096),
@@ -494,7 +502,42 @@ fn main() {
         figures.push(f);
     }
     drop(daemon);
-    let daemon = start(d, "");
+
+    // A relay: the same load while 4 delivery threads write each message to
+    // a Maildir and free its spool file, which the next message reuses.
+    let daemon = start(
+        d,
+        &format!(
+            "action \"local\" maildir \"{}/mail/%{{user}}\"\nmatch from any for domain \"far.test\" action \"local\"\n",
+            d.display()
+        ),
+        "limit delivery-workers 4\n",
+    );
+    let name = "(h) relay: STARTTLS, 100 msgs/conn, 16 clients, delivered to Maildir meanwhile";
+    let f = load(
+        name,
+        daemon.child.id(),
+        daemon.tls,
+        Some(cfg.clone()),
+        16,
+        100,
+        4096,
+    );
+    let delivered = std::fs::read_dir(d.join("mail/sink/new"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    let [rate, p50, p99, cpu, share] = f.cells(fsync16);
+    let relay = format!(
+        "{}: {rate} msgs/s accepted, p50 {p50}, p99 {p99}, postern CPU {cpu}/msg ({share} of the 16-thread commit ceiling); \
+         {delivered} delivered to the Maildir during the {}s ({:.0}/s)",
+        f.name,
+        RUN.as_secs(),
+        delivered as f64 / RUN.as_secs_f64()
+    );
+    println!("{relay}");
+    drop(daemon);
+
+    let daemon = start(d, "", "");
     let (held, rss, hwm) = idle_sessions(&daemon, &cfg);
     println!(
         "(e) {held} idle TLS sessions: postern RSS {:.1} MiB (peak {:.1} MiB)",
@@ -522,6 +565,8 @@ fn main() {
     md.push_str(&format!(
         "\n(e) {held} idle TLS sessions: RSS {:.1} MiB, peak {:.1} MiB.\n\n\
          (f) outbound: see the `delivery:` line of `make bench`.\n\n\
+         {relay}.\n\n\
+         (i) spool steady state: see the `spool` line of `make bench`.\n\n\
          (g) ceilings: {fsync1:.0} durable commits/s from 1 thread, {fsync16:.0}/s from 16 threads \
          (write 4 KiB + fsync + rename + directory fsync); {hs:.0} server-side TLS 1.3 handshakes/s on one core.\n",
         rss as f64 / 1024.0,

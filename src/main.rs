@@ -79,7 +79,9 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup)
         .map_err(|e| format!("signals: {e}"))?;
     let run_as = postern::sys::run_as(cfg.user.as_deref())?;
-    let spool = Spool::open(&cfg.queue).map_err(|e| format!("queue: {e}"))?;
+    let spool = Spool::open(&cfg.queue)
+        .map_err(|e| format!("queue: {e}"))?
+        .with_spares(cfg.limits.spare_files);
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
         "queue {}: {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",

@@ -179,6 +179,8 @@ pub struct Limits {
     pub workers: usize,
     /// `delivery-workers`.
     pub delivery_workers: usize,
+    /// `spare-files`: finished message files kept for reuse (0: none).
+    pub spare_files: usize,
     /// `command-timeout`: idle time allowed between client lines.
     pub command_timeout: Duration,
     /// `max-errors`: bad commands before 421.
@@ -206,6 +208,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("sessions-per-ip", "count", "20"),
     ("workers", "count", "500"),
     ("delivery-workers", "count", "16"),
+    ("spare-files", "count", "512"),
     ("command-timeout", "duration", "300s"),
     ("max-errors", "count", "20"),
     ("auth-failures", "count", "3"),
@@ -323,6 +326,7 @@ fn default_limits() -> Limits {
         sessions_per_ip: 0,
         workers: 0,
         delivery_workers: 0,
+        spare_files: 0,
         command_timeout: Duration::ZERO,
         max_errors: 0,
         auth_failures: 0,
@@ -365,6 +369,8 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         // 0 holds the queue: mail is accepted and kept, nothing is sent.
         "delivery-workers" if value == "0" => l.delivery_workers = 0,
         "delivery-workers" => l.delivery_workers = count()?,
+        "spare-files" if value == "0" => l.spare_files = 0,
+        "spare-files" => l.spare_files = count()?,
         "command-timeout" => l.command_timeout = dur()?,
         "max-errors" => l.max_errors = count()?.min(u32::MAX as usize) as u32,
         "auth-failures" => l.auth_failures = count()?.min(u32::MAX as usize) as u32,

@@ -25,6 +25,22 @@ fn defaults_parse() {
     assert_eq!(l.command_timeout, Duration::from_secs(300));
     assert_eq!(l.max_errors, 20);
     assert_eq!(l.sessions_per_ip, 20);
+    assert_eq!(l.spare_files, 512);
+}
+
+#[test]
+fn zero_is_a_setting_only_where_it_means_something() {
+    let mut l = default_limits();
+    assert_eq!(set_limit(&mut l, "spare-files", "0"), Ok(()));
+    assert_eq!(l.spare_files, 0);
+    assert_eq!(set_limit(&mut l, "delivery-workers", "0"), Ok(()));
+    assert_eq!(l.delivery_workers, 0);
+    assert!(
+        set_limit(&mut l, "workers", "0")
+            .unwrap_err()
+            .contains("expected a positive number")
+    );
+    assert!(set_limit(&mut l, "spare-files", "-1").is_err());
 }
 
 #[test]

@@ -70,9 +70,11 @@ pub struct Spool {
     dirsync: std::sync::Arc<Vec<group::DirSync>>,
     /// Names in `free/` that no message is being written to.
     spares: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// At most this many are kept (`limit spare-files`).
+    spare_limit: usize,
 }
 
-/// At most this many spare files are kept in `free/`...
+/// At most this many spare files are kept in `free/` by default...
 pub const SPARES: usize = 512;
 /// ...each at most this large, so they hold at most 64 MiB of disk.
 pub const SPARE_MAX: u64 = 128 * 1024;
@@ -159,6 +161,7 @@ impl Spool {
             notify: None,
             dirsync: std::sync::Arc::new((0..BUCKETS).map(|_| group::DirSync::default()).collect()),
             spares: Default::default(),
+            spare_limit: SPARES,
         };
         fs::create_dir_all(root).map_err(|e| at(root, e))?;
         for d in [&s.tmp, &s.mail, &s.corrupt, &s.free] {
@@ -176,6 +179,13 @@ impl Spool {
     /// scheduler picks new mail up at once, without polling or re-reading).
     pub fn with_notify(mut self, tx: crossbeam_channel::Sender<Envelope>) -> Spool {
         self.notify = Some(tx);
+        self
+    }
+
+    /// Keep at most `n` spare files (0: delete finished message files).
+    /// Set before [`Spool::recover`], which deletes spares above the limit.
+    pub fn with_spares(mut self, n: usize) -> Spool {
+        self.spare_limit = n;
         self
     }
 
@@ -231,7 +241,7 @@ impl Spool {
     fn keep_spare(&self, id: &str, msg: &Path) -> bool {
         let small = fs::metadata(msg).is_ok_and(|m| m.len() <= SPARE_MAX);
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        if !small || spares.len() >= SPARES {
+        if !small || spares.len() >= self.spare_limit {
             return false;
         }
         // Ids are unique, so the name is free; were it not, rename would
@@ -263,7 +273,7 @@ impl Spool {
     fn return_spare(&self, p: &Path) {
         if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
             let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            if spares.len() < SPARES {
+            if spares.len() < self.spare_limit {
                 spares.push(name.to_string());
                 return;
             }
@@ -288,7 +298,7 @@ impl Spool {
                     if m.is_file()
                         && m.nlink() == 1
                         && m.len() <= SPARE_MAX
-                        && keep.len() < SPARES =>
+                        && keep.len() < self.spare_limit =>
                 {
                     keep.push(n)
                 }
@@ -914,6 +924,10 @@ mod tests {
             .lock()
             .unwrap()
             .extend((0..SPARES).map(|i| format!("F{i}")));
+        let off = Spool::open(&d.path().join("off")).unwrap().with_spares(0);
+        let id = off.submit(b"x\r\n", &mut env("")).unwrap();
+        off.remove(&[&id]).unwrap();
+        assert_eq!(fs::read_dir(&off.free).unwrap().count(), 0);
         s.remove(&[&small]).unwrap();
         assert_eq!(fs::read_dir(&s.free).unwrap().count(), 0);
         assert_eq!(count(&s.mail), 0);
