@@ -484,6 +484,10 @@ fn main() {
             100 * 1024,
         ),
     ] {
+        // BENCH_ONLY=text runs only the rows whose name has it, to profile one.
+        if std::env::var("BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+            continue;
+        }
         let addr = if tls { daemon.tls } else { daemon.plain };
         let f = load(
             name,
