@@ -239,17 +239,20 @@ impl Spool {
     /// Move a finished message file into `free/` if there is room for it;
     /// false: it is still in `mail/`, to be unlinked.
     fn keep_spare(&self, id: &str, msg: &Path) -> bool {
-        let small = fs::metadata(msg).is_ok_and(|m| m.len() <= SPARE_MAX);
-        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        if !small || spares.len() >= self.spare_limit {
+        // The lock is not held across the stat and the rename: sessions
+        // taking spares would wait on the disk.
+        let room = self.spares.lock().unwrap_or_else(|p| p.into_inner()).len() < self.spare_limit;
+        if !room || !fs::metadata(msg).is_ok_and(|m| m.len() <= SPARE_MAX) {
             return false;
         }
         // Ids are unique, so the name is free; were it not, rename would
         // replace an idle spare, which is harmless.
-        if fs::rename(msg, self.free.join(id)).is_err() {
+        let spare = self.free.join(id);
+        if fs::rename(msg, &spare).is_err() {
             return false;
         }
-        spares.push(id.to_string());
+        // Filled meanwhile by returned spares: this one is deleted there.
+        self.return_spare(&spare);
         true
     }
 
@@ -270,6 +273,7 @@ impl Spool {
         }
     }
 
+    /// Keep `p` (in `free/`) as a spare, or delete it when there are enough.
     fn return_spare(&self, p: &Path) {
         if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
             let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
@@ -641,6 +645,13 @@ pub fn open_body(p: &Path) -> io::Result<io::Take<File>> {
     Ok(f.take(body))
 }
 
+/// The whole body of a committed message file (see [`open_body`]).
+pub fn read_body(p: &Path) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    open_body(p)?.read_to_end(&mut out).map_err(|e| at(p, e))?;
+    Ok(out)
+}
+
 /// A message being received; dropped without [`Incoming::commit`], it
 /// leaves nothing behind.
 pub struct Incoming {
@@ -775,12 +786,7 @@ mod tests {
     }
 
     fn body_of(s: &Spool, id: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        open_body(&s.body_path(id))
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
-        out
+        read_body(&s.body_path(id)).unwrap()
     }
 
     #[test]

@@ -234,13 +234,7 @@ impl Postern {
 
     /// A queued message's body: what a delivery sends.
     pub fn body(&self, id: &str) -> Vec<u8> {
-        use std::io::Read;
-        let mut out = Vec::new();
-        postern::spool::open_body(&self.spool().body_path(id))
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
-        out
+        postern::spool::read_body(&self.spool().body_path(id)).unwrap()
     }
 
     /// A queued message's current envelope, as text.
