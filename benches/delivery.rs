@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{free_port, wait_port, write};
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,12 +17,6 @@ use postern::spool::Spool;
 
 const N: usize = 2000;
 const LIMIT: Duration = Duration::from_secs(300);
-
-fn write(path: &Path, text: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
 
 fn postern(conf: &Path) -> Child {
     // As root (CI, this machine), postern wants to be told to stay root.
@@ -41,29 +37,11 @@ fn postern(conf: &Path) -> Child {
         .expect("start postern")
 }
 
-fn wait_port(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["rcv.bench".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    write(&d.join("cert.pem"), &cert.pem(), 0o644);
-    write(&d.join("key.pem"), &key.serialize_pem(), 0o600);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    common::self_signed(d, "rcv.bench");
+    let port = free_port();
     std::fs::create_dir_all(d.join("r")).unwrap();
     std::fs::create_dir_all(d.join("s")).unwrap();
     write(

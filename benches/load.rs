@@ -6,6 +6,9 @@
 //! The queue is held (`limit delivery-workers 0`) so the inbound figures
 //! are inbound only. Loopback only; every run is bounded in time.
 
+mod common;
+
+use common::{free_port, wait_port, write};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -18,12 +21,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 const RUN: Duration = Duration::from_secs(5);
 
-fn write(path: &Path, text: &str, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 struct Daemon {
     child: Child,
     plain: SocketAddr,
@@ -34,22 +31,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -438,13 +419,7 @@ fn machine() -> String {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["mx.bench".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    write(&d.join("cert.pem"), &cert.pem(), 0o644);
-    write(&d.join("key.pem"), &key.serialize_pem(), 0o600);
+    let (cert, key) = common::self_signed(d, "mx.bench");
     let der = cert.der().clone();
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
     let cfg = client_tls(&der);

@@ -1,6 +1,11 @@
 //! Shared by the `make bench` programs.
 
+// Each program uses its own part of this.
+#![allow(dead_code)]
+
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use postern::spool::envelope::{EnvRcpt, Envelope, RcptState};
 
@@ -36,4 +41,42 @@ pub fn set_result_line(prefix: &str, line: &str) {
         .map(|l| if l.starts_with(prefix) { line } else { l })
         .collect();
     let _ = std::fs::write(&results, md.join("\n") + "\n");
+}
+
+/// Write `text` to `path` with `mode`.
+pub fn write(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A loopback port nobody listens on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Wait (up to 20 s) until something listens on `addr`.
+pub fn wait_port(addr: impl ToSocketAddrs + std::fmt::Debug + Copy) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr:?} never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A self-signed ECDSA P-256 certificate for `name`, written to
+/// `dir/cert.pem` and `dir/key.pem` (mode 600).
+pub fn self_signed(dir: &Path, name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    write(&dir.join("cert.pem"), &cert.pem(), 0o644);
+    write(&dir.join("key.pem"), &key.serialize_pem(), 0o600);
+    (cert, key)
 }
