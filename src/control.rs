@@ -77,6 +77,10 @@ pub fn serve(
         ));
     }
     let _ = std::fs::remove_file(path);
+    // The socket is created with its final mode: no moment in which others
+    // could connect (the daemon keeps umask 077 from here on, as Postfix's
+    // master does; everything it creates has an explicit mode anyway).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let listener =
         UnixListener::bind(path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -108,6 +112,17 @@ fn handle(
         .is_err()
     {
         return "error: no command received\n".into();
+    }
+    // Only root and the daemon's own user may steer it, whatever the
+    // socket's mode says (a connection survives a chmod). Checked after
+    // the read, so that the refused client reads the answer.
+    match nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::PeerCredentials) {
+        Ok(c) if c.uid() == 0 || c.uid() == nix::unistd::Uid::effective().as_raw() => {}
+        Ok(c) => {
+            log::warn!("control: refused a client running as uid {}", c.uid());
+            return "error: permission denied (only root and postern's own user)\n".into();
+        }
+        Err(e) => return format!("error: cannot identify the client: {e}\n"),
     }
     let (tx, rx) = crossbeam_channel::bounded(1);
     match parse(line.trim()) {

@@ -79,6 +79,20 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, early_hup)
         .map_err(|e| format!("signals: {e}"))?;
     let run_as = postern::sys::run_as(cfg.user.as_deref())?;
+    postern::sys::prepare_queue(&cfg.queue, run_as.as_ref())?;
+    // Privileged ports are bound, and keys and tables were read with the
+    // configuration, before anything else.
+    let bound = listener::bind(&cfg)?;
+    if !args.foreground {
+        let pid_file = postern::sys::open_pid_file(&args.pid_file)?;
+        postern::sys::daemonize()?;
+        postern::sys::keep_pid_file(pid_file)?;
+    }
+    if let Some(who) = &run_as {
+        postern::sys::drop_privileges(who)?;
+    }
+    // The spool is the run-as user's: it is opened and scanned only now,
+    // so nothing in it is ever followed or unlinked as root.
     let spool = Spool::open(&cfg.queue)
         .map_err(|e| format!("queue: {e}"))?
         .with_spares(cfg.limits.spare_files);
@@ -93,20 +107,6 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
         report.quarantined,
         report.spares
     );
-    // Privileged ports are bound, and keys and tables were read with the
-    // configuration, before anything else.
-    let bound = listener::bind(&cfg)?;
-    if !args.foreground {
-        postern::sys::daemonize()?;
-        postern::sys::write_pid_file(&args.pid_file)?;
-    }
-    if let Some(who) = &run_as {
-        postern::sys::chown_tree(&cfg.queue, who)?;
-        if !args.foreground {
-            postern::sys::chown_tree(&args.pid_file, who)?;
-        }
-        postern::sys::drop_privileges(who)?;
-    }
     // Every thread starts after the drop, and no client byte is read before.
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
@@ -123,8 +123,5 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
         .run(reload_rx, &early_stop)
         .map_err(|e| format!("event loop: {e}"));
     let _ = std::fs::remove_file(postern::control::socket_path(&cfg.queue));
-    if !args.foreground {
-        let _ = std::fs::remove_file(&args.pid_file);
-    }
     r
 }

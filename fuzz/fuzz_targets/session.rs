@@ -1,6 +1,8 @@
 //! Arbitrary bytes into the inbound state machine, played by a driver that
 //! says yes to everything: it must never panic, and never begin a message
-//! without an accepted MAIL and RCPT.
+//! without an accepted MAIL and RCPT. The input is cut into reads at points
+//! chosen by its first bytes, and the replies and stored bytes must be the
+//! same as when it arrives in one read (SECURITY-2 M2).
 #![no_main]
 
 use std::sync::Arc;
@@ -27,13 +29,40 @@ fn info() -> TlsInfo {
 
 fuzz_target!(|data: &[u8]| {
     let (mode, data) = data.split_first().map(|(m, d)| (*m, d)).unwrap_or((0, data));
+    let (seed, data) = match data {
+        [a, b, rest @ ..] => (u32::from(*a) << 8 | u32::from(*b), rest),
+        _ => (1, data),
+    };
+    let whole = play(mode, &[data]);
+    // Cut points from a small LCG: reads of 1 byte to 20 KiB, so the DATA
+    // pieces of 16 KiB split where the input says.
+    let mut parts = Vec::new();
+    let (mut at, mut x) = (0usize, seed | 1);
+    while at < data.len() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let n = 1 + (x as usize >> 8) % 20_000;
+        let end = (at + n).min(data.len());
+        parts.push(&data[at..end]);
+        at = end;
+    }
+    // STARTTLS discards what was pipelined after it in the same read (RFC
+    // 3207 §5), so only sessions where it cannot start must not care.
+    let tls = mode % 4;
+    if tls == 0 || tls == 3 {
+        assert_eq!(play(mode, &parts), whole, "the read boundaries changed the outcome");
+    } else {
+        play(mode, &parts);
+    }
+});
+
+fn play(mode: u8, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
     let tls = [TlsMode::Off, TlsMode::Optional, TlsMode::Required, TlsMode::Implicit][(mode % 4) as usize];
     let params = Params {
         hostname: "mx.test".into(),
         tls,
         tls_available: true,
         auth: true,
-        max_message_size: 2048,
+        max_message_size: 64 * 1024,
         max_recipients: 4,
         max_errors: 50,
         max_auth_failures: 5,
@@ -41,19 +70,27 @@ fuzz_target!(|data: &[u8]| {
     };
     let implicit = (tls == TlsMode::Implicit).then(info);
     let mut s = Session::new(params, Arc::new(Yes), "192.0.2.1".parse().unwrap(), implicit);
-    for chunk in data.chunks(97) {
+    let (mut replies, mut stored) = (Vec::new(), Vec::new());
+    for chunk in parts {
         s.feed(chunk);
-        for _ in 0..10_000 {
+        for _ in 0..100_000 {
             match s.next_action() {
                 Action::NeedInput => break,
+                Action::Reply(r) => replies.push(r.to_string()),
                 Action::BeginMessage => {
                     assert!(!s.transaction().rcpts.is_empty(), "DATA without RCPT");
                     s.message_opened(Ok(("ID".into(), "D".into())));
                 }
-                Action::Commit => s.queued(Ok(())),
+                Action::Body(b) => stored.extend_from_slice(&b),
+                Action::Commit => {
+                    stored.extend_from_slice(b"<commit>");
+                    s.queued(Ok(()))
+                }
+                Action::Abort => stored.extend_from_slice(b"<abort>"),
                 Action::StartTls { .. } => s.tls_started(info()),
                 _ => {}
             }
         }
     }
-});
+    (replies, stored)
+}

@@ -187,6 +187,10 @@ struct DataState {
     after_crlf: bool,
     /// The current line began in an earlier piece.
     mid_line: bool,
+    /// The last piece ended in a CR whose LF (if any) is in the next one:
+    /// a CRLF split between reads is a line end, any other byte after it
+    /// makes it a bare CR (RFC 5321 §2.3.8), wherever the split falls.
+    pending_cr: bool,
     bare_newline: bool,
     too_big: bool,
 }
@@ -705,10 +709,15 @@ impl Session {
         };
         let piece = self.take_pending(piece_len);
         let line_start = !self.data.mid_line;
+        let pending_cr = std::mem::take(&mut self.data.pending_cr);
         self.data.mid_line = !complete;
         let mut content: &[u8] = &piece;
         if complete {
-            let ends_crlf = piece.ends_with(b"\r\n");
+            // The line's CRLF, whole in this piece or split across two.
+            let ends_crlf = piece.ends_with(b"\r\n") || (pending_cr && piece == b"\n");
+            if pending_cr && piece != b"\n" {
+                self.data.bare_newline = true;
+            }
             if line_start && self.data.after_crlf && piece == b".\r\n" {
                 self.end_of_data();
                 return true;
@@ -716,15 +725,25 @@ impl Session {
             if !ends_crlf {
                 self.data.bare_newline = true;
             }
-            let inner = &piece[..piece.len() - if ends_crlf { 2 } else { 1 }];
-            if inner.contains(&b'\r') {
+            let strip = if piece.ends_with(b"\r\n") { 2 } else { 1 };
+            if piece[..piece.len() - strip].contains(&b'\r') {
                 self.data.bare_newline = true;
             }
             self.data.after_crlf = ends_crlf;
         } else {
-            if piece[..piece.len() - 1].contains(&b'\r') {
+            // No LF in this piece: a CR before its end is bare, one at its
+            // end waits for the next piece.
+            if pending_cr {
                 self.data.bare_newline = true;
             }
+            let (rest, cr_last) = match piece.strip_suffix(b"\r") {
+                Some(rest) => (rest, true),
+                None => (&piece[..], false),
+            };
+            if rest.contains(&b'\r') {
+                self.data.bare_newline = true;
+            }
+            self.data.pending_cr = cr_last;
             self.data.after_crlf = false;
         }
         if line_start && content.first() == Some(&b'.') {

@@ -128,6 +128,110 @@ fn check_stream(tls: TlsMode, chunks: Vec<Vec<u8>>, cut: usize) -> Result<(), Te
     Ok(())
 }
 
+/// Play `parts` as successive reads; the replies and the bytes stored.
+fn play(parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
+    let mut p = params(TlsMode::Off);
+    p.max_message_size = 1 << 20;
+    let mut s = Session::new(p, Arc::new(AnyPolicy), "192.0.2.1".parse().unwrap(), None);
+    let (mut replies, mut stored) = (Vec::new(), Vec::new());
+    for part in parts {
+        s.feed(part);
+        for _ in 0..100_000 {
+            match s.next_action() {
+                Action::NeedInput => break,
+                Action::Reply(r) => replies.push(r.to_string()),
+                Action::BeginMessage => s.message_opened(Ok(("ID".into(), "DATE".into()))),
+                Action::Body(b) => stored.extend_from_slice(&b),
+                Action::Commit => {
+                    stored.extend_from_slice(b"<commit>");
+                    s.queued(Ok(()));
+                }
+                Action::Abort => stored.extend_from_slice(b"<abort>"),
+                _ => {}
+            }
+        }
+    }
+    (replies, stored)
+}
+
+const DATA_TOKENS: &[&[u8]] = &[
+    b"\r", b"\n", b"\r\n", b".", b"\r.\r\n", b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r",
+    b"\r\n.\r\n", b"..x\r\n",
+];
+
+/// Bytes around the 16 KiB piece boundary: runs long enough to be taken
+/// in pieces, and every line-end and dot combination between them.
+fn data_stream() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        2 => (16_370usize..16_400).prop_map(|n| vec![b'A'; n]),
+        1 => (1usize..40).prop_map(|n| vec![b'b'; n]),
+        4 => proptest::sample::select(DATA_TOKENS).prop_map(|t| t.to_vec()),
+    ];
+    proptest::collection::vec(token, 1..8).prop_map(|ts| {
+        let mut all = b"EHLO a.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n".to_vec();
+        all.extend(ts.concat());
+        all.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+        all
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// SECURITY-2 M2: where reads split the stream changes nothing, neither
+    /// the replies nor a byte of what is stored.
+    #[test]
+    fn data_verdict_does_not_depend_on_read_boundaries(
+        bytes in data_stream(),
+        cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>(), 0usize..3), 1..4),
+    ) {
+        let whole = play(&[&bytes]);
+        // Half the cuts fall just before, at or after a CR or LF, where the
+        // line state has to cross from one read to the next.
+        let ends: Vec<usize> = (0..bytes.len()).filter(|&i| matches!(bytes[i], b'\r' | b'\n')).collect();
+        let mut at: Vec<usize> = cuts
+            .iter()
+            .map(|(c, near_end, off)| match near_end {
+                true => (ends[c.index(ends.len())] + off).min(bytes.len()),
+                false => c.index(bytes.len() + 1),
+            })
+            .collect();
+        at.sort_unstable();
+        let mut parts = Vec::new();
+        let mut from = 0;
+        for c in at {
+            parts.push(&bytes[from..c]);
+            from = c;
+        }
+        parts.push(&bytes[from..]);
+        prop_assert_eq!(play(&parts), whole);
+    }
+}
+
+#[test]
+fn data_split_at_every_offset_around_the_piece_boundary() {
+    // The SECURITY-2 M2 reproductions, each cut at every offset near the
+    // boundary: the smuggling attempt is refused and the legitimate long
+    // line with a split CRLF is accepted, whatever the split.
+    let head = b"EHLO a.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\nSubject: x\r\n\r\n";
+    let cases: [(Vec<u8>, &str); 2] = [
+        ([&[b'A'; 16384][..], b"\r.\r\nMAIL FROM:<ceo@a.test>\r\n\r\n.\r\n"].concat(), "554"),
+        ([&[b'A'; 20000][..], b"\r\n.\r\n"].concat(), "250 2.0.0"),
+    ];
+    for (body, want) in cases {
+        let bytes = [&head[..], &body].concat();
+        let whole = play(&[&bytes]);
+        assert!(whole.0.iter().any(|r| r.starts_with(want)), "{:?}", whole.0);
+        for cut in bytes.len() - 4100..bytes.len() {
+            for second in [cut, cut + 1, bytes.len() - 3] {
+                let second = second.clamp(cut, bytes.len());
+                let parts = [&bytes[..cut], &bytes[cut..second], &bytes[second..]];
+                assert_eq!(play(&parts), whole, "cut at {cut} and {second}");
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 

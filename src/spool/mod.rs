@@ -137,11 +137,42 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Create a spool directory (mode 700), or accept one that is a real
+/// directory: a symlink in its place is refused, never followed.
 fn mkdir(p: &Path) -> io::Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(p) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = fs::symlink_metadata(p)?;
+            if m.is_dir() {
+                Ok(())
+            } else {
+                Err(io::Error::other(
+                    "is a symlink or not a directory; the spool's directories must be real ones",
+                ))
+            }
+        }
         r => r,
     }
+}
+
+/// Open a spool file for reading without following a symlink planted in
+/// its place, nor blocking on a FIFO.
+fn open_nofollow(p: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags::NOFOLLOW | libc_flags::NONBLOCK)
+        .open(p)
+}
+
+fn read_text(p: &Path) -> io::Result<String> {
+    let mut s = String::new();
+    open_nofollow(p)?.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+mod libc_flags {
+    pub const NOFOLLOW: i32 = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+    pub const NONBLOCK: i32 = nix::fcntl::OFlag::O_NONBLOCK.bits();
 }
 
 /// Annotate an I/O error with the path it concerns.
@@ -163,7 +194,10 @@ impl Spool {
             spares: Default::default(),
             spare_limit: SPARES,
         };
-        fs::create_dir_all(root).map_err(|e| at(root, e))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
+        }
+        mkdir(root).map_err(|e| at(root, e))?;
         for d in [&s.tmp, &s.mail, &s.corrupt, &s.free] {
             mkdir(d).map_err(|e| at(d, e))?;
         }
@@ -335,13 +369,24 @@ impl Spool {
         self.tmp.join(bucket_name(bucket(id)))
     }
 
-    /// Every file in the buckets of `dir`.
+    /// Every regular file in the buckets of `dir`. Anything else there
+    /// (a symlink, a FIFO, a directory) is no spool file: it is reported
+    /// and left alone, never followed or opened.
     fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
         let mut out = Vec::new();
         for b in 0..BUCKETS {
             let d = dir.join(bucket_name(b));
+            mkdir(&d).map_err(|e| at(&d, e))?;
             for e in fs::read_dir(&d).map_err(|e| at(&d, e))? {
-                out.push(e?.path());
+                let e = e.map_err(|e| at(&d, e))?;
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    out.push(e.path());
+                } else {
+                    log::warn!(
+                        "spool: {} is not a regular file; left alone",
+                        e.path().display()
+                    );
+                }
             }
         }
         Ok(out)
@@ -443,7 +488,7 @@ impl Spool {
     /// is durable under its final name before the old ones go.
     fn convert(&self, id: &str) -> io::Result<()> {
         let old_env = self.envelope_path(id);
-        let text = fs::read_to_string(&old_env).map_err(|e| at(&old_env, e))?;
+        let text = read_text(&old_env).map_err(|e| at(&old_env, e))?;
         let env = Envelope::parse(&text).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -452,7 +497,7 @@ impl Spool {
         })?;
         let old_body = self.mail_of(id).join(format!("{id}.body"));
         let mut m = self.begin_as(id)?;
-        let mut src = File::open(&old_body).map_err(|e| at(&old_body, e))?;
+        let mut src = open_nofollow(&old_body).map_err(|e| at(&old_body, e))?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = src.read(&mut buf).map_err(|e| at(&old_body, e))?;
@@ -537,7 +582,7 @@ impl Spool {
     /// inside the message file.
     pub fn envelope(&self, id: &str) -> io::Result<Envelope> {
         let p = self.envelope_path(id);
-        let (text, p) = match fs::read_to_string(&p) {
+        let (text, p) = match read_text(&p) {
             Ok(t) => (t, p),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let p = self.body_path(id);
@@ -625,7 +670,7 @@ fn lengths(f: &File, p: &Path) -> io::Result<(u64, u64)> {
 
 /// The envelope text inside a message file.
 fn trailer(p: &Path) -> io::Result<String> {
-    let f = File::open(p).map_err(|e| at(p, e))?;
+    let f = open_nofollow(p).map_err(|e| at(p, e))?;
     let (body, len) = lengths(&f, p)?;
     let n = len - FOOTER_LEN - body;
     // Thousands of recipients fit in a few MiB; more is damage.
@@ -640,7 +685,7 @@ fn trailer(p: &Path) -> io::Result<String> {
 /// Open a committed message file for reading its body (Received header and
 /// body as received, without the envelope after it).
 pub fn open_body(p: &Path) -> io::Result<io::Take<File>> {
-    let f = File::open(p).map_err(|e| at(p, e))?;
+    let f = open_nofollow(p).map_err(|e| at(p, e))?;
     let (body, _) = lengths(&f, p)?;
     Ok(f.take(body))
 }

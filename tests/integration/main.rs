@@ -10,3 +10,4 @@ mod harness;
 mod hostile;
 mod inbound;
 mod ops;
+mod privilege;
