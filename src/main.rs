@@ -110,7 +110,8 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     // Every thread starts after the drop, and no client byte is read before.
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
-    let notify = postern::delivery::start(cfg.clone(), spool.clone(), ctl_rx)?;
+    let own = bound.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let notify = postern::delivery::start(cfg.clone(), spool.clone(), ctl_rx, own)?;
     let spool = spool.with_notify(notify);
     let server = Server::new(cfg.clone(), Some(args.file.clone()), bound, Arc::new(spool))?;
     postern::control::serve(

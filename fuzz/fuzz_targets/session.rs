@@ -67,6 +67,7 @@ fn play(mode: u8, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
         max_errors: 50,
         max_auth_failures: 5,
         auth_failure_delay: Duration::ZERO,
+        max_hops: 50,
     };
     let implicit = (tls == TlsMode::Implicit).then(info);
     let mut s = Session::new(params, Arc::new(Yes), "192.0.2.1".parse().unwrap(), implicit);

@@ -198,6 +198,8 @@ pub struct Limits {
     /// `retry-interval`: the first retry delay; later ones are 5, 15, 30
     /// and 60 times as long.
     pub retry_interval: Duration,
+    /// `max-hops`: `Received:` headers allowed (Postfix `hopcount_limit`).
+    pub max_hops: u32,
 }
 
 /// The `limit` keywords, their kind and default, in one table.
@@ -217,6 +219,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("connect-timeout", "duration", "30s"),
     ("delivery-timeout", "duration", "300s"),
     ("retry-interval", "duration", "1m"),
+    ("max-hops", "count", "50"),
 ];
 
 /// Every top-level keyword, for the man-page completeness test.
@@ -335,6 +338,7 @@ fn default_limits() -> Limits {
         connect_timeout: Duration::ZERO,
         delivery_timeout: Duration::ZERO,
         retry_interval: Duration::ZERO,
+        max_hops: 0,
     };
     for (name, _, default) in LIMITS {
         // The table's defaults are constants; a typo there is caught by the
@@ -379,6 +383,7 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "connect-timeout" => l.connect_timeout = dur()?,
         "delivery-timeout" => l.delivery_timeout = dur()?,
         "retry-interval" => l.retry_interval = dur()?,
+        "max-hops" => l.max_hops = count()?.min(u32::MAX as usize) as u32,
         _ => {
             let known: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
             return Err(format!(

@@ -123,11 +123,16 @@ pub struct Context {
     pub tls: HashMap<String, ClientTls>,
     /// Our EHLO name.
     pub hostname: String,
+    /// Where we listen, and the addresses of this host's interfaces (for
+    /// wildcard listeners): delivering there would loop back to us.
+    own: Vec<std::net::SocketAddr>,
+    local_ips: Vec<std::net::IpAddr>,
 }
 
 impl Context {
-    /// Build from the configuration; errors name what failed.
-    pub fn new(cfg: Arc<Config>) -> Result<Context, String> {
+    /// Build from the configuration and the addresses we listen on;
+    /// errors name what failed.
+    pub fn new(cfg: Arc<Config>, own: Vec<std::net::SocketAddr>) -> Result<Context, String> {
         let resolver = if cfg.resolvers.is_empty() {
             // Without a usable resolv.conf, remote mail defers (and says
             // why in its log line) while local delivery goes on.
@@ -159,11 +164,36 @@ impl Context {
                 );
             }
         }
+        let local_ips = nix::ifaddrs::getifaddrs()
+            .map(|ifs| {
+                ifs.filter_map(|i| {
+                    let a = i.address?;
+                    a.as_sockaddr_in()
+                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                })
+                .collect()
+            })
+            .unwrap_or_default();
         Ok(Context {
             hostname: cfg.hostname.clone(),
             cfg,
             resolver,
             tls,
+            own,
+            local_ips,
+        })
+    }
+
+    /// Would a connection to `addr` reach one of our own listeners?
+    /// (Postfix's "mail for D loops back to myself".)
+    pub fn is_self(&self, addr: std::net::SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.own.iter().any(|o| {
+            o.port() == addr.port()
+                && (o.ip() == ip
+                    || (o.ip().is_unspecified()
+                        && (ip.is_loopback() || self.local_ips.contains(&ip))))
         })
     }
 
@@ -196,8 +226,9 @@ pub fn start(
     cfg: Arc<Config>,
     spool: Spool,
     ctl: crossbeam_channel::Receiver<crate::control::Message>,
+    own: Vec<std::net::SocketAddr>,
 ) -> Result<crossbeam_channel::Sender<crate::spool::envelope::Envelope>, String> {
-    let ctx = Arc::new(Context::new(cfg.clone())?);
+    let ctx = Arc::new(Context::new(cfg.clone(), own)?);
     let (new_tx, new_rx) = crossbeam_channel::unbounded::<crate::spool::envelope::Envelope>();
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<Vec<Outcome>>();

@@ -95,6 +95,18 @@ pub fn deliver(ctx: &Context, job: &Job) -> Vec<Outcome> {
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, host.port);
+            if ctx.is_self(addr) {
+                // Deferred, not bounced: a fixed MX record or configuration
+                // then delivers it; it bounces after bounce-after otherwise.
+                last = format!(
+                    "554 5.4.6 mail for {} loops back to myself ({}[{}]:{} is one of our listeners)",
+                    job.route.domain,
+                    host.name,
+                    addr.ip(),
+                    addr.port()
+                );
+                continue;
+            }
             let mut plaintext = false;
             // At most two passes: the normal one and a `may` downgrade.
             for _ in 0..2 {

@@ -54,6 +54,7 @@ impl Endpoint {
                 max_errors: lim.max_errors,
                 max_auth_failures: lim.auth_failures,
                 auth_failure_delay: lim.auth_delay,
+                max_hops: lim.max_hops,
             },
             policy: Arc::new(ListenerPolicy::new(cfg.clone(), l.auth.clone())),
             cfg: cfg.clone(),

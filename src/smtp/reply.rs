@@ -106,6 +106,9 @@ replies! {
     RELAY_DENIED = 554, "5.7.1", "Relay access denied";
     /// 554 for bare LF or CR (SMTP smuggling defence).
     BARE_NEWLINE = 554, "5.5.2", "Bare LF/CR not allowed";
+    /// 554 at end of DATA: more `Received:` headers than `limit max-hops`
+    /// (RFC 5321 §6.3), a mail loop.
+    TOO_MANY_HOPS = 554, "5.4.6", "Too many hops";
 }
 
 impl Reply {

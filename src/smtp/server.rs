@@ -97,6 +97,8 @@ pub struct Params {
     pub max_auth_failures: u32,
     /// Pause before answering 535.
     pub auth_failure_delay: Duration,
+    /// `limit max-hops`: more `Received:` headers than this is a loop.
+    pub max_hops: u32,
 }
 
 /// What the driver must do next.
@@ -191,6 +193,10 @@ struct DataState {
     /// a CRLF split between reads is a line end, any other byte after it
     /// makes it a bare CR (RFC 5321 §2.3.8), wherever the split falls.
     pending_cr: bool,
+    /// Still in the header section (RFC 5322 §2.1): no empty line yet.
+    in_header: bool,
+    /// `Received:` fields seen in the header section.
+    hops: u32,
     bare_newline: bool,
     too_big: bool,
 }
@@ -355,6 +361,7 @@ impl Session {
                 self.state = State::Data;
                 self.data = DataState {
                     after_crlf: true,
+                    in_header: true,
                     ..DataState::default()
                 };
                 self.body = self.received_header(&id, &date).into_bytes();
@@ -749,6 +756,13 @@ impl Session {
         if line_start && content.first() == Some(&b'.') {
             content = &content[1..];
         }
+        if line_start && self.data.in_header {
+            if content == b"\r\n" || content == b"\n" {
+                self.data.in_header = false;
+            } else if content.len() >= 9 && content[..9].eq_ignore_ascii_case(b"received:") {
+                self.data.hops = self.data.hops.saturating_add(1);
+            }
+        }
         self.append_body(content);
         true
     }
@@ -775,6 +789,14 @@ impl Session {
             Some(reply::BARE_NEWLINE)
         } else if self.data.too_big {
             Some(reply::TOO_BIG)
+        } else if self.data.hops > self.params.max_hops {
+            log::warn!(
+                "{} refused: {} Received: headers, over limit max-hops {} (a mail loop?)",
+                self.log_id,
+                self.data.hops,
+                self.params.max_hops
+            );
+            Some(reply::TOO_MANY_HOPS)
         } else {
             None
         };

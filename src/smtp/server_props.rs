@@ -67,6 +67,7 @@ fn params(tls: TlsMode) -> Params {
         max_errors: 20,
         max_auth_failures: 3,
         auth_failure_delay: Duration::ZERO,
+        max_hops: 50,
     }
 }
 
@@ -155,8 +156,17 @@ fn play(parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
 }
 
 const DATA_TOKENS: &[&[u8]] = &[
-    b"\r", b"\n", b"\r\n", b".", b"\r.\r\n", b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r",
-    b"\r\n.\r\n", b"..x\r\n",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b".",
+    b"\r.\r\n",
+    b"\n.\r\n",
+    b"\r\n.\n",
+    b"\n.\n",
+    b"\r.\r",
+    b"\r\n.\r\n",
+    b"..x\r\n",
 ];
 
 /// Bytes around the 16 KiB piece boundary: runs long enough to be taken
@@ -168,7 +178,8 @@ fn data_stream() -> impl Strategy<Value = Vec<u8>> {
         4 => proptest::sample::select(DATA_TOKENS).prop_map(|t| t.to_vec()),
     ];
     proptest::collection::vec(token, 1..8).prop_map(|ts| {
-        let mut all = b"EHLO a.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n".to_vec();
+        let mut all =
+            b"EHLO a.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\n".to_vec();
         all.extend(ts.concat());
         all.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
         all
@@ -215,7 +226,14 @@ fn data_split_at_every_offset_around_the_piece_boundary() {
     // line with a split CRLF is accepted, whatever the split.
     let head = b"EHLO a.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\nSubject: x\r\n\r\n";
     let cases: [(Vec<u8>, &str); 2] = [
-        ([&[b'A'; 16384][..], b"\r.\r\nMAIL FROM:<ceo@a.test>\r\n\r\n.\r\n"].concat(), "554"),
+        (
+            [
+                &[b'A'; 16384][..],
+                b"\r.\r\nMAIL FROM:<ceo@a.test>\r\n\r\n.\r\n",
+            ]
+            .concat(),
+            "554",
+        ),
         ([&[b'A'; 20000][..], b"\r\n.\r\n"].concat(), "250 2.0.0"),
     ];
     for (body, want) in cases {

@@ -31,6 +31,7 @@ fn params(tls: TlsMode, auth: bool) -> Params {
         max_errors: 20,
         max_auth_failures: 3,
         auth_failure_delay: Duration::from_millis(10),
+        max_hops: 50,
     }
 }
 
@@ -723,5 +724,39 @@ fn every_reply_comes_from_the_table() {
             r.esc.is_empty() || r.esc.starts_with(char::from(b'0' + (r.code / 100) as u8)),
             "{r}"
         );
+    }
+}
+
+#[test]
+fn received_headers_over_max_hops_are_refused_as_a_loop() {
+    // RFC 5321 §6.3; Postfix's hopcount_limit. Only the header section
+    // counts, in any case, and a body line that looks like one does not.
+    let message = |n: usize, tail: &str| {
+        let mut m = String::new();
+        for i in 0..n {
+            m.push_str(&format!(
+                "{}: from hop{i}\r\n\tby x; date\r\n",
+                ["Received", "RECEIVED", "received"][i % 3]
+            ));
+        }
+        m.push_str("Subject: loop\r\n\r\n");
+        m.push_str(tail);
+        m.push_str(".\r\n");
+        m
+    };
+    for (n, tail, want) in [
+        (50, "", "250 2.0.0"),
+        (51, "", "554 5.4.6"),
+        (50, "Received: in the body\r\n", "250 2.0.0"),
+    ] {
+        let mut p = params(TlsMode::Off, false);
+        p.max_message_size = 1 << 20;
+        let mut d = Drive::with(p, None);
+        d.greeted_tx();
+        assert_eq!(d.one("DATA"), "354");
+        let r = d.send(message(n, tail).as_bytes());
+        assert_eq!(r, [want], "{n} hops");
+        // The session goes on after the refusal.
+        assert_eq!(d.one("NOOP"), "250 2.0.0");
     }
 }

@@ -11,3 +11,4 @@ mod hostile;
 mod inbound;
 mod ops;
 mod privilege;
+mod security;
