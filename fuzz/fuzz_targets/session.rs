@@ -68,6 +68,7 @@ fn play(mode: u8, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
         max_auth_failures: 5,
         auth_failure_delay: Duration::ZERO,
         max_hops: 50,
+        junk_commands: 100,
     };
     let implicit = (tls == TlsMode::Implicit).then(info);
     let mut s = Session::new(params, Arc::new(Yes), "192.0.2.1".parse().unwrap(), implicit);
@@ -87,7 +88,16 @@ fn play(mode: u8, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
                     stored.extend_from_slice(b"<commit>");
                     s.queued(Ok(()))
                 }
-                Action::Abort => stored.extend_from_slice(b"<abort>"),
+                // An aborted message's bytes are thrown away with it; how
+                // many were stored depends on the reads.
+                Action::Abort => {
+                    let keep = (0..=stored.len())
+                        .rev()
+                        .find(|&i| stored[..i].ends_with(b"<commit>") || stored[..i].ends_with(b"<abort>"))
+                        .unwrap_or(0);
+                    stored.truncate(keep);
+                    stored.extend_from_slice(b"<abort>");
+                }
                 Action::StartTls { .. } => s.tls_started(info()),
                 _ => {}
             }

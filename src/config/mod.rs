@@ -200,6 +200,15 @@ pub struct Limits {
     pub retry_interval: Duration,
     /// `max-hops`: `Received:` headers allowed (Postfix `hopcount_limit`).
     pub max_hops: u32,
+    /// `delivery-lifetime`: one outbound connection at most this long.
+    pub delivery_lifetime: Duration,
+    /// `session-lifetime`: one inbound session at most this long.
+    pub session_lifetime: Duration,
+    /// `junk-commands`: NOOP, RSET, HELP, VRFY before each counts as an error.
+    pub junk_commands: u32,
+    /// `ipv6-prefix`: IPv6 clients are counted per network of this length
+    /// for `sessions-per-ip` and AUTH failures.
+    pub ipv6_prefix: u8,
 }
 
 /// The `limit` keywords, their kind and default, in one table.
@@ -220,6 +229,10 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("delivery-timeout", "duration", "300s"),
     ("retry-interval", "duration", "1m"),
     ("max-hops", "count", "50"),
+    ("delivery-lifetime", "duration", "30m"),
+    ("session-lifetime", "duration", "1h"),
+    ("junk-commands", "count", "100"),
+    ("ipv6-prefix", "count", "64"),
 ];
 
 /// Every top-level keyword, for the man-page completeness test.
@@ -339,6 +352,10 @@ fn default_limits() -> Limits {
         delivery_timeout: Duration::ZERO,
         retry_interval: Duration::ZERO,
         max_hops: 0,
+        delivery_lifetime: Duration::ZERO,
+        session_lifetime: Duration::ZERO,
+        junk_commands: 0,
+        ipv6_prefix: 0,
     };
     for (name, _, default) in LIMITS {
         // The table's defaults are constants; a typo there is caught by the
@@ -384,6 +401,15 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "delivery-timeout" => l.delivery_timeout = dur()?,
         "retry-interval" => l.retry_interval = dur()?,
         "max-hops" => l.max_hops = count()?.min(u32::MAX as usize) as u32,
+        "delivery-lifetime" => l.delivery_lifetime = dur()?,
+        "session-lifetime" => l.session_lifetime = dur()?,
+        "junk-commands" => l.junk_commands = count()?.min(u32::MAX as usize) as u32,
+        "ipv6-prefix" => {
+            l.ipv6_prefix = match count()? {
+                n @ 1..=128 => n as u8,
+                _ => return Err(format!("limit {name}: expected 1 to 128, got '{value}'")),
+            }
+        }
         _ => {
             let known: Vec<&str> = LIMITS.iter().map(|l| l.0).collect();
             return Err(format!(

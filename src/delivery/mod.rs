@@ -220,8 +220,30 @@ impl Context {
     }
 }
 
-/// Start the scheduler and `limit delivery-workers` delivery threads.
-/// Returns the sender that committed messages are announced on.
+/// Where the scheduler hands out jobs: local (Maildir) deliveries have
+/// threads of their own, so that no remote server, however slow, delays
+/// them (SECURITY-2 M4).
+pub struct Lanes {
+    /// Maildir jobs.
+    pub local: crossbeam_channel::Sender<Job>,
+    /// Relay jobs (and jobs for an action that no longer exists).
+    pub remote: crossbeam_channel::Sender<Job>,
+}
+
+impl Lanes {
+    /// Send `job` to its lane; false if that lane's threads are gone.
+    pub fn send(&self, cfg: &Config, job: Job) -> bool {
+        let lane = match cfg.actions.get(&job.route.action) {
+            Some(Delivery::Maildir { .. }) => &self.local,
+            _ => &self.remote,
+        };
+        lane.send(job).is_ok()
+    }
+}
+
+/// Start the scheduler and `limit delivery-workers` delivery threads for
+/// each lane, local and remote. Returns the sender that committed
+/// messages are announced on.
 pub fn start(
     cfg: Arc<Config>,
     spool: Spool,
@@ -230,23 +252,30 @@ pub fn start(
 ) -> Result<crossbeam_channel::Sender<crate::spool::envelope::Envelope>, String> {
     let ctx = Arc::new(Context::new(cfg.clone(), own)?);
     let (new_tx, new_rx) = crossbeam_channel::unbounded::<crate::spool::envelope::Envelope>();
-    let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
+    let (local_tx, local_rx) = crossbeam_channel::unbounded::<Job>();
+    let (remote_tx, remote_rx) = crossbeam_channel::unbounded::<Job>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<Vec<Outcome>>();
-    for i in 0..cfg.limits.delivery_workers {
-        let (ctx, job_rx, res_tx) = (ctx.clone(), job_rx.clone(), res_tx.clone());
-        std::thread::Builder::new()
-            .name(format!("delivery-{i}"))
-            .spawn(move || {
-                for job in job_rx {
-                    let out = ctx.run(&job);
-                    if res_tx.send(out).is_err() {
-                        return;
+    for (lane, job_rx) in [("local", local_rx), ("delivery", remote_rx)] {
+        for i in 0..cfg.limits.delivery_workers {
+            let (ctx, job_rx, res_tx) = (ctx.clone(), job_rx.clone(), res_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("{lane}-{i}"))
+                .spawn(move || {
+                    for job in job_rx {
+                        let out = ctx.run(&job);
+                        if res_tx.send(out).is_err() {
+                            return;
+                        }
                     }
-                }
-            })
-            .map_err(|e| format!("cannot start delivery thread: {e}"))?;
+                })
+                .map_err(|e| format!("cannot start delivery thread: {e}"))?;
+        }
     }
-    let mut sched = scheduler::Scheduler::new(cfg, spool, job_tx)?;
+    let lanes = Lanes {
+        local: local_tx,
+        remote: remote_tx,
+    };
+    let mut sched = scheduler::Scheduler::new(cfg, spool, lanes)?;
     std::thread::Builder::new()
         .name("scheduler".into())
         .spawn(move || sched.run(new_rx, res_rx, ctl))

@@ -24,6 +24,7 @@ use super::{Context, Item, Job, Outcome, RcptOutcome, Status, log_result};
 use crate::config::{Delivery, TlsPolicy};
 use crate::dns::Lookup;
 use crate::net::stream::Stream;
+use crate::net::watchdog;
 use crate::smtp::response::{self, Capabilities, Response};
 use crate::tls::client::ClientTls;
 
@@ -278,12 +279,36 @@ struct Session {
     relay: String,
     tls: String,
     verified: bool,
+    /// Each reply and each write within `limit delivery-timeout`, the
+    /// connection within `limit delivery-lifetime`, however a server
+    /// drips its bytes.
+    guard: Option<watchdog::Guard>,
+    step: std::time::Duration,
 }
 
 impl Session {
+    fn arm(&self) {
+        if let Some(g) = &self.guard {
+            g.arm(self.step);
+        }
+    }
+
+    fn io_error(&self, e: &io::Error) -> String {
+        if self.guard.as_ref().is_some_and(watchdog::Guard::fired) {
+            format!(
+                "{}: timed out (limit delivery-timeout {}s per reply, delivery-lifetime per connection)",
+                self.relay,
+                self.step.as_secs()
+            )
+        } else {
+            format!("{}: {}", self.relay, io_text(e))
+        }
+    }
+
     fn read(&mut self) -> Result<Response, String> {
         let mut chunk = [0u8; 4096];
-        // Bounded by the socket timeout and response::MAX_LINES/MAX_LINE.
+        self.arm();
+        // Bounded by the watchdog's deadline and response::MAX_LINES/MAX_LINE.
         loop {
             match response::parse(&self.buf) {
                 Ok(Some((r, used))) => {
@@ -294,19 +319,24 @@ impl Session {
                 Err(e) => return Err(format!("{}: {e}", self.relay)),
             }
             match self.stream.read(&mut chunk) {
+                Ok(0) if self.guard.as_ref().is_some_and(watchdog::Guard::fired) => {
+                    return Err(self.io_error(&io::ErrorKind::TimedOut.into()));
+                }
                 Ok(0) => return Err(format!("{}: connection closed by the server", self.relay)),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("{}: {}", self.relay, io_text(&e))),
+                Err(e) => return Err(self.io_error(&e)),
             }
         }
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
+        self.arm();
+        let r = self
+            .stream
             .write_all(bytes)
-            .and_then(|_| self.stream.flush())
-            .map_err(|e| format!("{}: {}", self.relay, io_text(&e)))
+            .and_then(|_| self.stream.flush());
+        r.map_err(|e| self.io_error(&e))
     }
 
     fn cmd(&mut self, line: &str) -> Result<Response, String> {
@@ -388,6 +418,7 @@ impl Session {
         } else {
             tls.opportunistic.clone()
         };
+        self.arm();
         match self.stream.upgrade_client(cfg, host) {
             Ok(info) => {
                 self.verified =
@@ -434,12 +465,16 @@ fn attempt(
         .and_then(|_| tcp.set_read_timeout(Some(lim.delivery_timeout)))
         .and_then(|_| tcp.set_write_timeout(Some(lim.delivery_timeout)));
     setup.map_err(|e| Fail::Next(format!("451 4.4.1 {relay}: {e}")))?;
+    let guard = watchdog::watch(&tcp, lim.delivery_lifetime)
+        .map_err(|e| Fail::Next(format!("451 4.4.1 {relay}: {e}")))?;
     let mut s = Session {
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
         relay: relay.clone(),
         tls: "none".into(),
         verified: false,
+        guard: Some(guard),
+        step: lim.delivery_timeout,
     };
     let next = |e: String| Fail::Next(format!("451 4.4.2 {e}"));
     if host.implicit_tls {
@@ -448,6 +483,7 @@ fn attempt(
         } else {
             tls.opportunistic.clone()
         };
+        s.arm();
         let info = s.stream.upgrade_client(cfg, &host.name).map_err(|e| {
             Fail::Next(format!(
                 "451 4.7.5 TLS handshake with {relay} failed: {}",

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, select};
 
 use super::bounce::{self, Failure};
 use super::{Item, Job, Outcome, Route, Status};
@@ -53,7 +53,7 @@ struct Entry {
 pub struct Scheduler {
     cfg: Arc<Config>,
     spool: Spool,
-    jobs: Sender<Job>,
+    jobs: super::Lanes,
     queue: BTreeMap<String, Entry>,
     /// Messages to look at in the next dispatch.
     dirty: Vec<String>,
@@ -67,7 +67,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Load every committed message.
-    pub fn new(cfg: Arc<Config>, spool: Spool, jobs: Sender<Job>) -> Result<Scheduler, String> {
+    pub fn new(cfg: Arc<Config>, spool: Spool, jobs: super::Lanes) -> Result<Scheduler, String> {
         let mut s = Scheduler {
             cfg,
             spool,
@@ -225,7 +225,7 @@ impl Scheduler {
                     route: route.clone(),
                     items: chunk.to_vec(),
                 };
-                if self.jobs.send(job).is_err() {
+                if !self.jobs.send(&self.cfg, job) {
                     log::error!("scheduler: delivery threads are gone");
                 }
             }

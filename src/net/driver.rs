@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use super::Endpoint;
 use super::stream::Stream;
+use super::watchdog;
 use crate::smtp::server::{Action, Session, TlsInfo, TlsMode};
 use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
 use crate::spool::{Incoming, Spool};
@@ -54,10 +55,16 @@ pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
         .set_nodelay(true)
         .and_then(|_| tcp.set_read_timeout(timeout))
         .and_then(|_| tcp.set_write_timeout(timeout));
-    if let Err(e) = setup {
-        log::warn!("{sid} smtp error address={peer} reason=socket-setup error=\"{e}\"");
-        return;
-    }
+    let guard = setup.and_then(|_| watchdog::watch(&tcp, ep.cfg.limits.session_lifetime));
+    let guard = match guard {
+        Ok(g) => g,
+        Err(e) => {
+            log::warn!("{sid} smtp error address={peer} reason=socket-setup error=\"{e}\"");
+            return;
+        }
+    };
+    crate::stats::SESSIONS_TOTAL.inc();
+    crate::stats::SESSIONS_ACTIVE.inc();
     log::info!(
         "{sid} smtp connected address={peer} listener={}",
         ep.listener.addr
@@ -69,9 +76,14 @@ pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
         incoming: None,
         spool,
         ep,
+        guard,
     };
     let (end, summary) = d.session(peer);
     let (reason, detail) = match &end {
+        // The watchdog shut the socket: a command took longer than
+        // command-timeout to arrive whole, or the session outlived
+        // session-lifetime.
+        _ if d.guard.fired() => ("timeout", String::new()),
         End::Closed => ("closed", String::new()),
         End::Eof => ("disconnect", String::new()),
         End::Error(e)
@@ -99,11 +111,13 @@ struct Driver<'a> {
     incoming: Option<Incoming>,
     spool: &'a Spool,
     ep: &'a Endpoint,
+    guard: watchdog::Guard,
 }
 
 impl Driver<'_> {
     fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
+            self.guard.arm(self.ep.cfg.limits.command_timeout);
             self.stream.write_all(&self.out)?;
             self.out.clear();
         }
@@ -116,8 +130,10 @@ impl Driver<'_> {
                 "no certificate for this listener",
             )));
         };
+        self.guard.arm(self.ep.cfg.limits.command_timeout);
         match self.stream.upgrade_server(cfg) {
             Ok(info) => {
+                crate::stats::SESSIONS_TLS.inc();
                 log::info!(
                     "{} smtp tls address={peer} {}",
                     self.sid,
@@ -221,6 +237,13 @@ impl Driver<'_> {
                 Action::NeedInput => {
                     if let Err(e) = self.flush() {
                         return End::Error(e);
+                    }
+                    // A command (or DATA line) must arrive whole within
+                    // command-timeout of its first byte being awaited,
+                    // however the client drips it: the clock restarts only
+                    // once a whole one was taken.
+                    if s.idle() {
+                        self.guard.arm(self.ep.cfg.limits.command_timeout);
                     }
                     match self.stream.read(&mut buf) {
                         Ok(0) => return End::Eof,

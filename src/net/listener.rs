@@ -288,7 +288,7 @@ impl Server {
                     return;
                 }
             };
-            let ip = peer.ip();
+            let ip = super::client_key(peer.ip(), lim.ipv6_prefix);
             let refused = {
                 let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
                 let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);

@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod listener;
 pub mod stream;
+pub mod watchdog;
 
 use std::sync::Arc;
 
@@ -55,6 +56,7 @@ impl Endpoint {
                 max_auth_failures: lim.auth_failures,
                 auth_failure_delay: lim.auth_delay,
                 max_hops: lim.max_hops,
+                junk_commands: lim.junk_commands,
             },
             policy: Arc::new(ListenerPolicy::new(cfg.clone(), l.auth.clone())),
             cfg: cfg.clone(),
@@ -62,4 +64,35 @@ impl Endpoint {
             tls,
         })
     }
+}
+
+/// The key a client is counted under for per-address limits: its IPv4
+/// address, or its IPv6 network of `prefix` bits (one host usually has a
+/// whole /64, so counting single IPv6 addresses limits nothing).
+pub fn client_key(ip: std::net::IpAddr, prefix: u8) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = match prefix {
+                0 => 0,
+                p if p >= 128 => u128::MAX,
+                p => u128::MAX << (128 - u32::from(p)),
+            };
+            std::net::IpAddr::V6((bits & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn clients_are_counted_per_ipv6_network() {
+    let k = |a: &str, p| client_key(a.parse().unwrap(), p).to_string();
+    assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+    assert_eq!(k("2001:db8:1:2:bbbb::9", 64), "2001:db8:1:2::");
+    assert_eq!(k("2001:db8:1:3::1", 64), "2001:db8:1:3::");
+    assert_eq!(k("2001:db8:1:2::1", 128), "2001:db8:1:2::1");
+    assert_eq!(k("2001:db8:ffff::1", 48), "2001:db8:ffff::");
+    assert_eq!(k("::ffff:192.0.2.1", 64), "192.0.2.1");
+    assert_eq!(k("192.0.2.1", 64), "192.0.2.1");
 }

@@ -99,6 +99,11 @@ pub struct Params {
     pub auth_failure_delay: Duration,
     /// `limit max-hops`: more `Received:` headers than this is a loop.
     pub max_hops: u32,
+    /// `limit junk-commands`: past this many NOOP, RSET, VRFY and HELP,
+    /// each one also counts as an error (Postfix's
+    /// `smtpd_junk_command_limit`), so an idle client cannot hold a
+    /// session open by chatting.
+    pub junk_commands: u32,
 }
 
 /// What the driver must do next.
@@ -219,6 +224,8 @@ pub struct Session {
     body: Vec<u8>,
     queue_id: Option<String>,
     errors: u32,
+    /// NOOP, RSET, VRFY and HELP so far (Postfix's junk commands).
+    junk: u32,
     auth_failures: u32,
     login_user: String,
     out: VecDeque<Action>,
@@ -261,6 +268,7 @@ impl Session {
             body: Vec::new(),
             queue_id: None,
             errors: 0,
+            junk: 0,
             auth_failures: 0,
             login_user: String::new(),
             out: VecDeque::new(),
@@ -290,6 +298,11 @@ impl Session {
     }
 
     /// Input not consumed yet.
+    /// No partial command or line is waiting for more input.
+    pub fn idle(&self) -> bool {
+        self.pending().is_empty()
+    }
+
     fn pending(&self) -> &[u8] {
         &self.input[self.pos..]
     }
@@ -496,6 +509,18 @@ impl Session {
     fn command(&mut self, cmd: Command) {
         if self.params.tls == TlsMode::Required && self.tls.is_none() && !cmd.allowed_before_tls() {
             return self.error(reply::MUST_STARTTLS_FIRST);
+        }
+        if matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
+        ) {
+            self.junk = self.junk.saturating_add(1);
+            if self.junk > self.params.junk_commands {
+                self.errors += 1;
+                if self.errors >= self.params.max_errors {
+                    return self.close_with(reply::TOO_MANY_ERRORS);
+                }
+            }
         }
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),

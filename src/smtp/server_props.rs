@@ -68,6 +68,7 @@ fn params(tls: TlsMode) -> Params {
         max_auth_failures: 3,
         auth_failure_delay: Duration::ZERO,
         max_hops: 50,
+        junk_commands: 100,
     }
 }
 
@@ -129,6 +130,15 @@ fn check_stream(tls: TlsMode, chunks: Vec<Vec<u8>>, cut: usize) -> Result<(), Te
     Ok(())
 }
 
+/// Bytes at the end of `stored` after the last commit or abort marker.
+fn unsaved(stored: &[u8]) -> usize {
+    let marks = [&b"<commit>"[..], b"<abort>"];
+    (0..=stored.len())
+        .rev()
+        .find(|&i| marks.iter().any(|m| stored[..i].ends_with(m)))
+        .map_or(stored.len(), |i| stored.len() - i)
+}
+
 /// Play `parts` as successive reads; the replies and the bytes stored.
 fn play(parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
     let mut p = params(TlsMode::Off);
@@ -147,7 +157,12 @@ fn play(parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
                     stored.extend_from_slice(b"<commit>");
                     s.queued(Ok(()));
                 }
-                Action::Abort => stored.extend_from_slice(b"<abort>"),
+                // What an aborted message had stored is thrown away with
+                // it; how much it was depends on the reads.
+                Action::Abort => {
+                    stored.truncate(stored.len() - unsaved(&stored));
+                    stored.extend_from_slice(b"<abort>");
+                }
                 _ => {}
             }
         }

@@ -32,6 +32,7 @@ fn params(tls: TlsMode, auth: bool) -> Params {
         max_auth_failures: 3,
         auth_failure_delay: Duration::from_millis(10),
         max_hops: 50,
+        junk_commands: 100,
     }
 }
 

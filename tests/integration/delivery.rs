@@ -944,3 +944,102 @@ fn broken_454_peer() -> (u16, std::thread::JoinHandle<bool>) {
     });
     (port, h)
 }
+
+#[test]
+fn hostile_server_drips_its_greeting() {
+    // SECURITY-2 M4: one byte every 300 ms never lets a read time out, but
+    // the reply as a whole must arrive within delivery-timeout (1s here).
+    survives(
+        |w, _| {
+            use std::io::Write;
+            // Bounded: 40 bytes, 12 s.
+            for b in b"220-drip drip drip drip drip drip drip d".iter() {
+                if w.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        },
+        "",
+        "timed out",
+    );
+}
+
+/// A server that answers every command correctly, each after `pause`.
+fn slow_server(pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let Ok((s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let mut r = BufReader::new(s);
+        std::thread::sleep(pause);
+        let _ = w.write_all(b"220 slow.test ESMTP\r\n");
+        // Bounded: a handful of commands.
+        for _ in 0..10 {
+            let cmd = read_cmd(&mut r);
+            std::thread::sleep(pause);
+            let reply: &[u8] = match cmd.as_str() {
+                "" => return,
+                "DATA" => {
+                    let _ = w.write_all(b"354 go\r\n");
+                    let mut line = String::new();
+                    while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != ".\r\n" {
+                        line.clear();
+                    }
+                    std::thread::sleep(pause);
+                    b"250 2.0.0 slowly\r\n"
+                }
+                "QUIT" => b"221 bye\r\n",
+                _ => b"250 ok\r\n",
+            };
+            if w.write_all(reply).is_err() {
+                return;
+            }
+        }
+    });
+    (port, h)
+}
+
+#[test]
+fn local_delivery_never_waits_behind_a_slow_remote_server() {
+    // SECURITY-2 M4: with one delivery thread, a remote server that takes
+    // 1.5 s per reply (within delivery-timeout) held local mail back.
+    let dns = Dns::start();
+    let (port, peer) = slow_server(Duration::from_millis(1500));
+    let s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:{dns}\n\
+             table locals {{ carol }}\naction \"local\" maildir \"{d}/mail/%{{user}}/Maildir\" users <locals>\n\
+             action \"out\" relay port {port}\nmatch from any for domain \"sender.test\" action \"local\"\n\
+             match from local for any action \"out\"\n\
+             limit delivery-timeout 3s\nlimit delivery-workers 1\n",
+            d = d.display(),
+            dns = dns.port
+        )
+    });
+    let remote = carol_to_alice(&s, "slow");
+    // The remote delivery is under way (about 9 s of pauses in all).
+    std::thread::sleep(Duration::from_millis(500));
+    let local = submit(
+        s.addrs[0],
+        "alice@example.test",
+        &["carol@sender.test"],
+        &msg("local"),
+    );
+    s.wait_log(
+        &format!("{local}: to=<carol@sender.test> relay=maildir"),
+        Duration::from_secs(4),
+    );
+    assert!(
+        !s.log_text()
+            .contains(&format!("{remote}: to=<alice@example.test>")),
+        "the local delivery waited for the remote one:\n{}",
+        s.log_text()
+    );
+    let line = s.wait_log(&format!("{remote}: to=<alice@example.test>"), WAIT);
+    assert!(line.contains("status=sent (250 2.0.0 slowly)"), "{line}");
+    peer.join().unwrap();
+}

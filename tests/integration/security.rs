@@ -67,3 +67,79 @@ fn too_many_received_headers_are_refused_at_end_of_data() {
     }
     c.cmd("QUIT", "221");
 }
+
+/// Read until the server closes (or 10 s pass); what it said.
+fn read_to_close(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Bounded by the read timeout and the server's own limits.
+    for _ in 0..1000 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn a_dripped_command_cannot_outlast_command_timeout() {
+    // SECURITY-2 L9: one byte every 300 ms never let a read time out.
+    use std::io::Write;
+    let p = Postern::start_with(|d| {
+        standard_config(d).replace("limit command-timeout 30s", "limit command-timeout 1s")
+    });
+    let mut s = std::net::TcpStream::connect(p.plain()).unwrap();
+    let t0 = std::time::Instant::now();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // Bounded: 40 bytes, 12 s.
+            for b in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP".iter() {
+                if w.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+    };
+    let said = read_to_close(&mut s);
+    let took = t0.elapsed();
+    assert!(said.starts_with("220 "), "{said}");
+    assert!(took < Duration::from_secs(6), "the session lasted {took:?}");
+    p.wait_log("reason=timeout", WAIT);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_chatty_idle_client_is_closed_by_the_junk_limit_and_the_lifetime() {
+    use std::io::Write;
+    let p =
+        Postern::start_with(|d| standard_config(d) + "limit junk-commands 3\nlimit max-errors 5\n");
+    let mut s = std::net::TcpStream::connect(p.plain()).unwrap();
+    s.write_all(&b"NOOP\r\n".repeat(20)).unwrap();
+    let said = read_to_close(&mut s);
+    // 3 free, then 5 that count as errors: the 8th ends the session.
+    assert_eq!(said.matches("250 2.0.0 Ok").count(), 7, "{said}");
+    assert!(said.contains("421 4.7.0 Too many errors"), "{said}");
+
+    let p = Postern::start_with(|d| standard_config(d) + "limit session-lifetime 2s\n");
+    let mut s = std::net::TcpStream::connect(p.plain()).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut w = s.try_clone().unwrap();
+    let chat = std::thread::spawn(move || {
+        // Bounded: 30 NOOPs, one every 300 ms.
+        for _ in 0..30 {
+            if w.write_all(b"NOOP\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    read_to_close(&mut s);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "the session lasted {took:?}");
+    chat.join().unwrap();
+}
