@@ -2,7 +2,8 @@
 #
 #   make run      build, make ./var (self-signed certificate, spool, test
 #                 user) and start postern in the foreground on 127.0.0.1
-#   make test     cargo fmt --check, clippy -D warnings, cargo test
+#   make test     cargo fmt --check, clippy -D warnings, cargo test, and
+#                 cargo audit against the RustSec database in ADVISORY_DB
 
 PREFIX     ?= /usr/local
 SBINDIR    ?= $(PREFIX)/sbin
@@ -21,7 +22,10 @@ VAR        := $(CURDIR)/var
 RUN_USER   ?= test
 RUN_PASS   ?= test
 
-.PHONY: all run test bench stress install uninstall clean
+# The RustSec advisory database (an offline copy; see its README).
+ADVISORY_DB ?= ../shared/advisory-db
+
+.PHONY: all run test audit bench stress install uninstall clean
 
 all:
 	$(CARGO) build --profile $(if $(filter debug,$(PROFILE)),dev,$(PROFILE)) --bins
@@ -62,10 +66,18 @@ uninstall:
 	@# The configuration, the _postern user and the spool (mail!) are kept.
 	@echo "kept $(SYSCONFDIR)/postern/postern.conf and $(SPOOLDIR); remove them by hand if wanted"
 
-test:
+test: audit
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+
+# A crate with a known vulnerability, unmaintained, unsound or yanked fails
+# the build. cargo-audit is installed on first use (about 6 minutes).
+audit:
+	@test -d "$(ADVISORY_DB)/crates" || { echo "no RustSec database at $(ADVISORY_DB): set ADVISORY_DB" >&2; exit 1; }
+	command -v cargo-audit >/dev/null || $(CARGO) install --locked --quiet cargo-audit
+	$(CARGO) fetch --quiet
+	$(CARGO) audit --db $(ADVISORY_DB) --no-fetch --deny warnings
 
 # Figures go to bench/RESULTS.md (and the terminal). Each program starts
 # on a settled disk: on ext4 without a journal, a file created within a

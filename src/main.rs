@@ -35,7 +35,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let mut args: Args = argh::from_env();
+    // In the background the working directory is /, so a relative -f
+    // would break `posternctl reload` (SECURITY-2 I7).
+    if let Ok(cwd) = std::env::current_dir() {
+        args.file = cwd.join(&args.file);
+    }
     let cfg = match Config::load(&args.file) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -95,7 +100,8 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     // so nothing in it is ever followed or unlinked as root.
     let spool = Spool::open(&cfg.queue)
         .map_err(|e| format!("queue: {e}"))?
-        .with_spares(cfg.limits.spare_files);
+        .with_spares(cfg.limits.spare_files)
+        .with_min_free(cfg.limits.queue_minfree());
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
         "queue {}: {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",

@@ -29,7 +29,10 @@ pub fn verify(password: &[u8], h: &str) -> bool {
             .verify_password(password, h)
             .is_ok()
     } else if h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$") {
-        bcrypt::verify(password, h).unwrap_or(false)
+        // bcrypt reads only the first 72 bytes: a longer password cannot be
+        // checked in full, so it never matches (crypt(3) in libxcrypt
+        // truncates instead; use $y$ or $6$ for such passwords).
+        password.len() <= 72 && bcrypt::verify(password, h).unwrap_or(false)
     } else if h.starts_with("$argon2") {
         argon2::Argon2::default()
             .verify_password(password, h)
@@ -66,6 +69,11 @@ mod tests {
         assert!(is_supported_hash(BCRYPT));
         assert!(verify(b"secret", BCRYPT));
         assert!(!verify(b"secreT", BCRYPT));
+        // SECURITY-2 I4: a password whose first 72 bytes match is not one.
+        let long = [b'a'; 72];
+        let h = bcrypt::hash(long, 4).unwrap();
+        assert!(verify(&long, &h));
+        assert!(!verify(&[&long[..], b"anything"].concat(), &h));
     }
 
     #[test]

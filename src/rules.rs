@@ -24,6 +24,10 @@ impl ListenerPolicy {
     pub fn new(cfg: Arc<Config>, auth_table: Option<String>) -> ListenerPolicy {
         ListenerPolicy { cfg, auth_table }
     }
+
+    fn client_key(&self, client: &Client) -> IpAddr {
+        crate::net::client_key(client.addr, self.cfg.limits.ipv6_prefix)
+    }
 }
 
 fn is_local_client(ip: IpAddr) -> bool {
@@ -49,7 +53,9 @@ pub fn user_part(m: &Mailbox) -> String {
         .strip_prefix('"')
         .and_then(|l| l.strip_suffix('"'))
         .unwrap_or(&m.local);
-    l.replace('\\', "").to_lowercase()
+    // ASCII only, as tables fold case: Unicode rules would send the
+    // Kelvin sign's "\u{212A}im" to kim (SECURITY-2 I5).
+    l.replace('\\', "").to_ascii_lowercase()
 }
 
 impl Policy for ListenerPolicy {
@@ -108,9 +114,26 @@ impl Policy for ListenerPolicy {
         else {
             return false;
         };
-        table
-            .get(user)
-            .is_some_and(|h| crate::passwd::verify(password, h))
+        match table.get(user) {
+            Some(h) => crate::passwd::verify(password, h),
+            // An unknown user costs the same hash as a known one (of the
+            // table's own scheme and cost), so timing does not tell which
+            // users exist (SECURITY-2 L2).
+            None => {
+                if let Some(h) = table.keys().next().and_then(|k| table.get(k)) {
+                    let _ = crate::passwd::verify(b"\0postern: no such user", h);
+                }
+                false
+            }
+        }
+    }
+
+    fn auth_failures(&self, client: &Client) -> u32 {
+        crate::net::throttle::auth_failures(self.client_key(client), self.cfg.limits.auth_lockout)
+    }
+
+    fn auth_failed(&self, client: &Client) {
+        crate::net::throttle::auth_failed(self.client_key(client), self.cfg.limits.auth_lockout);
     }
 }
 

@@ -68,6 +68,7 @@ fn play(mode: u8, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
         max_auth_failures: 5,
         auth_failure_delay: Duration::ZERO,
         max_hops: 50,
+        auth_failures_per_ip: 10,
         junk_commands: 100,
     };
     let implicit = (tls == TlsMode::Implicit).then(info);

@@ -209,6 +209,25 @@ pub struct Limits {
     /// `ipv6-prefix`: IPv6 clients are counted per network of this length
     /// for `sessions-per-ip` and AUTH failures.
     pub ipv6_prefix: u8,
+    /// `auth-failures-per-ip`: recent AUTH failures from one address
+    /// before AUTH is refused.
+    pub auth_failures_per_ip: u32,
+    /// `auth-lockout`: how long a failed AUTH counts against its address.
+    pub auth_lockout: Duration,
+    /// `queue-minfree`: free space the spool's file system keeps; `auto`
+    /// (None) is 1.5 × max-message-size, as Postfix's queue_minfree check.
+    pub queue_minfree: Option<u64>,
+}
+
+impl Limits {
+    /// Bytes that must stay free on the spool's file system before a new
+    /// message is accepted (0: no floor).
+    pub fn queue_minfree(&self) -> u64 {
+        self.queue_minfree.unwrap_or(
+            self.max_message_size
+                .saturating_add(self.max_message_size / 2),
+        )
+    }
 }
 
 /// The `limit` keywords, their kind and default, in one table.
@@ -233,6 +252,9 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("session-lifetime", "duration", "1h"),
     ("junk-commands", "count", "100"),
     ("ipv6-prefix", "count", "64"),
+    ("auth-failures-per-ip", "count", "10"),
+    ("auth-lockout", "duration", "15m"),
+    ("queue-minfree", "size", "auto"),
 ];
 
 /// Every top-level keyword, for the man-page completeness test.
@@ -356,6 +378,9 @@ fn default_limits() -> Limits {
         session_lifetime: Duration::ZERO,
         junk_commands: 0,
         ipv6_prefix: 0,
+        auth_failures_per_ip: 0,
+        auth_lockout: Duration::ZERO,
+        queue_minfree: None,
     };
     for (name, _, default) in LIMITS {
         // The table's defaults are constants; a typo there is caught by the
@@ -404,6 +429,14 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "delivery-lifetime" => l.delivery_lifetime = dur()?,
         "session-lifetime" => l.session_lifetime = dur()?,
         "junk-commands" => l.junk_commands = count()?.min(u32::MAX as usize) as u32,
+        "auth-failures-per-ip" => l.auth_failures_per_ip = count()?.min(u32::MAX as usize) as u32,
+        "auth-lockout" => l.auth_lockout = dur()?,
+        "queue-minfree" if value == "auto" => l.queue_minfree = None,
+        "queue-minfree" => {
+            l.queue_minfree = Some(parse_size(value).ok_or_else(|| {
+                format!("limit {name}: bad size '{value}' (use e.g. 100M, 0 for none, or auto)")
+            })?)
+        }
         "ipv6-prefix" => {
             l.ipv6_prefix = match count()? {
                 n @ 1..=128 => n as u8,
@@ -725,7 +758,7 @@ impl Parser<'_> {
             }
             "relay" => {
                 let (mut host, mut auth, mut tls_policy, mut tls, mut port, mut ca) =
-                    (None, None, None, TlsPolicy::May, None, None);
+                    (None, None, None, None, None, None);
                 while let Some(t) = a.next() {
                     match t.text() {
                         Some("host") => {
@@ -744,8 +777,8 @@ impl Parser<'_> {
                         Some("tls-policy") => tls_policy = Some(a.table("tls-policy")?),
                         Some("tls") => {
                             let p = a.word("TLS policy")?;
-                            tls = TlsPolicy::parse(p)
-                                .ok_or_else(|| format!("action {name}: tls must be none, may, encrypt or verify, got '{p}'"))?;
+                            tls = Some(TlsPolicy::parse(p)
+                                .ok_or_else(|| format!("action {name}: tls must be none, may, encrypt or verify, got '{p}'"))?);
                         }
                         Some("port") => {
                             let p = a.word("port")?;
@@ -758,6 +791,19 @@ impl Parser<'_> {
                         _ => return Err(format!("action {name}: unexpected '{t}'")),
                     }
                 }
+                // Credentials go only to a server whose certificate was
+                // verified, unless `tls encrypt` says otherwise on purpose
+                // (SECURITY-2 M5).
+                let tls = match (auth.is_some(), tls) {
+                    (true, Some(TlsPolicy::None)) => {
+                        return Err(format!(
+                            "action {name}: 'auth' with 'tls none' would send the password in the clear"
+                        ));
+                    }
+                    (true, None | Some(TlsPolicy::May)) => TlsPolicy::Verify,
+                    (_, Some(t)) => t,
+                    (false, None) => TlsPolicy::May,
+                };
                 Delivery::Relay {
                     host,
                     auth,

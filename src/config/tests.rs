@@ -130,6 +130,25 @@ fn actions_and_rules() {
             .contains("t.conf:3: match: expected")
     );
     assert!(err("listen on 127.0.0.1\ntable n { nonsense }\naction a relay\nmatch from src <n> for any action a\n").contains("'nonsense' is not an address"));
+    // SECURITY-2 M5: credentials only to a verified relay unless opted out.
+    assert!(
+        err("listen on 127.0.0.1\ntable s { h = \"u:p\" }\naction a relay host smtp://h auth <s> tls none\n")
+            .contains("t.conf:3: action a: 'auth' with 'tls none' would send the password in the clear")
+    );
+    for (given, want) in [
+        ("", TlsPolicy::Verify),
+        ("tls may", TlsPolicy::Verify),
+        ("tls encrypt", TlsPolicy::Encrypt),
+    ] {
+        let c = parse(&format!(
+            "listen on 127.0.0.1\ntable s {{ h = \"u:p\" }}\naction a relay host smtp+tls://h auth <s> {given}\n"
+        ))
+        .unwrap();
+        let Some(Delivery::Relay { tls, .. }) = c.actions.get("a") else {
+            panic!("not a relay")
+        };
+        assert_eq!(*tls, want, "{given}");
+    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! human-readable part, the machine-readable status and the original
 //! message's headers (`text/rfc822-headers`, so no body is sent back).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 
 /// One failed recipient.
@@ -32,20 +32,62 @@ pub fn status_of(reply: &str) -> String {
     }
 }
 
-/// The headers of the original message, read from its spool body.
+/// At most this much of the original header is copied into a DSN.
+const HEADERS_MAX: usize = 64 * 1024;
+/// Longest line copied (RFC 5322 §2.1.1); longer ones are cut there.
+const LINE_MAX: usize = 998;
+
+/// At most this much of the original is read to find its header.
+const READ_MAX: u64 = 4 << 20;
+
+/// Read one line into `line`, keeping at most `keep` octets of it (the
+/// rest is read past, not stored); false at the end of input.
+fn read_line_capped(r: &mut impl BufRead, line: &mut Vec<u8>, keep: usize) -> bool {
+    line.clear();
+    let mut any = false;
+    // Bounded by the input: each pass consumes what fill_buf returned.
+    loop {
+        let Ok(buf) = r.fill_buf() else { return any };
+        if buf.is_empty() {
+            return any;
+        }
+        any = true;
+        let (n, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = keep.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..n.min(room)]);
+        r.consume(n);
+        if done {
+            return true;
+        }
+    }
+}
+
+/// The headers of the original message, read from its spool body: whole
+/// lines, each cut at [`LINE_MAX`] octets, at most [`HEADERS_MAX`] in all,
+/// and never more than [`READ_MAX`] read (SECURITY-2 L8).
 fn original_headers(body: &Path) -> String {
     let Ok(f) = crate::spool::open_body(body) else {
         return String::new();
     };
+    let mut r = BufReader::new(f.take(READ_MAX));
     let mut out = String::new();
-    // Bounded: headers end at the first empty line, and we stop at 64 KiB.
-    for line in BufReader::new(f).split(b'\n').map_while(Result::ok) {
-        let line = String::from_utf8_lossy(&line);
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() || out.len() > 64 * 1024 {
+    let mut line = Vec::new();
+    // Bounded by the take(): each pass reads at least one byte or ends.
+    while read_line_capped(&mut r, &mut line, LINE_MAX + 2) {
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        if text.is_empty() {
             break;
         }
-        out.push_str(line);
+        let text = String::from_utf8_lossy(&text[..text.len().min(LINE_MAX)]);
+        let text = text.trim_end_matches('\u{fffd}');
+        if out.len() + text.len() + 2 > HEADERS_MAX {
+            break;
+        }
+        out.push_str(text);
         out.push_str("\r\n");
     }
     out
@@ -85,10 +127,20 @@ pub fn build(
          The mail system's replies are below.\r\n\r\n"
     ));
     for f in failures {
-        m.push_str(&format!(
-            "<{}>: host {} said: {}\r\n",
-            f.rcpt, f.relay, f.reply
-        ));
+        // This part is us-ascii; the reply was made printable when it
+        // was read, and anything else becomes `?` here.
+        let reply: String = f
+            .reply
+            .chars()
+            .map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        m.push_str(&format!("<{}>: host {} said: {reply}\r\n", f.rcpt, f.relay));
     }
     m.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -153,5 +205,28 @@ mod tests {
         assert!(m.contains("Subject: hi\r\n"));
         assert!(!m.contains("secret body"));
         assert!(m.lines().all(|l| l.len() < 1000));
+    }
+
+    #[test]
+    fn copied_headers_are_bounded() {
+        // SECURITY-2 L8: a 900 KB header line, then many ordinary ones.
+        let d = tempfile::tempdir().unwrap();
+        let mut text = format!("Subject: first\r\nX-Long: {}\r\n", "B".repeat(900_000));
+        for i in 0..5000 {
+            text.push_str(&format!("X-Filler-{i}: {}\r\n", "c".repeat(40)));
+        }
+        text.push_str("\r\nbody\r\n");
+        let body = crate::spool::sample_message(d.path(), text.as_bytes());
+        let f = [Failure {
+            rcpt: "bob@example.org",
+            reply: "550 5.1.1 unknown \u{1b}[2J",
+            relay: "none",
+        }];
+        let m = String::from_utf8(build("mx.test", "ID1", "a@example.com", 0, &f, &body)).unwrap();
+        assert!(m.len() < 70_000, "DSN of {} bytes", m.len());
+        assert!(m.lines().all(|l| l.len() <= 998), "a line over 998 octets");
+        assert!(m.contains("Subject: first\r\n"));
+        assert!(m.contains(&format!("X-Long: {}\r\n", "B".repeat(990))));
+        assert!(!m.contains('\u{1b}'));
     }
 }

@@ -17,11 +17,15 @@ use crate::table::Table;
 fn user_of(addr: &str) -> String {
     match parse_mailbox(addr) {
         Some(m) => crate::rules::user_part(&m),
-        None => addr.split('@').next().unwrap_or(addr).to_lowercase(),
+        None => addr.split('@').next().unwrap_or(addr).to_ascii_lowercase(),
     }
 }
 
 /// Expand aliases (recursively, loops and depth bounded) into final users.
+/// An alias that names itself (`alice: alice, bob`) delivers to its own
+/// mailbox, as aliases(5) has it; one whose expansion only ever comes back
+/// to names already expanded is a loop and yields nothing, which
+/// [`deliver`] bounces.
 pub fn expand(user: &str, alias: Option<&Table>) -> Vec<String> {
     let mut out = Vec::new();
     let mut todo = vec![(user.to_string(), 0)];
@@ -33,13 +37,19 @@ pub fn expand(user: &str, alias: Option<&Table>) -> Vec<String> {
         match alias.and_then(|t| t.get(&u)).filter(|_| depth < 8) {
             Some(targets) => {
                 for t in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                    todo.push((user_of(t), depth + 1));
+                    let t = user_of(t);
+                    if t == u {
+                        out.push(t);
+                    } else {
+                        todo.push((t, depth + 1));
+                    }
                 }
             }
             None => out.push(u),
         }
     }
     out.sort();
+    out.dedup();
     out
 }
 
@@ -118,7 +128,25 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
         let mut errors = Vec::new();
         let mut paths = Vec::new();
         let key = format!("Q{}R{idx}", item.id);
-        for user in expand(&user_of(addr), alias) {
+        let users = expand(&user_of(addr), alias);
+        if users.is_empty() {
+            // SECURITY-2 L7: never "sent" to nobody.
+            let r = RcptOutcome {
+                idx: *idx,
+                status: Status::Bounced,
+                reply: format!(
+                    "550 5.4.6 alias loop: {} expands only to itself",
+                    user_of(addr)
+                ),
+                relay: "maildir".into(),
+                tls: "none".into(),
+                verified: false,
+            };
+            log_result(item, addr, &r);
+            results.push(r);
+            continue;
+        }
+        for user in users {
             // Re-checked here, not only at RCPT: aliases can produce names.
             if !crate::rules::safe_user(&user) {
                 errors.push(format!("refusing unsafe user name '{user}'"));
@@ -169,7 +197,8 @@ mod tests {
     fn alias_expansion() {
         let l = lex(
             "t",
-            "{ abuse = alice, team = \"bob, abuse\", loop = loop2, loop2 = loop }",
+            "{ abuse = alice, team = \"bob, abuse\", loop = loop2, loop2 = loop, \
+             me = \"me, bob\", self = self }",
         )
         .unwrap();
         let t = Table::inline(&l[0].tokens[1..]).unwrap();
@@ -177,6 +206,8 @@ mod tests {
         assert_eq!(expand("abuse", Some(&t)), ["alice"]);
         assert_eq!(expand("team", Some(&t)), ["alice", "bob"]);
         assert!(expand("loop", Some(&t)).is_empty());
+        assert_eq!(expand("me", Some(&t)), ["bob", "me"]);
+        assert_eq!(expand("self", Some(&t)), ["self"]);
         assert_eq!(expand("x", None), ["x"]);
     }
 

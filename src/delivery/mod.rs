@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{Config, Delivery};
+use crate::config::{Config, Delivery, TlsPolicy};
 use crate::dns::Resolver;
 use crate::spool::Spool;
 use crate::tls::client::ClientTls;
@@ -156,6 +156,18 @@ impl Context {
             rustls::RootCertStore::empty()
         };
         for (name, a) in &cfg.actions {
+            if let Delivery::Relay {
+                auth: Some(_),
+                tls: TlsPolicy::Encrypt,
+                ..
+            } = a
+            {
+                log::warn!(
+                    "action {name}: 'auth' with 'tls encrypt': the relay's certificate is not verified, \
+                     so anyone on the path can pose as it and collect the password; use 'tls verify' \
+                     (with 'ca FILE' for a private CA) unless the path is trusted (postern.conf(5))"
+                );
+            }
             if let Delivery::Relay { ca, .. } = a {
                 tls.insert(
                     name.clone(),

@@ -542,6 +542,19 @@ fn smarthost_auth(
             s.relay
         )));
     }
+    let opted_out = matches!(
+        ctx.cfg.actions.get(&job.route.action),
+        Some(Delivery::Relay {
+            tls: TlsPolicy::Encrypt,
+            ..
+        })
+    );
+    if !s.verified && !opted_out {
+        return Err(Fail::Next(format!(
+            "451 4.7.0 refusing to send credentials to {}: its certificate was not verified",
+            s.relay
+        )));
+    }
     if !caps.auth.iter().any(|m| m == "PLAIN") {
         return Err(Fail::Next(format!(
             "451 4.7.0 {} offers no AUTH PLAIN",

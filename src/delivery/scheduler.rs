@@ -436,7 +436,9 @@ impl Scheduler {
                             format!("<{}>", e.env.from),
                             r.addr,
                             r.attempts,
-                            r.error
+                            // Already printable when read; an envelope
+                            // from an older postern may not be.
+                            crate::smtp::response::printable(&r.error)
                         ));
                     }
                 }

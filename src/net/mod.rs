@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod listener;
 pub mod stream;
+pub mod throttle;
 pub mod watchdog;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ impl Endpoint {
                 max_auth_failures: lim.auth_failures,
                 auth_failure_delay: lim.auth_delay,
                 max_hops: lim.max_hops,
+                auth_failures_per_ip: lim.auth_failures_per_ip,
                 junk_commands: lim.junk_commands,
             },
             policy: Arc::new(ListenerPolicy::new(cfg.clone(), l.auth.clone())),

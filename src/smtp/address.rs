@@ -165,7 +165,8 @@ pub fn is_domain(s: &str) -> bool {
         })
 }
 
-fn is_address_literal(s: &str) -> bool {
+/// An RFC 5321 §4.1.3 IPv4 or `IPv6:` address literal, brackets included.
+pub fn is_address_literal(s: &str) -> bool {
     let Some(inner) = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')) else {
         return false;
     };

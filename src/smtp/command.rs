@@ -150,9 +150,11 @@ fn is_helo_name(s: &str) -> bool {
     if s.is_empty() || s.contains(' ') {
         return false;
     }
-    // Address literals and plain domains; clients that send a bare host
-    // name without dots are common and harmless.
-    is_domain(s) || (s.starts_with('[') && s.ends_with(']') && s.len() > 2)
+    // Plain domains (clients that send a bare host name without dots are
+    // common and harmless) and real address literals only: the name goes
+    // into the Received header, where anything else could forge the trace
+    // or carry control characters (SECURITY-2 L6).
+    is_domain(s) || crate::smtp::address::is_address_literal(s)
 }
 
 /// Strip `keyword:` (case-insensitive) with optional spaces after the colon.
@@ -233,6 +235,37 @@ mod tests {
         );
         assert_eq!(parse(b"QuIt"), Ok(Command::Quit));
         assert_eq!(parse(b"noop anything at all"), Ok(Command::Noop));
+    }
+
+    #[test]
+    fn helo_names_are_domains_or_real_address_literals() {
+        // SECURITY-2 L6: the name is copied into the Received header.
+        for ok in [
+            "client.example",
+            "localhost",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(parse(format!("EHLO {ok}").as_bytes()).is_ok(), "{ok}");
+        }
+        let long = format!("{}.example", "a.".repeat(130));
+        for bad in [
+            "[1.2.3.4])\tby\tmx.google.com\t(Postfix)\twith\tESMTPS\tid\tFAKE;\t(]",
+            "[a\0b\x01\x1b[31m]",
+            "[999.1.1.1]",
+            "[IPv6:nonsense]",
+            "[]",
+            "host;evil",
+            "(comment)",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                parse(format!("HELO {bad}").as_bytes()),
+                Err(reply::SYNTAX_PARAMS),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,8 @@ replies! {
     TOO_MANY_ERRORS = 421, "4.7.0", "Too many errors, closing connection";
     /// 421 after too many failed AUTH attempts.
     TOO_MANY_AUTH_FAILURES = 421, "4.7.0", "Too many authentication failures, closing connection";
+    /// 421 to AUTH from an address with too many recent failures.
+    AUTH_LOCKED_OUT = 421, "4.7.0", "Too many authentication failures from your address, try again later";
     /// 421 when the daemon is shutting down.
     SHUTTING_DOWN = 421, "4.3.2", "Service shutting down, closing connection";
     /// 452 when the spool cannot take the message.

@@ -41,6 +41,16 @@ impl Response {
     }
 }
 
+/// A remote server's text made safe for every place it goes (logs,
+/// `posternctl show queue`, DSNs): control characters (C0, DEL, C1; ESC
+/// and bare CR among them) become `?`, as Postfix's printable() does, so
+/// no server can move a terminal's cursor or split a line (SECURITY-2 L1).
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Try to parse one reply from the front of `buf`: `Ok(None)` when more
 /// bytes are needed, otherwise the reply and how many bytes it used.
 pub fn parse(buf: &[u8]) -> Result<Option<(Response, usize)>, String> {
@@ -82,7 +92,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Response, usize)>, String> {
         }
         code = Some(c);
         let sep = text.as_bytes().get(3).copied();
-        lines.push(text.get(4..).unwrap_or("").to_string());
+        lines.push(printable(text.get(4..).unwrap_or("")));
         match sep {
             Some(b'-') => {
                 if lines.len() >= MAX_LINES {
@@ -134,6 +144,19 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_never_leave_the_parser() {
+        // SECURITY-2 L1: MIME injection through bare CR, terminal escapes,
+        // NUL, and the C1 CSI.
+        let wire = b"550 5.1.1 no such user\r--B\rContent-Type: text/html\x1b[31mRED\x1b[0m\x00NUL\x07\xc2\x9b2J\r\n";
+        let (r, _) = parse(wire).unwrap().unwrap();
+        assert_eq!(
+            r.one_line(),
+            "550 5.1.1 no such user?--B?Content-Type: text/html?[31mRED?[0m?NUL??2J"
+        );
+        assert!(!r.one_line().chars().any(char::is_control));
+    }
 
     #[test]
     fn single_and_multi_line() {

@@ -65,6 +65,13 @@ pub trait Policy: Send + Sync {
     fn check_rcpt(&self, client: &Client, rcpt: &Mailbox) -> Result<String, Reply>;
     /// Whether `user` / `password` are valid on this listener.
     fn check_auth(&self, user: &str, password: &[u8]) -> bool;
+    /// Failed AUTH attempts from this client's address (across sessions)
+    /// that still count.
+    fn auth_failures(&self, _client: &Client) -> u32 {
+        0
+    }
+    /// Count a failed AUTH attempt against this client's address.
+    fn auth_failed(&self, _client: &Client) {}
 }
 
 /// Who is on the other end.
@@ -97,6 +104,9 @@ pub struct Params {
     pub max_auth_failures: u32,
     /// Pause before answering 535.
     pub auth_failure_delay: Duration,
+    /// `limit auth-failures-per-ip`: recent failures from one address
+    /// (across sessions) after which AUTH is refused with 421.
+    pub auth_failures_per_ip: u32,
     /// `limit max-hops`: more `Received:` headers than this is a loop.
     pub max_hops: u32,
     /// `limit junk-commands`: past this many NOOP, RSET, VRFY and HELP,
@@ -217,6 +227,10 @@ pub struct Session {
     pos: usize,
     /// Dropping an overlong command line until its LF.
     discarding_line: bool,
+    /// Lines after an AUTH command that did not start an exchange: a
+    /// client that pipelined its responses anyway sends credentials there,
+    /// so they are not logged (SECURITY-2 L4).
+    hide_lines: u8,
     helo: Option<(String, bool)>,
     tls: Option<TlsInfo>,
     tx: Transaction,
@@ -241,6 +255,24 @@ fn loggable(line: &[u8]) -> String {
             format!("{verb} {mech} (hidden)")
         }
         _ => text.escape_debug().to_string(),
+    }
+}
+
+/// What the dialogue log shows of a command line: never a credential.
+/// Lines right after an AUTH that started no exchange are hidden (a client
+/// that pipelined its responses sends them there), and an unrecognised
+/// line shows only its first octets, as Postfix does (SECURITY-2 L4).
+fn dialogue_log(line: &[u8], recognised: bool, after_auth: bool) -> String {
+    if after_auth {
+        format!("(hidden: {} octets after AUTH)", line.len())
+    } else if recognised {
+        loggable(line)
+    } else {
+        format!(
+            "{}... (unrecognised, {} octets)",
+            loggable(&line[..line.len().min(4)]),
+            line.len()
+        )
     }
 }
 
@@ -271,6 +303,7 @@ impl Session {
             junk: 0,
             auth_failures: 0,
             login_user: String::new(),
+            hide_lines: 0,
             out: VecDeque::new(),
             log_id: String::new(),
         };
@@ -480,26 +513,49 @@ impl Session {
             return false;
         };
         let line = self.take_pending(lf + 1);
-        if std::mem::take(&mut self.discarding_line) || line.len() > MAX_COMMAND_LINE {
-            self.error(reply::LINE_TOO_LONG);
-            return true;
-        }
+        let hidden = std::mem::take(&mut self.hide_lines);
+        let in_auth = matches!(self.state, State::AuthResponse(_));
         let body = &line[..line.len() - 1];
-        let Some(body) = body.strip_suffix(b"\r") else {
-            self.error(reply::BARE_NEWLINE);
-            return true;
+        let refusal = if std::mem::take(&mut self.discarding_line) || line.len() > MAX_COMMAND_LINE
+        {
+            Some(reply::LINE_TOO_LONG)
+        } else if body.strip_suffix(b"\r").is_none_or(|b| b.contains(&b'\r')) {
+            Some(reply::BARE_NEWLINE)
+        } else {
+            None
         };
-        if body.contains(&b'\r') {
-            self.error(reply::BARE_NEWLINE);
+        if let Some(r) = refusal {
+            // A bad line ends an AUTH exchange: otherwise the client's
+            // next commands would be taken as its credentials (L5).
+            if in_auth {
+                self.state = State::Greeted;
+                log::debug!("{} < (AUTH response hidden; exchange ended)", self.log_id);
+            }
+            self.error(r);
             return true;
         }
+        let body = &body[..body.len() - 1];
         if let State::AuthResponse(step) = self.state {
             log::debug!("{} < (AUTH response hidden)", self.log_id);
             self.auth_response(step, body);
             return true;
         }
-        log::debug!("{} < {}", self.log_id, loggable(body));
-        match command::parse(body) {
+        let parsed = command::parse(body);
+        self.hide_lines = hidden.saturating_sub(1);
+        log::debug!(
+            "{} < {}",
+            self.log_id,
+            dialogue_log(body, parsed.is_ok(), hidden > 0)
+        );
+        match parsed {
+            Ok(cmd @ Command::Auth { .. }) => {
+                let was = self.client.auth.is_some();
+                self.command(cmd);
+                let succeeded = !was && self.client.auth.is_some();
+                if !succeeded && !matches!(self.state, State::AuthResponse(_)) {
+                    self.hide_lines = 2;
+                }
+            }
             Ok(cmd) => self.command(cmd),
             Err(r) => self.error(r),
         }
@@ -655,6 +711,15 @@ impl Session {
         if self.state != State::Greeted || self.client.auth.is_some() {
             return self.error(reply::BAD_SEQUENCE);
         }
+        let earlier = self.policy.auth_failures(&self.client);
+        if earlier >= self.params.auth_failures_per_ip {
+            log::warn!(
+                "{} AUTH refused: {earlier} recent failures from {} (limit auth-failures-per-ip)",
+                self.log_id,
+                self.client.addr
+            );
+            return self.close_with(reply::AUTH_LOCKED_OUT);
+        }
         match (mechanism.as_str(), initial) {
             ("PLAIN", None) => {
                 self.state = State::AuthResponse(AuthStep::Plain);
@@ -722,8 +787,13 @@ impl Session {
 
     fn auth_failed(&mut self) {
         self.auth_failures += 1;
-        self.out
-            .push_back(Action::Sleep(self.params.auth_failure_delay));
+        // Slower with every failure the address has had lately, whichever
+        // session it came from: auth-delay, twice that, ... up to 10 times.
+        let earlier = self.policy.auth_failures(&self.client);
+        self.policy.auth_failed(&self.client);
+        self.out.push_back(Action::Sleep(
+            self.params.auth_failure_delay * earlier.saturating_add(1).min(10),
+        ));
         if self.auth_failures >= self.params.max_auth_failures {
             self.reply(reply::AUTH_INVALID);
             return self.close_with(reply::TOO_MANY_AUTH_FAILURES);
@@ -876,6 +946,15 @@ fn dialogue_log_hides_credentials() {
     assert_eq!(loggable(b"auth login YWxpY2U="), "auth login (hidden)");
     assert_eq!(loggable(b"AUTH LOGIN"), "AUTH LOGIN");
     assert_eq!(loggable(b"MAIL FROM:<a@b>\x01"), "MAIL FROM:<a@b>\\u{1}");
+    assert_eq!(
+        dialogue_log(b"TEVBS0VELVBBU1NXT1JELTE=", false, false),
+        "TEVB... (unrecognised, 24 octets)"
+    );
+    assert_eq!(
+        dialogue_log(b"YWxpY2U=", true, true),
+        "(hidden: 8 octets after AUTH)"
+    );
+    assert_eq!(dialogue_log(b"NOOP", true, false), "NOOP");
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ fn params(tls: TlsMode) -> Params {
         max_auth_failures: 3,
         auth_failure_delay: Duration::ZERO,
         max_hops: 50,
+        auth_failures_per_ip: 10,
         junk_commands: 100,
     }
 }

@@ -32,6 +32,7 @@ fn params(tls: TlsMode, auth: bool) -> Params {
         max_auth_failures: 3,
         auth_failure_delay: Duration::from_millis(10),
         max_hops: 50,
+        auth_failures_per_ip: 10,
         junk_commands: 100,
     }
 }
@@ -760,4 +761,85 @@ fn received_headers_over_max_hops_are_refused_as_a_loop() {
         // The session goes on after the refusal.
         assert_eq!(d.one("NOOP"), "250 2.0.0");
     }
+}
+
+#[test]
+fn a_bad_line_ends_the_auth_exchange() {
+    // SECURITY-2 L5: the commands after an overlong response are commands,
+    // not the user name and password.
+    let mut d = authed_drive();
+    assert_eq!(d.one("AUTH LOGIN"), "334");
+    let long = "A".repeat(5000);
+    assert_eq!(d.one(&long), "500 5.5.2");
+    assert_eq!(d.one("NOOP"), "250 2.0.0");
+    assert_eq!(d.one("AUTH LOGIN"), "334");
+    assert_eq!(d.send(b"dXNlcg==\rx\r\n"), ["554 5.5.2"]);
+    assert_eq!(d.one("QUIT"), "221 2.0.0");
+}
+
+#[test]
+fn lines_after_a_refused_auth_are_hidden_from_the_log() {
+    // SECURITY-2 L4: inside a transaction AUTH is refused; the pipelined
+    // responses that follow are not logged (see dialogue_log).
+    let mut d = authed_drive();
+    d.one("MAIL FROM:<s@sender.test>");
+    let r = d.send(b"AUTH LOGIN\r\nYWxpY2U=\r\nTEVBS0VELVBBU1NXT1JELTE=\r\nNOOP\r\n");
+    assert_eq!(r, ["503 5.5.1", "500 5.5.2", "500 5.5.2", "250 2.0.0"]);
+    assert_eq!(d.s.hide_lines, 0);
+}
+
+/// A policy that remembers AUTH failures like the shared per-address
+/// table does.
+struct Remembering(std::sync::Mutex<u32>);
+
+impl Policy for Remembering {
+    fn check_rcpt(&self, c: &Client, r: &Mailbox) -> Result<String, Reply> {
+        TestPolicy.check_rcpt(c, r)
+    }
+    fn check_auth(&self, u: &str, p: &[u8]) -> bool {
+        TestPolicy.check_auth(u, p)
+    }
+    fn auth_failures(&self, _: &Client) -> u32 {
+        *self.0.lock().unwrap()
+    }
+    fn auth_failed(&self, _: &Client) {
+        *self.0.lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn auth_failures_across_sessions_slow_down_then_lock_out() {
+    // SECURITY-2 L3: reconnecting does not reset the count.
+    let policy = Arc::new(Remembering(std::sync::Mutex::new(0)));
+    let mut p = params(TlsMode::Optional, true);
+    p.max_auth_failures = 1;
+    p.auth_failures_per_ip = 3;
+    let mut delays = Vec::new();
+    for attempt in 0..4 {
+        let mut s = Session::new(
+            p.clone(),
+            policy.clone(),
+            "192.0.2.7".parse().unwrap(),
+            Some(tls_info()),
+        );
+        s.feed(format!("EHLO c.test\r\nAUTH PLAIN {}\r\n", b64(b"\0alice\0nope")).as_bytes());
+        let mut replies = Vec::new();
+        for _ in 0..100 {
+            match s.next_action() {
+                Action::NeedInput => break,
+                Action::Reply(r) => replies.push(format!("{} {}", r.code, r.esc)),
+                Action::Sleep(d) => delays.push(d),
+                _ => {}
+            }
+        }
+        if attempt < 3 {
+            assert!(replies.contains(&"535 5.7.8".to_string()), "{replies:?}");
+        } else {
+            // Locked out: even the right password is not tried.
+            assert_eq!(replies.last().unwrap(), "421 4.7.0", "{replies:?}");
+            assert!(s.is_closed());
+        }
+    }
+    let d = p.auth_failure_delay;
+    assert_eq!(delays, [d, d * 2, d * 3]);
 }

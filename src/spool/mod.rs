@@ -72,6 +72,9 @@ pub struct Spool {
     spares: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// At most this many are kept (`limit spare-files`).
     spare_limit: usize,
+    /// New messages are refused while less than this is free on the
+    /// spool's file system (`limit queue-minfree`).
+    min_free: u64,
 }
 
 /// At most this many spare files are kept in `free/` by default...
@@ -193,6 +196,7 @@ impl Spool {
             dirsync: std::sync::Arc::new((0..BUCKETS).map(|_| group::DirSync::default()).collect()),
             spares: Default::default(),
             spare_limit: SPARES,
+            min_free: 0,
         };
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
@@ -524,8 +528,30 @@ impl Spool {
         Ok(())
     }
 
+    /// Refuse new messages while less than `bytes` are free on the spool's
+    /// file system, so that a flood cannot fill a disk others share and
+    /// messages already accepted keep room to be delivered and bounced.
+    pub fn with_min_free(mut self, bytes: u64) -> Spool {
+        self.min_free = bytes;
+        self
+    }
+
     /// Start receiving a message.
     pub fn begin(&self) -> io::Result<Incoming> {
+        if self.min_free > 0 {
+            let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if free < self.min_free {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "{}: {free} bytes free, below limit queue-minfree {}",
+                        self.root.display(),
+                        self.min_free
+                    ),
+                ));
+            }
+        }
         // A fresh id can only collide with a file from an earlier process in
         // the same microsecond; create_new makes that an error, so try again.
         let mut last = None;

@@ -644,7 +644,7 @@ fn dns_failure_defers_and_null_sender_never_bounces() {
 
 #[test]
 fn smarthost_smtps_with_auth() {
-    let r = Postern::start_named(&["relay.test"], |d| {
+    let r = Postern::start_named(&["relay.test", "127.0.0.2"], |d| {
         format!(
             "hostname relay.test\nqueue \"{d}/queue\"\npki relay.test cert \"{d}/cert.pem\"\npki relay.test key \"{d}/key.pem\"\n\
              table users file:{d}/users\nlisten on 127.0.0.2 port 0 smtps auth <users>\n\
@@ -653,14 +653,47 @@ fn smarthost_smtps_with_auth() {
         )
     });
     let port = r.addrs[0].port();
-    let s = Postern::start_with(|d| {
-        format!(
-            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\n\
-             table secrets {{ 127.0.0.2 = \"alice:secret\" }}\n\
-             action \"smart\" relay host smtps://127.0.0.2:{port} auth <secrets>\nmatch from local for any action \"smart\"\n",
-            d = d.display()
-        )
-    });
+    let smarthost = |extra: &str| {
+        Postern::start_with(|d| {
+            format!(
+                "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\n\
+                 table secrets {{ 127.0.0.2 = \"alice:secret\" }}\n\
+                 action \"smart\" relay host smtps://127.0.0.2:{port} auth <secrets> {extra}\n\
+                 match from local for any action \"smart\"\n",
+                d = d.display()
+            )
+        })
+    };
+    // SECURITY-2 M5: with auth, the relay's certificate must verify; this
+    // one is not in the system's roots, so no password goes to it.
+    let unverified = smarthost("");
+    let id = submit(
+        unverified.addrs[0],
+        "carol@sender.test",
+        &["far@away.test"],
+        &msg("smart"),
+    );
+    let line = unverified.wait_log(&format!("{id}: to=<far@away.test>"), WAIT);
+    assert!(line.contains("status=deferred"), "{line}");
+    assert!(line.contains("TLS handshake with 127.0.0.2"), "{line}");
+    // The explicit opt-out sends it, and says so loudly at start.
+    let opted_out = smarthost("tls encrypt");
+    opted_out.wait_log(
+        "'auth' with 'tls encrypt': the relay's certificate is not verified",
+        WAIT,
+    );
+    let id = submit(
+        opted_out.addrs[0],
+        "carol@sender.test",
+        &["far@away.test"],
+        &msg("smart"),
+    );
+    let line = opted_out.wait_log(&format!("{id}: to=<far@away.test>"), WAIT);
+    assert!(
+        line.contains("status=sent") && line.contains("verified=no"),
+        "{line}"
+    );
+    let s = smarthost(&format!("ca \"{}\"", r.cert_path().display()));
     let id = submit(
         s.addrs[0],
         "carol@sender.test",
@@ -671,7 +704,8 @@ fn smarthost_smtps_with_auth() {
     assert!(
         line.contains("status=sent")
             && line.contains("relay=127.0.0.2[127.0.0.2]")
-            && line.contains("tls=TLSv1.3"),
+            && line.contains("tls=TLSv1.3")
+            && line.contains("verified=yes"),
         "{line}"
     );
     let got = r.wait_log("from=<carol@sender.test>", WAIT);
@@ -1042,4 +1076,77 @@ fn local_delivery_never_waits_behind_a_slow_remote_server() {
     let line = s.wait_log(&format!("{remote}: to=<alice@example.test>"), WAIT);
     assert!(line.contains("status=sent (250 2.0.0 slowly)"), "{line}");
     peer.join().unwrap();
+}
+
+#[test]
+fn remote_reply_text_is_made_printable_everywhere() {
+    // SECURITY-2 L1: a reply that sets the terminal title, clears the
+    // screen and forges a status line, with NUL and a bare CR.
+    let dns = Dns::start();
+    let (port, _peer) = hostile_then_good("127.0.0.2", |w, r| {
+        use std::io::Write;
+        let _ = w.write_all(b"220 x\r\n");
+        for _ in 0..4 {
+            let c = read_cmd(r);
+            let _ = w.write_all(if c.starts_with("RCPT") {
+                b"451 4.7.1 try later \x1b]0;pwned\x07\x1b[2J\x1b[32mall mail delivered OK\x00\rX\r\n" as &[u8]
+            } else {
+                b"250 ok\r\n"
+            });
+            if c.starts_with("RCPT") {
+                let _ = read_cmd(r);
+                return;
+            }
+        }
+    });
+    let s = hostile_sender(&dns, port, "");
+    let id = carol_to_alice(&s, "escapes");
+    let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        line.contains("451 4.7.1 try later ?]0;pwned??[2J?[32mall mail delivered OK??X"),
+        "{line}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posternctl"))
+        .arg("-s")
+        .arg(s.queue().join("postern.sock"))
+        .args(["show", "queue"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("try later"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters in show queue: {text:?}"
+    );
+}
+
+#[test]
+fn an_alias_loop_bounces_instead_of_vanishing() {
+    // SECURITY-2 L7: it was logged "sent" and dropped.
+    let s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:9\n\
+             table locals {{ carol }}\ntable aliases {{ loopa = loopb, loopb = loopa }}\n\
+             action \"local\" maildir \"{d}/mail/%{{user}}/Maildir\" users <locals> alias <aliases>\n\
+             match from any for domain \"sender.test\" action \"local\"\n",
+            d = d.display()
+        )
+    });
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["loopa@sender.test"],
+        &msg("loop"),
+    );
+    let line = s.wait_log(&format!("{id}: to=<loopa@sender.test>"), WAIT);
+    assert!(
+        line.contains("status=bounced (550 5.4.6 alias loop"),
+        "{line}"
+    );
+    // The bounce reaches carol, and names the loop.
+    wait_until(WAIT, "the DSN in carol's Maildir", || {
+        !maildir_files(&maildir(&s, "carol")).is_empty()
+    });
+    let dsn = read(&maildir_files(&maildir(&s, "carol"))[0]);
+    assert!(dsn.contains("Status: 5.4.6"), "{dsn}");
 }

@@ -143,3 +143,17 @@ fn a_chatty_idle_client_is_closed_by_the_junk_limit_and_the_lifetime() {
     assert!(took < Duration::from_secs(5), "the session lasted {took:?}");
     chat.join().unwrap();
 }
+
+#[test]
+fn a_spool_below_its_free_space_floor_takes_no_new_mail() {
+    // SECURITY-2 I3: Postfix's queue_minfree, OpenSMTPD's 5 %.
+    let p = Postern::start_with(|d| standard_config(d) + "limit queue-minfree 1000000G\n");
+    let mut c = Conn::connect(p.plain(), &p.cert.der);
+    c.expect("220");
+    c.ehlo();
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("DATA", "452 4.3.1");
+    p.wait_log("below limit queue-minfree", WAIT);
+    assert!(p.queued_ids().is_empty());
+}

@@ -209,7 +209,8 @@ fn full_disk_answers_452_and_recovers() {
                 &format!("{}/cert.pem/%{{user}}/Maildir", d.display()),
                 &format!("{}/mail/%{{user}}/Maildir", fs.display()),
             )
-            + "limit max-message-size 1M\nlimit retry-interval 1s\n"
+            // The real ENOSPC path, not the free-space floor before it.
+            + "limit max-message-size 1M\nlimit retry-interval 1s\nlimit queue-minfree 0\n"
     });
     let queue = fs.join("queue");
     // Leave about 1 MiB free.
