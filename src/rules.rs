@@ -159,6 +159,31 @@ match from src <nets> for any action "out"
 match from local for local action "open"
 "#;
 
+    #[test]
+    fn an_unknown_user_costs_the_same_hash() {
+        // SECURITY-2 L2: the scheme and cost of a real entry, so the time
+        // to answer does not tell whether the user exists.
+        const ALICE: &str = "$6$rounds=5000$saltsaltsaltsalt$ph0yGsyjzqdeFaon7.gJZo8eAG5/rj9/JdzOu1Rl7dKzBYg3xgvl7T2VQ2Rt81bc5AXkdA54r0p8QvC1omD6R1";
+        let conf = format!("{CONF}table users {{ alice = \"{ALICE}\" }}\n");
+        let cfg = Config::parse("t.conf", &conf, std::path::Path::new("/")).unwrap();
+        let p = ListenerPolicy::new(Arc::new(cfg), Some("users".into()));
+        let hashed = |user: &str| {
+            crate::passwd::HASHED.with(|c| c.take());
+            assert!(!p.check_auth(user, b"wrong"));
+            crate::passwd::HASHED.with(|c| c.take())
+        };
+        assert_eq!(hashed("alice"), [ALICE]);
+        assert_eq!(hashed("mallory"), [ALICE]);
+    }
+
+    #[test]
+    fn user_part_folds_ascii_only() {
+        // SECURITY-2 I5: tables fold ASCII; so must %{user}.
+        let m = parse_mailbox("\u{212A}IM@example.com").unwrap();
+        assert_eq!(user_part(&m), "\u{212A}im");
+        assert_eq!(user_part(&parse_mailbox("KIM@example.com").unwrap()), "kim");
+    }
+
     fn policy() -> ListenerPolicy {
         let cfg = Config::parse("t.conf", CONF, std::path::Path::new("/")).unwrap();
         ListenerPolicy::new(Arc::new(cfg), None)

@@ -246,6 +246,14 @@ impl Driver<'_> {
                         self.guard.arm(self.ep.cfg.limits.command_timeout);
                     }
                     match self.stream.read(&mut buf) {
+                        // The watchdog shut the reading side: say why
+                        // (421) on the side still open, then close.
+                        Ok(0) | Err(_) if self.guard.fired() => {
+                            if s.is_closed() {
+                                return End::Closed;
+                            }
+                            s.timed_out();
+                        }
                         Ok(0) => return End::Eof,
                         Ok(n) => s.feed(&buf[..n]),
                         Err(e)

@@ -5,9 +5,11 @@
 //! (rustls keeps reading until the record is whole), holds a thread for as
 //! long as it likes (SECURITY-2 M4, L9). A [`Guard`] gives a connection a
 //! deadline for the current step ([`Guard::arm`]) and a lifetime; one
-//! thread shuts down the socket of any connection past either, which ends
-//! every blocked read and write on it at once. The owner sees an I/O error
-//! and asks [`Guard::fired`] to name it as a timeout.
+//! thread shuts down the reading side of any connection past either, which
+//! ends a blocked read at once while the owner can still say why (`421`),
+//! and [`GRACE`] later the whole socket, which ends a blocked write too.
+//! The owner sees end of input or an I/O error and asks [`Guard::fired`]
+//! to name it as a timeout.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,6 +21,9 @@ use std::time::{Duration, Instant};
 /// The watchdog thread checks at least this often; deadlines are kept to
 /// within it.
 const TICK: Duration = Duration::from_millis(250);
+
+/// From the reading side's shutdown to the whole socket's.
+pub const GRACE: Duration = Duration::from_secs(10);
 
 struct Entry {
     sock: TcpStream,
@@ -60,9 +65,13 @@ impl Inner {
                 if now < e.step.min(e.end) {
                     return true;
                 }
-                e.fired.store(true, Ordering::Release);
-                let _ = e.sock.shutdown(Shutdown::Both);
-                false
+                if e.fired.swap(true, Ordering::AcqRel) {
+                    let _ = e.sock.shutdown(Shutdown::Both);
+                    return false;
+                }
+                let _ = e.sock.shutdown(Shutdown::Read);
+                (e.step, e.end) = (now + GRACE, now + GRACE);
+                true
             });
             entries = self
                 .wake
@@ -108,7 +117,11 @@ impl Guard {
     /// `limit`, and in any case before the connection's lifetime ends.
     pub fn arm(&self, limit: Duration) {
         let mut entries = inner().entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = entries.get_mut(&self.id) {
+        // Once fired, only the grace period is left.
+        if let Some(e) = entries
+            .get_mut(&self.id)
+            .filter(|e| !e.fired.load(Ordering::Acquire))
+        {
             e.step = Instant::now() + limit;
         }
     }

@@ -227,10 +227,6 @@ pub struct Session {
     pos: usize,
     /// Dropping an overlong command line until its LF.
     discarding_line: bool,
-    /// Lines after an AUTH command that did not start an exchange: a
-    /// client that pipelined its responses anyway sends credentials there,
-    /// so they are not logged (SECURITY-2 L4).
-    hide_lines: u8,
     helo: Option<(String, bool)>,
     tls: Option<TlsInfo>,
     tx: Transaction,
@@ -259,20 +255,21 @@ fn loggable(line: &[u8]) -> String {
 }
 
 /// What the dialogue log shows of a command line: never a credential.
-/// Lines right after an AUTH that started no exchange are hidden (a client
-/// that pipelined its responses sends them there), and an unrecognised
-/// line shows only its first octets, as Postfix does (SECURITY-2 L4).
-fn dialogue_log(line: &[u8], recognised: bool, after_auth: bool) -> String {
-    if after_auth {
-        format!("(hidden: {} octets after AUTH)", line.len())
-    } else if recognised {
-        loggable(line)
-    } else {
-        format!(
-            "{}... (unrecognised, {} octets)",
-            loggable(&line[..line.len().min(4)]),
+/// A client that pipelined its AUTH responses after a refused AUTH sends
+/// base64 lines that are no command; an unrecognised line therefore shows
+/// only its first word when a space follows it (base64 has none) and its
+/// length (SECURITY-2 L4; Postfix logs no content either).
+fn dialogue_log(line: &[u8], recognised: bool) -> String {
+    if recognised {
+        return loggable(line);
+    }
+    match line.iter().position(|&b| b == b' ') {
+        Some(sp) if sp <= 16 => format!(
+            "{} ... (unrecognised, {} octets)",
+            loggable(&line[..sp]),
             line.len()
-        )
+        ),
+        _ => format!("(unrecognised, {} octets)", line.len()),
     }
 }
 
@@ -303,7 +300,6 @@ impl Session {
             junk: 0,
             auth_failures: 0,
             login_user: String::new(),
-            hide_lines: 0,
             out: VecDeque::new(),
             log_id: String::new(),
         };
@@ -513,7 +509,6 @@ impl Session {
             return false;
         };
         let line = self.take_pending(lf + 1);
-        let hidden = std::mem::take(&mut self.hide_lines);
         let in_auth = matches!(self.state, State::AuthResponse(_));
         let body = &line[..line.len() - 1];
         let refusal = if std::mem::take(&mut self.discarding_line) || line.len() > MAX_COMMAND_LINE
@@ -541,21 +536,8 @@ impl Session {
             return true;
         }
         let parsed = command::parse(body);
-        self.hide_lines = hidden.saturating_sub(1);
-        log::debug!(
-            "{} < {}",
-            self.log_id,
-            dialogue_log(body, parsed.is_ok(), hidden > 0)
-        );
+        log::debug!("{} < {}", self.log_id, dialogue_log(body, parsed.is_ok()));
         match parsed {
-            Ok(cmd @ Command::Auth { .. }) => {
-                let was = self.client.auth.is_some();
-                self.command(cmd);
-                let succeeded = !was && self.client.auth.is_some();
-                if !succeeded && !matches!(self.state, State::AuthResponse(_)) {
-                    self.hide_lines = 2;
-                }
-            }
             Ok(cmd) => self.command(cmd),
             Err(r) => self.error(r),
         }
@@ -947,14 +929,14 @@ fn dialogue_log_hides_credentials() {
     assert_eq!(loggable(b"AUTH LOGIN"), "AUTH LOGIN");
     assert_eq!(loggable(b"MAIL FROM:<a@b>\x01"), "MAIL FROM:<a@b>\\u{1}");
     assert_eq!(
-        dialogue_log(b"TEVBS0VELVBBU1NXT1JELTE=", false, false),
-        "TEVB... (unrecognised, 24 octets)"
+        dialogue_log(b"TEVBS0VELVBBU1NXT1JELTE=", false),
+        "(unrecognised, 24 octets)"
     );
     assert_eq!(
-        dialogue_log(b"YWxpY2U=", true, true),
-        "(hidden: 8 octets after AUTH)"
+        dialogue_log(b"XYZZY magic words", false),
+        "XYZZY ... (unrecognised, 17 octets)"
     );
-    assert_eq!(dialogue_log(b"NOOP", true, false), "NOOP");
+    assert_eq!(dialogue_log(b"NOOP", true), "NOOP");
 }
 
 #[cfg(test)]

@@ -1106,14 +1106,11 @@ fn remote_reply_text_is_made_printable_everywhere() {
         line.contains("451 4.7.1 try later ?]0;pwned??[2J?[32mall mail delivered OK??X"),
         "{line}"
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_posternctl"))
-        .arg("-s")
-        .arg(s.queue().join("postern.sock"))
-        .args(["show", "queue"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("try later"), "{text}");
+    // The log line comes before the scheduler records the result.
+    wait_until(WAIT, "the deferral in show queue", || {
+        s.ctl(&["show", "queue"]).1.contains("try later")
+    });
+    let (_, text, _) = s.ctl(&["show", "queue"]);
     assert!(
         !text.chars().any(|c| c.is_control() && c != '\n'),
         "control characters in show queue: {text:?}"

@@ -247,6 +247,23 @@ impl Postern {
         spool_files(&self.queue().join(sub)).len()
     }
 
+    /// posternctl on the daemon's socket (tests that break the config file
+    /// on purpose must not lose the way to the daemon): success, stdout,
+    /// stderr.
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
+            .arg("-s")
+            .arg(self.queue().join("postern.sock"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     /// The test CA as PEM path, for clients that verify.
     pub fn cert_path(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
@@ -367,6 +384,11 @@ pub struct Conn {
 impl Conn {
     pub fn connect(addr: SocketAddr, cert: &CertificateDer<'static>) -> Conn {
         let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        Self::from_tcp(s, cert)
+    }
+
+    /// A client on a socket connected already (from a chosen address).
+    pub fn from_tcp(s: TcpStream, cert: &CertificateDer<'static>) -> Conn {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Conn {
             io: Io::Plain(s),

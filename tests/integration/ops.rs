@@ -13,23 +13,6 @@ use crate::harness::{
 const WAIT: Duration = Duration::from_secs(20);
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// posternctl with the daemon's socket (tests that break the config file
-/// on purpose must not lose the way to the daemon).
-fn ctl(p: &Postern, args: &[&str]) -> (bool, String, String) {
-    let sock = p.queue().join("postern.sock");
-    let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-        .arg("-s")
-        .arg(sock)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
@@ -65,7 +48,7 @@ fn posternctl_against_a_queue() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (ok, out, err) = ctl(&p, &["show", "queue"]);
+    let (ok, out, err) = p.ctl(&["show", "queue"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("ID "), "{out}");
     assert_eq!(
@@ -85,40 +68,40 @@ fn posternctl_against_a_queue() {
             && bob.contains("451 4.3.0 maildir delivery failed"),
         "{bob}"
     );
-    let (ok, stats, _) = ctl(&p, &["show", "stats"]);
+    let (ok, stats, _) = p.ctl(&["show", "stats"]);
     assert!(ok);
     assert!(
         stats.contains("messages.in=2\n") && stats.contains("queue.messages=2\n"),
         "{stats}"
     );
     assert!(stats.contains("recipients.deferred="), "{stats}");
-    let (ok, out, _) = ctl(&p, &["schedule", "all"]);
+    let (ok, out, _) = p.ctl(&["schedule", "all"]);
     assert!(ok && out.contains("2 messages scheduled"), "{out}");
     wait_until(WAIT, "rescheduled attempt", || {
         p.envelope(&a).contains("attempts=2")
     });
-    let (ok, out, _) = ctl(&p, &["remove", &a]);
+    let (ok, out, _) = p.ctl(&["remove", &a]);
     assert!(ok && out.contains("1 messages removed"), "{out}");
     assert_eq!(p.queued_ids(), std::slice::from_ref(&b));
-    let (ok, _, err) = ctl(&p, &["remove", "NOSUCHID"]);
+    let (ok, _, err) = p.ctl(&["remove", "NOSUCHID"]);
     assert!(
         !ok && err.contains("no message NOSUCHID in the queue"),
         "{err}"
     );
-    let (ok, _, err) = ctl(&p, &["frobnicate"]);
+    let (ok, _, err) = p.ctl(&["frobnicate"]);
     assert!(!ok && err.contains("unknown command"), "{err}");
-    let (ok, out, err) = ctl(&p, &["reload"]);
+    let (ok, out, err) = p.ctl(&["reload"]);
     assert!(ok && out.contains("re-read"), "{out}{err}");
     let good = std::fs::read_to_string(&p.config).unwrap();
     std::fs::write(&p.config, "bogus\n").unwrap();
-    let (ok, _, err) = ctl(&p, &["reload"]);
+    let (ok, _, err) = p.ctl(&["reload"]);
     assert!(
         !ok && err.contains("reload refused")
             && err.contains("postern.conf:1: unknown keyword 'bogus'"),
         "{err}"
     );
     std::fs::write(&p.config, good).unwrap();
-    let (ok, out, _) = ctl(&p, &["remove", "all"]);
+    let (ok, out, _) = p.ctl(&["remove", "all"]);
     assert!(ok && out.contains("1 messages removed"), "{out}");
     assert!(p.queued_ids().is_empty());
 }

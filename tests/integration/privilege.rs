@@ -120,6 +120,18 @@ fn run_once(conf: &Path) -> (bool, String) {
     (log.contains("postern started"), log)
 }
 
+/// As root: a test dir and a config running as nobody; None (the test is
+/// skipped, saying so) otherwise.
+fn as_root_with_nobody() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return None;
+    }
+    let (dir, _cert) = test_dir(&["mx.test"]);
+    let conf = nobody_config(dir.path());
+    Some((dir, conf))
+}
+
 fn nobody_config(d: &Path) -> PathBuf {
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     let conf = d.join("postern.conf");
@@ -129,13 +141,10 @@ fn nobody_config(d: &Path) -> PathBuf {
 
 #[test]
 fn root_never_follows_links_planted_in_the_spool() {
-    if !is_root() {
-        eprintln!("skipped: needs root (CI runs as root)");
+    let Some((dir, conf)) = as_root_with_nobody() else {
         return;
-    }
-    let (dir, _cert) = test_dir(&["mx.test"]);
+    };
     let d = dir.path();
-    let conf = nobody_config(d);
     let (started, log) = run_once(&conf);
     assert!(started, "{log}");
     let q = d.join("queue");
@@ -230,13 +239,10 @@ fn root_never_follows_links_planted_in_the_spool() {
 
 #[test]
 fn spool_of_another_user_or_writable_by_others_is_refused() {
-    if !is_root() {
-        eprintln!("skipped: needs root (CI runs as root)");
+    let Some((dir, conf)) = as_root_with_nobody() else {
         return;
-    }
-    let (dir, _cert) = test_dir(&["mx.test"]);
+    };
     let d = dir.path();
-    let conf = nobody_config(d);
     let q = d.join("queue");
     std::fs::create_dir(&q).unwrap();
     std::os::unix::fs::chown(&q, Some(1), Some(1)).unwrap();
@@ -274,13 +280,10 @@ fn background(conf: &Path, pid_file: &Path) -> Output {
 
 #[test]
 fn pid_file_is_roots_never_followed_and_removed_at_exit() {
-    if !is_root() {
-        eprintln!("skipped: needs root (CI runs as root)");
+    let Some((dir, conf)) = as_root_with_nobody() else {
         return;
-    }
-    let (dir, _cert) = test_dir(&["mx.test"]);
+    };
     let d = dir.path();
-    let conf = nobody_config(d);
     let v = d.join("root-only");
     std::fs::create_dir(&v).unwrap();
     let target = Decoy::new(v.join("pid-target"), b"precious root config\n");

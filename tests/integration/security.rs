@@ -157,3 +157,95 @@ fn a_spool_below_its_free_space_floor_takes_no_new_mail() {
     p.wait_log("below limit queue-minfree", WAIT);
     assert!(p.queued_ids().is_empty());
 }
+
+/// A TLS session on the submission listener, greeted, from `src`.
+fn submission_from(p: &Postern, src: &str) -> Conn {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(
+        &format!("{src}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    s.connect(&p.submission().into()).unwrap();
+    let mut c = Conn::from_tcp(s.into(), &p.cert.der);
+    c.expect("220");
+    c.ehlo();
+    c.starttls();
+    c.ehlo();
+    c
+}
+
+#[test]
+fn auth_failures_from_one_address_lock_it_out_across_sessions() {
+    // SECURITY-2 L3: reconnecting after each 421 gave 12.7 guesses a second.
+    let p = Postern::start_with(|d| {
+        standard_config(d) + "limit auth-failures 1\nlimit auth-failures-per-ip 3\n"
+    });
+    // base64("\0alice\0wrong")
+    for _ in 0..3 {
+        let mut c = submission_from(&p, "127.0.0.1");
+        c.send("AUTH PLAIN AGFsaWNlAHdyb25n");
+        c.expect("535 5.7.8");
+        c.expect("421 4.7.0");
+    }
+    // Now even the right password is not tried from there...
+    let mut c = submission_from(&p, "127.0.0.1");
+    c.send("AUTH PLAIN AGFsaWNlAHNlY3JldA==");
+    c.expect("421 4.7.0 Too many authentication failures from your address");
+    assert!(c.closed());
+    p.wait_log("recent failures from 127.0.0.1", WAIT);
+    // ...while another address logs in as usual.
+    let mut c = submission_from(&p, "127.0.0.2");
+    c.auth_alice();
+}
+
+#[test]
+fn credentials_pipelined_after_a_refused_auth_are_not_logged() {
+    // SECURITY-2 L4, with -v (the harness runs postern with it).
+    let p = Postern::start();
+    let mut c = submission_from(&p, "127.0.0.1");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.send_raw(b"AUTH LOGIN\r\nYWxpY2U=\r\nTEVBS0VELVBBU1NXT1JELTE=\r\n");
+    c.expect("503");
+    c.expect("500");
+    c.expect("500");
+    c.cmd("RSET", "250");
+    c.auth_alice();
+    // base64("\0alice\0LEAKED-PASSWORD-2")
+    c.send_raw(b"AUTH PLAIN\r\nAGFsaWNlAExFQUtFRC1QQVNTV09SRC0y\r\n");
+    c.expect("503");
+    c.expect("500");
+    c.cmd("QUIT", "221");
+    p.wait_log("smtp disconnected", WAIT);
+    let log = p.log_text();
+    assert!(log.contains("(unrecognised, 24 octets)"), "{log}");
+    for secret in [
+        "YWxpY2U=",
+        "TEVBS0VELVBBU1NXT1JELTE",
+        "AGFsaWNlAExFQUtFRC1QQVNTV09SRC0y",
+        "AGFsaWNlAHNlY3JldA",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn show_stats_counts_sessions() {
+    // SECURITY-2 I1: sessions.active wrapped below zero; total and tls
+    // stayed 0.
+    let p = Postern::start();
+    let mut c = submission_from(&p, "127.0.0.1");
+    c.cmd("QUIT", "221");
+    let mut c = Conn::connect(p.plain(), &p.cert.der);
+    c.expect("220");
+    c.cmd("QUIT", "221");
+    let stats = || p.ctl(&["show", "stats"]).1;
+    wait_until(WAIT, "both sessions ended", || {
+        stats().contains("sessions.active=0\n")
+    });
+    let s = stats();
+    assert!(s.contains("sessions.total=2\n"), "{s}");
+    assert!(s.contains("sessions.tls=1\n"), "{s}");
+}
