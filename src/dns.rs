@@ -138,11 +138,22 @@ impl Resolver {
     }
 
     /// A and AAAA addresses of a host (IPv6 first, as most MTAs try).
+    /// A failed lookup of one family (REFUSED, SERVFAIL, a timeout: broken
+    /// nameservers often fail AAAA only) does not stop delivery over the
+    /// other, as in Postfix; only when no address could be found and a
+    /// lookup failed is that a temporary failure.
     pub fn addrs(&self, host: &str) -> Result<Lookup<IpAddr>, TempFail> {
         let mut out = Vec::new();
         let mut nx = 0;
+        let mut failed = None;
         for rtype in [RecordType::AAAA, RecordType::A] {
-            let r = self.query(host, rtype)?;
+            let r = match self.query(host, rtype) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
             if r.metadata.response_code == ResponseCode::NXDomain {
                 nx += 1;
                 continue;
@@ -153,11 +164,15 @@ impl Resolver {
                 _ => None,
             }));
         }
-        Ok(if nx == 2 {
-            Lookup::NxDomain
-        } else {
-            Lookup::Found(out)
-        })
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            Some(e) => {
+                log::info!("DNS: {e}; using the other address family of {host}");
+                Ok(Lookup::Found(out))
+            }
+            None if nx == 2 => Ok(Lookup::NxDomain),
+            None => Ok(Lookup::Found(out)),
+        }
     }
 
     fn check(q: &Message, r: Message) -> io::Result<Message> {

@@ -1,8 +1,11 @@
 //! Maildir delivery: `tmp/` → fsync → link into `new/` → fsync `new/`.
 //!
-//! The file is the spooled message byte for byte (our Received header and
-//! the body as received). Aliases are expanded before `%{user}`; a failure
-//! of any kind defers, so a full disk never drops mail.
+//! The file is the spooled message (our Received header and the body as
+//! received) with Unix line ends: the spool keeps SMTP's CR LF, but mail
+//! readers on Unix (s-nail, mutt) expect LF in a Maildir, as Postfix's
+//! virtual(8), Exim's appendfile and Dovecot's LDA write it. Aliases are
+//! expanded before `%{user}`; a failure of any kind defers, so a full disk
+//! never drops mail.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -77,6 +80,39 @@ fn host_part() -> &'static str {
     })
 }
 
+/// Copy `src` to `dst` with each CR LF written as LF. A CR not followed by
+/// LF is kept; a CR LF split between two reads is still one line end.
+fn copy_to_lf(src: &mut impl io::Read, dst: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(64 * 1024 + 1);
+    let mut pending_cr = false;
+    // Bounded by the input: each pass reads more of it or ends.
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for &b in &buf[..n] {
+            if std::mem::take(&mut pending_cr) && b != b'\n' {
+                out.push(b'\r');
+            }
+            if b == b'\r' {
+                pending_cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+        dst.write_all(&out)?;
+        out.clear();
+    }
+    if pending_cr {
+        dst.write_all(b"\r")?;
+    }
+    Ok(())
+}
+
 /// Deliver one copy into `maildir`; returns the file's final path.
 ///
 /// The file name comes from the message, not the clock: `ARRIVAL.KEY.HOST`
@@ -99,7 +135,7 @@ pub fn write_maildir(maildir: &Path, body: &Path, arrival: u64, key: &str) -> io
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        io::copy(&mut src, &mut dst)?;
+        copy_to_lf(&mut src, &mut dst)?;
         dst.flush()?;
         dst.sync_all()?;
         // link, not rename: an existing copy is an error, never replaced.
@@ -212,9 +248,28 @@ mod tests {
     }
 
     #[test]
+    fn crlf_becomes_lf_wherever_reads_split_it() {
+        let text = b"a\r\nb\rc\r\n\r\nd\r";
+        for chunk in 1..text.len() {
+            struct Chunks<'a>(&'a [u8], usize);
+            impl io::Read for Chunks<'_> {
+                fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+                    let n = self.0.len().min(self.1).min(b.len());
+                    b[..n].copy_from_slice(&self.0[..n]);
+                    self.0 = &self.0[n..];
+                    Ok(n)
+                }
+            }
+            let mut out = Vec::new();
+            copy_to_lf(&mut Chunks(text, chunk), &mut out).unwrap();
+            assert_eq!(out, b"a\nb\rc\n\nd\r", "reads of {chunk}");
+        }
+    }
+
+    #[test]
     fn maildir_copy_is_exact() {
         let d = tempfile::tempdir().unwrap();
-        let text = b"Received: x\r\n\r\nhello\r\n";
+        let text = b"Received: x\r\n\r\nhello\r\nbare\rcr\r\n";
         let body = crate::spool::sample_message(&d.path().join("q"), text);
         let p = write_maildir(&d.path().join("Maildir"), &body, 1, "QABCR0").unwrap();
         assert!(p.starts_with(d.path().join("Maildir/new")));
@@ -225,7 +280,7 @@ mod tests {
                 .unwrap()
                 .starts_with("1.QABCR0.")
         );
-        assert_eq!(fs::read(&p).unwrap(), text);
+        assert_eq!(fs::read(&p).unwrap(), b"Received: x\n\nhello\nbare\rcr\n");
         assert_eq!(
             fs::read_dir(d.path().join("Maildir/tmp")).unwrap().count(),
             0

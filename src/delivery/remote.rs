@@ -339,6 +339,13 @@ impl Session {
         r.map_err(|e| self.io_error(&e))
     }
 
+    /// End the session politely: QUIT (so the server logs a clean end,
+    /// not "lost connection"), then TLS close_notify. Errors are moot.
+    fn quit(&mut self) {
+        let _ = self.cmd("QUIT");
+        let _ = self.stream.close_notify();
+    }
+
     fn cmd(&mut self, line: &str) -> Result<Response, String> {
         self.send(format!("{line}\r\n").as_bytes())?;
         self.read()
@@ -506,15 +513,19 @@ fn attempt(
     } else {
         policy
     };
-    let caps = s.negotiate_tls(caps, policy, tls, &host.name, &ctx.hostname)?;
-    smarthost_auth(ctx, job, &mut s, &caps, &host.name)?;
+    // A session given up here (no STARTTLS under encrypt, credentials
+    // refused) still ends with QUIT.
+    let caps = s
+        .negotiate_tls(caps, policy, tls, &host.name, &ctx.hostname)
+        .inspect_err(|_| s.quit())?;
+    smarthost_auth(ctx, job, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
     for (i, item) in job.items.iter().enumerate() {
         if !(0..item.rcpts.len()).any(|p| res.pending(i, p)) {
             continue;
         }
         send_item(&mut s, &caps, item, i, res).map_err(next)?;
     }
-    let _ = s.cmd("QUIT");
+    s.quit();
     Ok(())
 }
 

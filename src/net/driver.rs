@@ -229,6 +229,7 @@ impl Driver<'_> {
                 }
                 Action::Close => {
                     let _ = self.flush();
+                    let _ = self.stream.close_notify();
                     if let Some(t) = self.stream.tcp() {
                         let _ = t.shutdown(std::net::Shutdown::Both);
                     }

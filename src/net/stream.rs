@@ -121,6 +121,26 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// End a TLS session properly (RFC 8446 §6.1): a peer that reads on
+    /// after our last reply sees close_notify, not a truncation. Exim logs
+    /// "TLS connection was non-properly terminated" otherwise. Plain TCP
+    /// needs nothing.
+    pub fn close_notify(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tls(t) => {
+                t.conn.send_close_notify();
+                t.flush()
+            }
+            Stream::TlsClient(t) => {
+                t.conn.send_close_notify();
+                t.flush()
+            }
+            Stream::Plain(_) | Stream::Detached => Ok(()),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

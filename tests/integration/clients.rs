@@ -273,3 +273,35 @@ fn openssl_smtps() {
     assert!(text.contains("250-AUTH PLAIN LOGIN"), "{text}");
     p.wait_log("sni=mx.test", Duration::from_secs(5));
 }
+
+fn close_notify_peer(args: &[&str]) -> std::process::Child {
+    Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/close_notify.py"
+        ))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn tls_sessions_end_with_close_notify() {
+    // INTEROP-2 F7: OpenSSL with ragged EOFs reported, as Exim's GnuTLS
+    // does, saw the connection cut after 221.
+    let p = Postern::start();
+    for (port, mode) in [(p.tls().port(), "starttls"), (p.smtps().port(), "smtps")] {
+        let out = close_notify_peer(&["client", &port.to_string(), mode])
+            .wait_with_output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.trim(),
+            "clean",
+            "{mode}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

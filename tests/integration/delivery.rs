@@ -23,6 +23,7 @@ action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
 match from any for domain "example.test" action "local"
 match from any for domain "backup.test" action "local"
 match from any for domain "implicit.test" action "local"
+match from any for domain "refused.test" action "local"
 "#,
             d = d.display(),
             tls = if tls { "tls" } else { "" }
@@ -214,6 +215,35 @@ fn second_mx_when_the_first_is_down() {
     );
 }
 
+#[test]
+fn a_refused_aaaa_lookup_still_delivers_over_ipv4() {
+    // INTEROP-2 F1: dnsmasq answers REFUSED for the MX host's AAAA and has
+    // its A record; the mail used to defer until it bounced.
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let s = sender(&dns, r.addrs[0].port(), "");
+    let id = submit(
+        s.addrs[0],
+        "carol@sender.test",
+        &["alice@refused.test"],
+        &msg("aaaa"),
+    );
+    let line = s.wait_log(&format!("{id}: to=<alice@refused.test>"), WAIT);
+    assert!(
+        line.contains("relay=mx.refused.example[127.0.0.2]") && line.contains("status=sent"),
+        "{line}"
+    );
+    assert!(
+        s.log_text()
+            .contains("using the other address family of mx.refused.example"),
+        "{}",
+        s.log_text()
+    );
+    wait_until(WAIT, "delivery", || {
+        !maildir_files(&maildir(&r, "alice")).is_empty()
+    });
+}
+
 /// Wait for `count` bounces in carol's Maildir, check each parses as an
 /// RFC 3464 report, and return them joined.
 fn check_dsn(p: &Postern, count: usize, want: &[&str]) -> String {
@@ -319,7 +349,7 @@ fn permanent_remote_failure_bounces_with_the_reply() {
 }
 
 #[test]
-fn local_maildir_copy_is_byte_identical() {
+fn local_maildir_copy_is_the_message_with_lf_line_ends() {
     let dns = Dns::start();
     let s = sender(&dns, 25, "");
     let body = "Subject: local\r\n\r\n..starts with a dot\r\nbinary-ish \u{e9}\r\n";
@@ -337,10 +367,39 @@ fn local_maildir_copy_is_byte_identical() {
     let (received, rest) = text.split_at(text.find("Subject: local").unwrap());
     assert!(
         received.starts_with("Received: from client.test ([127.0.0.1])")
-            && received.ends_with("+0000\r\n"),
+            && received.ends_with("+0000\n"),
         "{received}"
     );
-    assert_eq!(rest, body.replacen("..starts", ".starts", 1));
+    assert!(!received.contains('\r'), "{received:?}");
+    assert_eq!(
+        rest,
+        body.replacen("..starts", ".starts", 1)
+            .replace("\r\n", "\n")
+    );
+    // INTEROP-2 F2: s-nail (Debian's mailx) read CR LF files as "headers
+    // and body not separated" and showed no body.
+    need("s-nail", "s-nail");
+    let mut mua = Command::new("s-nail")
+        .args(["-#", "-N", "-R", "-f"])
+        .arg(format!("maildir://{}", maildir(&s, "carol").display()))
+        .env("HOME", s.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(mua.stdin.as_mut().unwrap(), b"print 1\nquit\n").unwrap();
+    let out = mua.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !errors.contains("Malformed") && !errors.contains("Not a header"),
+        "{errors}"
+    );
+    assert!(
+        shown.contains("starts with a dot"),
+        "s-nail showed no body:\n{shown}\n{errors}"
+    );
 }
 
 #[test]
@@ -1146,4 +1205,44 @@ fn an_alias_loop_bounces_instead_of_vanishing() {
     });
     let dsn = read(&maildir_files(&maildir(&s, "carol"))[0]);
     assert!(dsn.contains("Status: 5.4.6"), "{dsn}");
+}
+
+#[test]
+fn delivery_ends_its_tls_session_with_quit_and_close_notify() {
+    // INTEROP-2 F7, postern as the client.
+    let dns = Dns::start();
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (dir, _cert) = crate::harness::test_dir(&["mx1.example.test"]);
+    let mut peer = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/close_notify.py"
+        ))
+        .args(["server", &port.to_string()])
+        .arg(dir.path().join("cert.pem"))
+        .arg(dir.path().join("key.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(peer.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let s = sender(&dns, port, "");
+    let id = carol_to_alice(&s, "close");
+    let sent = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(
+        sent.contains("status=sent") && sent.contains("tls=TLSv1.3"),
+        "{sent}"
+    );
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let status = peer.wait().unwrap();
+    assert!(status.success());
+    assert_eq!(line.trim(), "clean");
 }

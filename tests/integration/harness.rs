@@ -545,6 +545,10 @@ pub const TEST_ZONE: &[&str] = &[
     "--host-record=implicit.test,127.0.0.2",
     "--mx-host=sender.test,mx.sender.test,10",
     "--host-record=mx.sender.test,127.0.0.1",
+    // Outside local=/test/ and with no upstream: dnsmasq answers the A
+    // record and REFUSED for AAAA, as broken nameservers do (INTEROP-2 F1).
+    "--mx-host=refused.test,mx.refused.example,10",
+    "--address=/mx.refused.example/127.0.0.2",
 ];
 
 impl Dns {

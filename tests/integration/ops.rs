@@ -155,9 +155,12 @@ fn background_start_pid_file_and_syslog() {
     let log = std::os::unix::net::UnixDatagram::bind(d.join("log.sock")).unwrap();
     log.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let pid_file = d.join("postern.pid");
+    // A relative -f, as an administrator in /etc/postern types it: the
+    // daemon runs in / and must still find it for a reload (SECURITY-2 I7).
     let st = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .current_dir(d)
         .arg("-f")
-        .arg(&conf)
+        .arg("postern.conf")
         .arg("-p")
         .arg(&pid_file)
         .status()
@@ -191,6 +194,17 @@ fn background_start_pid_file_and_syslog() {
     let mut c = Conn::connect(format!("127.0.0.1:{port}").parse().unwrap(), &cert.der);
     c.expect("220");
     c.cmd("QUIT", "221");
+    let reload = Command::new(env!("CARGO_BIN_EXE_posternctl"))
+        .arg("-s")
+        .arg(d.join("queue/postern.sock"))
+        .arg("reload")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&reload.stdout);
+    assert!(
+        reload.status.success() && !said.contains("refused"),
+        "{said}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
