@@ -11,7 +11,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use postern::smtp::address::Mailbox;
 use postern::smtp::reply::{self, Reply};
-use postern::smtp::server::{Action, Client, Params, Policy, Session, TlsInfo, TlsMode};
+use postern::smtp::server::{
+    Action, BareNewline, Client, Params, Policy, Session, TlsInfo, TlsMode,
+};
 
 struct Yes;
 impl Policy for Yes {
@@ -68,6 +70,8 @@ fn play(mode: u8, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
         max_auth_failures: 5,
         auth_failure_delay: Duration::ZERO,
         max_hops: 50,
+        // Both meanings of a bare LF, by a bit of the mode byte.
+        bare_newline: if mode & 4 == 0 { BareNewline::Reject } else { BareNewline::Normalize },
         auth_failures_per_ip: 10,
         junk_commands: 100,
     };

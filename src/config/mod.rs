@@ -271,6 +271,7 @@ pub const KEYWORDS: &[&str] = &[
     "bounce-after",
     "resolver",
     "log",
+    "smtp",
 ];
 
 /// `log stderr` / `log syslog [SOCKET]`.
@@ -313,6 +314,8 @@ pub struct Config {
     pub resolvers: Vec<SocketAddr>,
     /// `log`.
     pub log: LogTarget,
+    /// `smtp bare-newline`.
+    pub bare_newline: crate::smtp::server::BareNewline,
 }
 
 impl Config {
@@ -352,6 +355,7 @@ impl Config {
             bounce_after: Duration::from_secs(4 * 86400),
             resolvers: Vec::new(),
             log: LogTarget::Default,
+            bare_newline: crate::smtp::server::BareNewline::Normalize,
         }
     }
 }
@@ -644,6 +648,20 @@ impl Parser<'_> {
                 let value = a.word("limit value")?;
                 set_limit(&mut self.cfg.limits, name, value)?;
             }
+            "smtp" => match a.word("'bare-newline'")? {
+                "bare-newline" => {
+                    self.cfg.bare_newline = match a.word("'normalize' or 'reject'")? {
+                        "normalize" => crate::smtp::server::BareNewline::Normalize,
+                        "reject" => crate::smtp::server::BareNewline::Reject,
+                        w => {
+                            return Err(format!(
+                                "smtp bare-newline: expected 'normalize' or 'reject', got '{w}'"
+                            ));
+                        }
+                    }
+                }
+                w => return Err(format!("smtp: expected 'bare-newline', got '{w}'")),
+            },
             "bounce-after" => {
                 let v = a.word("duration")?;
                 self.cfg.bounce_after =

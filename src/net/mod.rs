@@ -57,6 +57,7 @@ impl Endpoint {
                 max_auth_failures: lim.auth_failures,
                 auth_failure_delay: lim.auth_delay,
                 max_hops: lim.max_hops,
+                bare_newline: cfg.bare_newline,
                 auth_failures_per_ip: lim.auth_failures_per_ip,
                 junk_commands: lim.junk_commands,
             },

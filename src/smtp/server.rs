@@ -35,6 +35,17 @@ const BODY_CHUNK: usize = 64 * 1024;
 /// A DATA line longer than this is passed on in pieces.
 const MAX_DATA_PIECE: usize = 16 * 1024;
 
+/// What a line ending in a bare LF means (`smtp bare-newline`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareNewline {
+    /// Postfix 3.9's default: take it as CR LF, in commands and in DATA,
+    /// but end DATA only at CR LF . CR LF, so that no smuggled message
+    /// can start early.
+    Normalize,
+    /// Refuse it with 554 (DATA is read to its real end first).
+    Reject,
+}
+
 /// How a listener treats TLS (SPEC §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsMode {
@@ -109,6 +120,8 @@ pub struct Params {
     pub auth_failures_per_ip: u32,
     /// `limit max-hops`: more `Received:` headers than this is a loop.
     pub max_hops: u32,
+    /// `smtp bare-newline`.
+    pub bare_newline: BareNewline,
     /// `limit junk-commands`: past this many NOOP, RSET, VRFY and HELP,
     /// each one also counts as an error (Postfix's
     /// `smtpd_junk_command_limit`), so an idle client cannot hold a
@@ -511,10 +524,17 @@ impl Session {
         let line = self.take_pending(lf + 1);
         let in_auth = matches!(self.state, State::AuthResponse(_));
         let body = &line[..line.len() - 1];
+        // A command ending in a bare LF is taken as ending in CR LF when
+        // normalizing; a CR anywhere but before the LF is always refused.
+        let normalize = self.params.bare_newline == BareNewline::Normalize;
+        let cr_ok = match body.strip_suffix(b"\r") {
+            Some(b) => !b.contains(&b'\r'),
+            None => normalize && !body.contains(&b'\r'),
+        };
         let refusal = if std::mem::take(&mut self.discarding_line) || line.len() > MAX_COMMAND_LINE
         {
             Some(reply::LINE_TOO_LONG)
-        } else if body.strip_suffix(b"\r").is_none_or(|b| b.contains(&b'\r')) {
+        } else if !cr_ok {
             Some(reply::BARE_NEWLINE)
         } else {
             None
@@ -529,7 +549,7 @@ impl Session {
             self.error(r);
             return true;
         }
-        let body = &body[..body.len() - 1];
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
         if let State::AuthResponse(step) = self.state {
             log::debug!("{} < (AUTH response hidden)", self.log_id);
             self.auth_response(step, body);
@@ -796,6 +816,7 @@ impl Session {
         let pending_cr = std::mem::take(&mut self.data.pending_cr);
         self.data.mid_line = !complete;
         let mut content: &[u8] = &piece;
+        let mut normalized = None;
         if complete {
             // The line's CRLF, whole in this piece or split across two.
             let ends_crlf = piece.ends_with(b"\r\n") || (pending_cr && piece == b"\n");
@@ -807,7 +828,16 @@ impl Session {
                 return true;
             }
             if !ends_crlf {
-                self.data.bare_newline = true;
+                match self.params.bare_newline {
+                    // Stored as CR LF; a dot line after it is content, not
+                    // the end (after_crlf stays false below).
+                    BareNewline::Normalize if !pending_cr => {
+                        let mut line = piece[..piece.len() - 1].to_vec();
+                        line.extend_from_slice(b"\r\n");
+                        normalized = Some(line);
+                    }
+                    _ => self.data.bare_newline = true,
+                }
             }
             let strip = if piece.ends_with(b"\r\n") { 2 } else { 1 };
             if piece[..piece.len() - strip].contains(&b'\r') {
@@ -829,6 +859,9 @@ impl Session {
             }
             self.data.pending_cr = cr_last;
             self.data.after_crlf = false;
+        }
+        if let Some(line) = &normalized {
+            content = line;
         }
         if line_start && content.first() == Some(&b'.') {
             content = &content[1..];

@@ -68,6 +68,7 @@ fn params(tls: TlsMode) -> Params {
         max_auth_failures: 3,
         auth_failure_delay: Duration::ZERO,
         max_hops: 50,
+        bare_newline: BareNewline::Reject,
         auth_failures_per_ip: 10,
         junk_commands: 100,
     }
@@ -142,8 +143,13 @@ fn unsaved(stored: &[u8]) -> usize {
 
 /// Play `parts` as successive reads; the replies and the bytes stored.
 fn play(parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
+    play_with(BareNewline::Reject, parts)
+}
+
+fn play_with(bare: BareNewline, parts: &[&[u8]]) -> (Vec<String>, Vec<u8>) {
     let mut p = params(TlsMode::Off);
     p.max_message_size = 1 << 20;
+    p.bare_newline = bare;
     let mut s = Session::new(p, Arc::new(AnyPolicy), "192.0.2.1".parse().unwrap(), None);
     let (mut replies, mut stored) = (Vec::new(), Vec::new());
     for part in parts {
@@ -211,8 +217,10 @@ proptest! {
     fn data_verdict_does_not_depend_on_read_boundaries(
         bytes in data_stream(),
         cuts in proptest::collection::vec((any::<prop::sample::Index>(), any::<bool>(), 0usize..3), 1..4),
+        normalize in any::<bool>(),
     ) {
-        let whole = play(&[&bytes]);
+        let mode = if normalize { BareNewline::Normalize } else { BareNewline::Reject };
+        let whole = play_with(mode, &[&bytes]);
         // Half the cuts fall just before, at or after a CR or LF, where the
         // line state has to cross from one read to the next.
         let ends: Vec<usize> = (0..bytes.len()).filter(|&i| matches!(bytes[i], b'\r' | b'\n')).collect();
@@ -231,7 +239,7 @@ proptest! {
             from = c;
         }
         parts.push(&bytes[from..]);
-        prop_assert_eq!(play(&parts), whole);
+        prop_assert_eq!(play_with(mode, &parts), whole);
     }
 }
 

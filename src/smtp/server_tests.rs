@@ -32,6 +32,7 @@ fn params(tls: TlsMode, auth: bool) -> Params {
         max_auth_failures: 3,
         auth_failure_delay: Duration::from_millis(10),
         max_hops: 50,
+        bare_newline: BareNewline::Reject,
         auth_failures_per_ip: 10,
         junk_commands: 100,
     }
@@ -849,4 +850,56 @@ fn auth_failures_across_sessions_slow_down_then_lock_out() {
     }
     let d = p.auth_failure_delay;
     assert_eq!(delays, [d, d * 2, d * 3]);
+}
+
+/// A session that normalizes bare LF (the daemon's default).
+fn normalizing() -> Drive {
+    let mut p = params(TlsMode::Off, false);
+    p.bare_newline = BareNewline::Normalize;
+    Drive::with(p, None)
+}
+
+#[test]
+fn bare_lf_is_normalized_to_crlf() {
+    // INTEROP-2 F8: curl uploads LF-only files; Postfix 3.9 takes them.
+    let mut d = normalizing();
+    assert_eq!(d.send(b"EHLO c.test\n"), ["250"]);
+    assert_eq!(
+        d.send(b"MAIL FROM:<s@sender.test>\nRCPT TO:<alice@example.com>\nDATA\n"),
+        ["250 2.1.0", "250 2.1.5", "354"]
+    );
+    assert_eq!(
+        d.send(b"Subject: lf\n\nhello\n..dot\n\r\n.\r\n"),
+        ["250 2.0.0"]
+    );
+    let body = String::from_utf8(d.committed.pop().unwrap()).unwrap();
+    assert!(
+        body.ends_with("Subject: lf\r\n\r\nhello\r\n.dot\r\n\r\n"),
+        "{body:?}"
+    );
+    // A bare CR is still refused, in a command and in DATA.
+    assert_eq!(d.send(b"NOOP\rx\n"), ["554 5.5.2"]);
+    d.greeted_tx_after_ehlo();
+    d.one("DATA");
+    assert_eq!(d.send(b"a\rb\r\n.\r\n"), ["554 5.5.2"]);
+}
+
+#[test]
+fn only_crlf_dot_crlf_ends_data_when_normalizing() {
+    // The smuggling forms: a dot line after a bare LF, or ended by one, is
+    // content; the smuggled transaction stays inside the one message.
+    for attempt in [
+        &b"x\n.\nMAIL FROM:<evil@x.test>\r\n"[..],
+        b"x\n.\r\nMAIL FROM:<evil@x.test>\r\n",
+        b"x\r\n.\nMAIL FROM:<evil@x.test>\r\n",
+    ] {
+        let mut d = normalizing();
+        d.greeted_tx();
+        d.one("DATA");
+        assert!(d.send(attempt).is_empty(), "{attempt:?} ended DATA");
+        assert_eq!(d.send(b".\r\n"), ["250 2.0.0"]);
+        let body = String::from_utf8(d.committed.pop().unwrap()).unwrap();
+        assert!(body.contains("MAIL FROM:<evil@x.test>\r\n"), "{body:?}");
+        assert_eq!(d.one("NOOP"), "250 2.0.0");
+    }
 }

@@ -278,8 +278,9 @@ fn size_limits_keep_the_session() {
 }
 
 #[test]
-fn bare_lf_refused_and_does_not_end_data() {
-    let p = Postern::start();
+fn bare_lf_refused_and_does_not_end_data_with_reject() {
+    let p =
+        Postern::start_with(|d| crate::harness::standard_config(d) + "smtp bare-newline reject\n");
     let mut c = Conn::connect(p.plain(), &p.cert.der);
     c.expect("220");
     c.send_raw(b"EHLO client.test\n");
@@ -296,6 +297,69 @@ fn bare_lf_refused_and_does_not_end_data() {
     c.cmd(".", "554 5.5.2");
     c.cmd("NOOP", "250");
     assert!(p.queued_ids().is_empty());
+}
+
+#[test]
+fn bare_lf_is_normalized_and_cannot_end_data() {
+    // The default, Postfix 3.9's: LF-only lines are stored as CR LF, and
+    // the smuggling attempt's "\n.\n" stays inside the one message.
+    let p = Postern::start();
+    let mut c = Conn::connect(p.plain(), &p.cert.der);
+    c.expect("220");
+    c.send_raw(b"EHLO client.test\n");
+    c.expect("250");
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(
+        b"Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
+    );
+    c.send("NOOP");
+    c.cmd(".", "250 2.0.0");
+    c.cmd("NOOP", "250");
+    let ids = p.queued_ids();
+    assert_eq!(ids.len(), 1);
+    let body = String::from_utf8(p.body(&ids[0])).unwrap();
+    assert!(
+        body.ends_with("Subject: a\r\n\r\nx\r\n\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\nNOOP\r\n"),
+        "{body:?}"
+    );
+}
+
+#[test]
+fn curl_uploads_an_lf_only_file() {
+    // INTEROP-2 F8: curl without --crlf used to get 554.
+    crate::harness::need("curl", "curl");
+    let p = Postern::start();
+    let file = p.dir.path().join("msg.eml");
+    std::fs::write(
+        &file,
+        "From: a@sender.test\nTo: alice@example.com\nSubject: lf\n\nhello\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("curl")
+        .arg("--url")
+        .arg(format!("smtp://{}", p.plain()))
+        .args([
+            "--mail-from",
+            "a@sender.test",
+            "--mail-rcpt",
+            "alice@example.com",
+        ])
+        .arg("--upload-file")
+        .arg(&file)
+        .args(["--max-time", "10", "-sS"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = p.queued_ids();
+    assert_eq!(ids.len(), 1);
+    let body = String::from_utf8(p.body(&ids[0])).unwrap();
+    assert!(body.contains("Subject: lf\r\n\r\nhello\r\n"), "{body:?}");
 }
 
 #[test]
