@@ -214,6 +214,9 @@ pub struct Limits {
     pub auth_failures_per_ip: u32,
     /// `auth-lockout`: how long a failed AUTH counts against its address.
     pub auth_lockout: Duration,
+    /// `sessions-per-ip-exempt <table>`: networks not held to
+    /// `sessions-per-ip` (loopback never is).
+    pub sessions_per_ip_exempt: Option<String>,
     /// `queue-minfree`: free space the spool's file system keeps; `auto`
     /// (None) is 1.5 × max-message-size, as Postfix's queue_minfree check.
     pub queue_minfree: Option<u64>,
@@ -255,6 +258,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("auth-failures-per-ip", "count", "10"),
     ("auth-lockout", "duration", "15m"),
     ("queue-minfree", "size", "auto"),
+    ("sessions-per-ip-exempt", "table", "none"),
 ];
 
 /// Every top-level keyword, for the man-page completeness test.
@@ -336,6 +340,7 @@ impl Config {
             cfg: Config::empty(file),
             pki_files: BTreeMap::new(),
             user_line: 0,
+            exempt_line: 0,
         }
         .run(text)
     }
@@ -385,6 +390,7 @@ fn default_limits() -> Limits {
         auth_failures_per_ip: 0,
         auth_lockout: Duration::ZERO,
         queue_minfree: None,
+        sessions_per_ip_exempt: None,
     };
     for (name, _, default) in LIMITS {
         // The table's defaults are constants; a typo there is caught by the
@@ -435,6 +441,8 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "junk-commands" => l.junk_commands = count()?.min(u32::MAX as usize) as u32,
         "auth-failures-per-ip" => l.auth_failures_per_ip = count()?.min(u32::MAX as usize) as u32,
         "auth-lockout" => l.auth_lockout = dur()?,
+        "sessions-per-ip-exempt" if value == "none" => l.sessions_per_ip_exempt = None,
+        "sessions-per-ip-exempt" => l.sessions_per_ip_exempt = Some(value.to_string()),
         "queue-minfree" if value == "auto" => l.queue_minfree = None,
         "queue-minfree" => {
             l.queue_minfree = Some(parse_size(value).ok_or_else(|| {
@@ -517,6 +525,7 @@ struct Parser<'a> {
     /// pki name → (cert path, key path, line).
     pki_files: BTreeMap<String, (Option<PathBuf>, Option<PathBuf>, usize)>,
     user_line: usize,
+    exempt_line: usize,
 }
 
 /// Cursor over one directive's tokens.
@@ -645,8 +654,14 @@ impl Parser<'_> {
             "match" => self.rule(&mut a, l.line)?,
             "limit" => {
                 let name = a.word("limit name")?;
-                let value = a.word("limit value")?;
-                set_limit(&mut self.cfg.limits, name, value)?;
+                if name == "sessions-per-ip-exempt" {
+                    let t = a.table("limit sessions-per-ip-exempt")?;
+                    set_limit(&mut self.cfg.limits, name, &t)?;
+                    self.exempt_line = l.line;
+                } else {
+                    let value = a.word("limit value")?;
+                    set_limit(&mut self.cfg.limits, name, value)?;
+                }
             }
             "smtp" => match a.word("'bare-newline'")? {
                 "bare-newline" => {
@@ -1015,6 +1030,20 @@ impl Parser<'_> {
                     .check_networks()
                     .map_err(|e| err(r.line, format!("from src <{t}>: {e}")))?;
             }
+        }
+        if let Some(t) = &self.cfg.limits.sessions_per_ip_exempt {
+            let table = self.cfg.tables.get(t).ok_or_else(|| {
+                err(
+                    self.exempt_line,
+                    format!("limit sessions-per-ip-exempt: no table named '{t}'"),
+                )
+            })?;
+            table.check_networks().map_err(|e| {
+                err(
+                    self.exempt_line,
+                    format!("limit sessions-per-ip-exempt <{t}>: {e}"),
+                )
+            })?;
         }
         if let Some(u) = &self.cfg.user {
             match nix::unistd::User::from_name(u) {

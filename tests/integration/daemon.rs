@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Conn, Postern, make_cert, standard_config, write_mode};
+use crate::harness::{Conn, Postern, connect_from, make_cert, standard_config, write_mode};
 
 fn check(conf: &str, setup: impl FnOnce(&std::path::Path)) -> (bool, String) {
     let (dir, _) = crate::harness::test_dir(&["mx.test"]);
@@ -150,18 +150,19 @@ fn sigterm_lets_open_session_finish() {
 #[test]
 fn sessions_per_ip_limit() {
     let p = Postern::start_with(|d| standard_config(d) + "limit sessions-per-ip 2\n");
-    let mut a = Conn::connect(p.plain(), &p.cert.der);
+    let from = |p: &Postern| Conn::from_tcp(connect_from("127.0.0.2", p.plain()), &p.cert.der);
+    let mut a = from(&p);
     a.expect("220");
-    let mut b = Conn::connect(p.plain(), &p.cert.der);
+    let mut b = from(&p);
     b.expect("220");
-    let mut c = Conn::connect(p.plain(), &p.cert.der);
+    let mut c = from(&p);
     c.expect("421 4.3.2 Service temporarily unavailable");
     assert!(c.closed());
     a.cmd("QUIT", "221");
     // The slot is released when the session ends.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let mut d = Conn::connect(p.plain(), &p.cert.der);
+        let mut d = from(&p);
         if d.reply().is_some_and(|r| r.starts_with("220")) {
             break;
         }
@@ -169,6 +170,27 @@ fn sessions_per_ip_limit() {
         std::thread::sleep(Duration::from_millis(50));
     }
     b.cmd("NOOP", "250");
+}
+
+#[test]
+fn idle_local_connections_never_lock_out_a_local_client() {
+    // 50 idle connections from 127.0.0.1 used to leave a local client
+    // with 421 (Postfix exempts $mynetworks).
+    let p = Postern::start_with(|d| {
+        standard_config(d).replace("limit workers 8", "limit workers 80")
+            + "limit sessions-per-ip 5\nlimit sessions 100\n"
+    });
+    let idle: Vec<_> = (0..50)
+        .map(|_| {
+            let mut c = Conn::from_tcp(connect_from("127.0.0.1", p.plain()), &p.cert.der);
+            c.expect("220");
+            c
+        })
+        .collect();
+    let mut c = Conn::from_tcp(connect_from("127.0.0.1", p.plain()), &p.cert.der);
+    c.expect("220");
+    c.cmd("QUIT", "221");
+    drop(idle);
 }
 
 #[test]

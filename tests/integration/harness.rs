@@ -597,6 +597,19 @@ impl Drop for Dns {
     }
 }
 
+/// A TCP connection to `to` from the local address `src` (127.0.0.1 is
+/// exempt from per-address limits; tests of them use other loopback
+/// addresses).
+pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
 /// Poll `cond` every 50 ms for up to `limit`; panics with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Conn, Postern, standard_config, submit};
+use crate::harness::{Conn, Postern, connect_from, standard_config, submit};
 
 /// A whole transaction works (the server is healthy).
 fn healthy(p: &Postern) {
@@ -39,16 +39,6 @@ fn idle_connections_do_not_starve_a_real_client() {
     drop(idle);
 }
 
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    s.connect(&to.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
 fn first_line(s: &mut TcpStream) -> String {
     let mut buf = [0u8; 512];
     // Retried on EINTR (a child of the test process exiting), a few times.
@@ -73,13 +63,13 @@ fn first_line(s: &mut TcpStream) -> String {
 fn one_address_flooding_hits_its_limit_alone() {
     let p = Postern::start_with(|d| standard_config(d) + "limit sessions-per-ip 5\n");
     let mut flood: Vec<TcpStream> = (0..5)
-        .map(|_| connect_from("127.0.0.1", p.plain()))
+        .map(|_| connect_from("127.0.0.3", p.plain()))
         .collect();
     for s in &mut flood {
         assert!(first_line(s).starts_with("220 "));
     }
     for _ in 0..10 {
-        let mut extra = connect_from("127.0.0.1", p.plain());
+        let mut extra = connect_from("127.0.0.3", p.plain());
         assert!(first_line(&mut extra).starts_with("421 4.3.2"));
     }
     // Another address is served meanwhile.

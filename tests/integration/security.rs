@@ -160,16 +160,7 @@ fn a_spool_below_its_free_space_floor_takes_no_new_mail() {
 
 /// A TLS session on the submission listener, greeted, from `src`.
 fn submission_from(p: &Postern, src: &str) -> Conn {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(
-        &format!("{src}:0")
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    s.connect(&p.submission().into()).unwrap();
-    let mut c = Conn::from_tcp(s.into(), &p.cert.der);
+    let mut c = Conn::from_tcp(connect_from(src, p.submission()), &p.cert.der);
     c.expect("220");
     c.ehlo();
     c.starttls();
