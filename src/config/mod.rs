@@ -444,6 +444,7 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "sessions-per-ip-exempt" if value == "none" => l.sessions_per_ip_exempt = None,
         "sessions-per-ip-exempt" => l.sessions_per_ip_exempt = Some(value.to_string()),
         "queue-minfree" if value == "auto" => l.queue_minfree = None,
+        "queue-minfree" if value == "0" => l.queue_minfree = Some(0),
         "queue-minfree" => {
             l.queue_minfree = Some(parse_size(value).ok_or_else(|| {
                 format!("limit {name}: bad size '{value}' (use e.g. 100M, 0 for none, or auto)")

@@ -41,6 +41,15 @@ fn zero_is_a_setting_only_where_it_means_something() {
             .contains("expected a positive number")
     );
     assert!(set_limit(&mut l, "spare-files", "-1").is_err());
+    // queue-minfree: 0 turns the floor off; auto follows max-message-size.
+    set_limit(&mut l, "max-message-size", "10M").unwrap();
+    set_limit(&mut l, "queue-minfree", "auto").unwrap();
+    assert_eq!(l.queue_minfree(), 15 << 20);
+    set_limit(&mut l, "queue-minfree", "0").unwrap();
+    assert_eq!(l.queue_minfree(), 0);
+    set_limit(&mut l, "queue-minfree", "1G").unwrap();
+    assert_eq!(l.queue_minfree(), 1 << 30);
+    assert!(set_limit(&mut l, "queue-minfree", "lots").is_err());
 }
 
 #[test]
