@@ -142,7 +142,11 @@ impl Driver<'_> {
                 Ok(info)
             }
             Err(e) => {
-                log::warn!("{} smtp tls-failed address={peer} error=\"{e}\"", self.sid);
+                log::warn!(
+                    "{} smtp tls-failed address={peer} reason=\"{}\" error=\"{e}\"",
+                    self.sid,
+                    crate::tls::failure_reason(&e)
+                );
                 Err(End::Handshake(e))
             }
         }

@@ -667,7 +667,25 @@ impl Session {
                 self.state = State::Rcpt;
                 self.reply(reply::RECIPIENT_OK);
             }
-            Err(r) => self.error(r),
+            Err(r) => {
+                // Postfix's "NOQUEUE: reject: RCPT", at the default level.
+                log::info!(
+                    "{} smtp reject address={} reply=\"{} {} {}\" from=<{}> to=<{}> helo=<{}>",
+                    self.log_id,
+                    self.client.addr,
+                    r.code,
+                    r.esc,
+                    r.text,
+                    self.tx
+                        .from
+                        .as_ref()
+                        .map(|f| f.to_string())
+                        .unwrap_or_default(),
+                    crate::smtp::response::printable(&to.to_string()),
+                    self.helo_name().unwrap_or("")
+                );
+                self.error(r)
+            }
         }
     }
 
@@ -760,7 +778,7 @@ impl Session {
                     return self.error(reply::CANNOT_DECODE);
                 };
                 if !authz.is_empty() && authz != user {
-                    return self.auth_failed();
+                    return self.auth_failed(&String::from_utf8_lossy(user));
                 }
                 let user = String::from_utf8_lossy(user).into_owned();
                 let pass = pass.to_vec();
@@ -783,11 +801,22 @@ impl Session {
             self.client.auth = Some(user);
             self.reply(reply::AUTH_OK);
         } else {
-            self.auth_failed();
+            self.auth_failed(&user);
         }
     }
 
-    fn auth_failed(&mut self) {
+    /// One line per failed AUTH at the default level, never the password,
+    /// for the administrator and fail2ban (etc/fail2ban/postern.conf).
+    fn auth_failed(&mut self, user: &str) {
+        let user: String = crate::smtp::response::printable(user)
+            .chars()
+            .take(64)
+            .collect();
+        log::info!(
+            "{} smtp auth-failed address={} user=<{user}>",
+            self.log_id,
+            self.client.addr
+        );
         self.auth_failures += 1;
         // Slower with every failure the address has had lately, whichever
         // session it came from: auth-delay, twice that, ... up to 10 times.

@@ -305,3 +305,87 @@ fn tls_sessions_end_with_close_notify() {
         );
     }
 }
+
+#[test]
+fn a_tls_1_1_client_is_logged_in_words() {
+    // An administrator reads "offered only TLS 1.1", not rustls's enum.
+    let p = Postern::start();
+    let script = "import socket, ssl, sys\n\
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+        ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1\n\
+        ctx.set_ciphers('DEFAULT@SECLEVEL=0')\n\
+        s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n\
+        try:\n    ctx.wrap_socket(s, server_hostname='x'); print('handshake succeeded')\n\
+        except ssl.SSLError as e:\n    print('refused', e)\n";
+    let out = Command::new("python3")
+        .args(["-c", script, &p.smtps().port().to_string()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("refused"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = p.wait_log("smtp tls-failed", Duration::from_secs(10));
+    assert!(
+        line.contains(
+            "reason=\"the client offered only TLS 1.1 or older; postern needs TLS 1.2 or 1.3\""
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn fail2ban_finds_auth_failures_and_relay_probes() {
+    // etc/fail2ban/postern.conf against the lines this daemon logs at its
+    // default level, as a syslog daemon writes them to the maillog.
+    need("fail2ban-regex", "fail2ban");
+    let p = Postern::start();
+    let mut c = crate::harness::Conn::connect(p.submission(), &p.cert.der);
+    c.expect("220");
+    c.ehlo();
+    c.starttls();
+    c.ehlo();
+    // base64("\0alice\0wrong")
+    c.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8");
+    c.cmd("MAIL FROM:<probe@sender.test>", "250");
+    c.cmd("RCPT TO:<victim@elsewhere.test>", "554 5.7.1");
+    c.cmd("RCPT TO:<nobody@example.com>", "550 5.1.1");
+    c.cmd("QUIT", "221");
+    p.wait_log("smtp disconnected", Duration::from_secs(10));
+    let maillog: String = p
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|(_, m)| m))
+        .filter(|m| m.contains(" smtp auth-failed ") || m.contains(" smtp reject "))
+        .map(|m| format!("Dec  1 23:00:55 mx postern[4242]: {m}\n"))
+        .collect();
+    assert_eq!(maillog.lines().count(), 3, "{}", p.log_text());
+    assert!(
+        !maillog.contains("wrong") && !maillog.contains("AGFsaWNl"),
+        "{maillog}"
+    );
+    // The filter includes fail2ban's common.conf from its own directory.
+    let d = p.dir.path().join("fail2ban");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::copy("/etc/fail2ban/filter.d/common.conf", d.join("common.conf")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/etc/fail2ban/postern.conf"),
+        d.join("postern.conf"),
+    )
+    .unwrap();
+    std::fs::write(d.join("mail.log"), &maillog).unwrap();
+    let out = Command::new("fail2ban-regex")
+        .arg(d.join("mail.log"))
+        .arg(d.join("postern.conf"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    // The AUTH failure and the relay probe, not the unknown user.
+    assert!(
+        report.contains("Lines: 3 lines, 0 ignored, 2 matched, 1 missed"),
+        "{maillog}\n{report}"
+    );
+}
