@@ -28,6 +28,9 @@ pub struct ConfigError {
     pub line: usize,
     /// What is wrong.
     pub msg: String,
+    /// Further errors found in the same run, in file order: a new
+    /// administrator learns of every missing file at once.
+    pub more: Vec<ConfigError>,
 }
 
 impl ConfigError {
@@ -37,17 +40,30 @@ impl ConfigError {
             file: file.to_string(),
             line,
             msg,
+            more: Vec::new(),
         }
+    }
+
+    /// One error standing for all of `errors` (none empty), in line order.
+    fn all(mut errors: Vec<ConfigError>) -> ConfigError {
+        errors.sort_by_key(|e| e.line);
+        let mut first = errors.remove(0);
+        first.more = errors;
+        first
     }
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.msg)
+            write!(f, "{}: {}", self.file, self.msg)?;
         } else {
-            write!(f, "{}:{}: {}", self.file, self.line, self.msg)
+            write!(f, "{}:{}: {}", self.file, self.line, self.msg)?;
         }
+        for e in &self.more {
+            write!(f, "\n{e}")?;
+        }
+        Ok(())
     }
 }
 
@@ -123,6 +139,71 @@ pub enum Delivery {
         /// CA file for `verify`.
         ca: Option<PathBuf>,
     },
+}
+
+/// A smarthost URL: `smtp://`, `smtp+tls://` or `smtps://`, a host name
+/// or address (`[v6]` in brackets), and an optional port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smarthost {
+    /// `smtp`, `smtp+tls` or `smtps`.
+    pub scheme: String,
+    /// Host name or address, without brackets.
+    pub host: String,
+    /// The port given, if any.
+    pub port: Option<u16>,
+}
+
+impl Smarthost {
+    /// Parse `url`; the error says what is wrong with it.
+    pub fn parse(url: &str) -> Result<Smarthost, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .filter(|(s, _)| ["smtp", "smtp+tls", "smtps"].contains(s))
+            .ok_or_else(|| {
+                format!("relay host must be smtp://, smtp+tls:// or smtps://, got '{url}'")
+            })?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = match rest.strip_prefix('[') {
+            Some(v6) => {
+                let (h, after) = v6
+                    .split_once(']')
+                    .ok_or_else(|| format!("relay host '{url}': no ']' after the IPv6 address"))?;
+                if h.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Err(format!("relay host '{url}': '{h}' is not an IPv6 address"));
+                }
+                (h, after.strip_prefix(':'))
+            }
+            None => match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            },
+        };
+        if host.is_empty() {
+            return Err(format!("relay host '{url}' names no host"));
+        }
+        if host.parse::<std::net::IpAddr>().is_err()
+            && !rest.starts_with('[')
+            && !crate::smtp::address::is_domain(host)
+        {
+            return Err(format!(
+                "relay host '{url}': '{host}' is not a host name or address"
+            ));
+        }
+        let port = match port {
+            None => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|&p| p > 0)
+                    .ok_or_else(|| format!("relay host '{url}': bad port '{p}'"))?,
+            ),
+        };
+        Ok(Smarthost {
+            scheme: scheme.to_string(),
+            host: host.to_string(),
+            port,
+        })
+    }
 }
 
 /// `from` criterion of a `match` rule.
@@ -341,6 +422,8 @@ impl Config {
             pki_files: BTreeMap::new(),
             user_line: 0,
             exempt_line: 0,
+            action_lines: BTreeMap::new(),
+            failed: Default::default(),
         }
         .run(text)
     }
@@ -527,6 +610,10 @@ struct Parser<'a> {
     pki_files: BTreeMap<String, (Option<PathBuf>, Option<PathBuf>, usize)>,
     user_line: usize,
     exempt_line: usize,
+    /// Line of each `action`, for errors found after the parse.
+    action_lines: BTreeMap<String, usize>,
+    /// Names whose defining line had an error.
+    failed: std::collections::BTreeSet<String>,
 }
 
 /// Cursor over one directive's tokens.
@@ -577,11 +664,27 @@ impl<'t> Args<'t> {
 impl Parser<'_> {
     fn run(mut self, text: &str) -> Result<Config, ConfigError> {
         let lines = lexer::lex(self.file, text)?;
+        let mut errors = Vec::new();
         for l in &lines {
-            self.directive(l)
-                .map_err(|msg| ConfigError::at(self.file, l.line, msg))?;
+            if let Err(msg) = self.directive(l) {
+                // What the line would have defined is not reported missing
+                // again where it is used.
+                if let [Token::Word(kw), Token::Word(name), ..] = l.tokens.as_slice()
+                    && ["table", "action", "pki"].contains(&kw.as_str())
+                {
+                    self.failed.insert(name.clone());
+                }
+                errors.push(ConfigError::at(self.file, l.line, msg));
+            }
         }
-        self.finish()
+        match self.finish() {
+            Ok(cfg) if errors.is_empty() => Ok(cfg),
+            Ok(_) => Err(ConfigError::all(errors)),
+            Err(more) => {
+                errors.extend(more);
+                Err(ConfigError::all(errors))
+            }
+        }
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -651,7 +754,12 @@ impl Parser<'_> {
                 return Ok(());
             }
             "listen" => self.listen(&mut a, l.line)?,
-            "action" => self.action(&mut a)?,
+            "action" => {
+                self.action(&mut a)?;
+                if let Some(Token::Word(name)) = l.tokens.get(1) {
+                    self.action_lines.insert(name.clone(), l.line);
+                }
+            }
             "match" => self.rule(&mut a, l.line)?,
             "limit" => {
                 let name = a.word("limit name")?;
@@ -797,14 +905,7 @@ impl Parser<'_> {
                     match t.text() {
                         Some("host") => {
                             let h = a.word("relay URL")?;
-                            if !["smtp://", "smtp+tls://", "smtps://"]
-                                .iter()
-                                .any(|p| h.starts_with(p))
-                            {
-                                return Err(format!(
-                                    "action {name}: relay host must be smtp://, smtp+tls:// or smtps://, got '{h}'"
-                                ));
-                            }
+                            Smarthost::parse(h).map_err(|e| format!("action {name}: {e}"))?;
                             host = Some(h.to_string());
                         }
                         Some("auth") => auth = Some(a.table("auth")?),
@@ -904,9 +1005,15 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<Config, ConfigError> {
+    /// Cross-checks once every line is read; every independent error is
+    /// collected.
+    fn finish(mut self) -> Result<Config, Vec<ConfigError>> {
         let file = self.file;
         let err = |line: usize, msg: String| ConfigError::at(file, line, msg);
+        let mut errors = Vec::new();
+        // A name whose own line failed was reported there.
+        let failed = std::mem::take(&mut self.failed);
+        let missing = |name: &String| !failed.contains(name);
         if self.cfg.hostname.is_empty() {
             self.cfg.hostname = nix::unistd::gethostname()
                 .ok()
@@ -916,59 +1023,70 @@ impl Parser<'_> {
         }
         for (name, (cert, key, line)) in std::mem::take(&mut self.pki_files) {
             let (Some(cert), Some(key)) = (cert, key) else {
-                return Err(err(
+                errors.push(err(
                     line,
                     format!("pki {name}: both 'cert' and 'key' are needed"),
                 ));
+                continue;
             };
-            let pki = Pki::load(&name, &cert, &key).map_err(|e| err(line, e))?;
-            self.cfg.pki.insert(name, Arc::new(pki));
+            match Pki::load(&name, &cert, &key) {
+                Ok(pki) => {
+                    self.cfg.pki.insert(name, Arc::new(pki));
+                }
+                Err(e) => {
+                    errors.push(err(line, e));
+                    self.failed.insert(name);
+                }
+            }
         }
         if self.cfg.listeners.is_empty() {
-            return Err(err(
+            errors.push(err(
                 0,
                 "no 'listen on' directive: postern would accept nothing".into(),
             ));
         }
-        let only_pki = if self.cfg.pki.len() == 1 {
+        let only_pki = if self.cfg.pki.len() == 1 && self.failed.is_empty() {
             self.cfg.pki.keys().next().cloned()
         } else {
             None
         };
         for l in &mut self.cfg.listeners {
             match &l.pki {
-                Some(p) if !self.cfg.pki.contains_key(p) => {
-                    return Err(err(l.line, format!("listen on: no pki named '{p}'")));
+                Some(p) if !self.cfg.pki.contains_key(p) && !self.failed.contains(p) => {
+                    errors.push(err(l.line, format!("listen on: no pki named '{p}'")));
                 }
                 None if l.tls != TlsMode::Off => match &only_pki {
                     Some(p) => l.pki = Some(p.clone()),
-                    None => {
-                        return Err(err(
-                            l.line,
-                            "listen on: tls, tls-require and smtps need 'pki NAME'".into(),
-                        ));
-                    }
+                    None if !self.failed.is_empty() => {}
+                    None => errors.push(err(
+                        l.line,
+                        "listen on: tls, tls-require and smtps need 'pki NAME'".into(),
+                    )),
                 },
                 _ => {}
             }
             if let Some(t) = &l.auth {
-                let table = self
-                    .cfg
-                    .tables
-                    .get(t)
-                    .ok_or_else(|| err(l.line, format!("listen on: no table named '{t}'")))?;
-                table
-                    .check_credentials()
-                    .map_err(|e| err(l.line, format!("auth <{t}>: {e}")))?;
-                if l.tls == TlsMode::Off {
-                    log::warn!(
-                        "{file}:{}: auth on a listener without TLS: AUTH will always be refused (538)",
-                        l.line
-                    );
+                match self.cfg.tables.get(t) {
+                    None if missing(t) => {
+                        errors.push(err(l.line, format!("listen on: no table named '{t}'")))
+                    }
+                    None => {}
+                    Some(table) => {
+                        if let Err(e) = table.check_credentials() {
+                            errors.push(err(l.line, format!("auth <{t}>: {e}")));
+                        }
+                        if l.tls == TlsMode::Off {
+                            log::warn!(
+                                "{file}:{}: auth on a listener without TLS: AUTH will always be refused (538)",
+                                l.line
+                            );
+                        }
+                    }
                 }
             }
         }
         for (name, d) in &self.cfg.actions {
+            let line = self.action_lines.get(name).copied().unwrap_or(0);
             let used: Vec<&String> = match d {
                 Delivery::Maildir { users, alias, .. } => {
                     users.iter().chain(alias.iter()).collect()
@@ -978,35 +1096,46 @@ impl Parser<'_> {
                 } => auth.iter().chain(tls_policy.iter()).collect(),
             };
             for t in used {
-                if !self.cfg.tables.contains_key(t) {
-                    return Err(err(0, format!("action {name}: no table named '{t}'")));
+                if !self.cfg.tables.contains_key(t) && missing(t) {
+                    errors.push(err(line, format!("action {name}: no table named '{t}'")));
                 }
             }
             if let Delivery::Relay {
                 tls_policy: Some(t),
                 ..
             } = d
+                && let Some(table) = self.cfg.tables.get(t)
+                && let Err(e) = table.check_values("TLS policy", |v| TlsPolicy::parse(v).is_some())
             {
-                self.cfg.tables[t]
-                    .check_values("TLS policy", |v| TlsPolicy::parse(v).is_some())
-                    .map_err(|e| err(0, format!("action {name}: tls-policy <{t}>: {e} (use none, may, encrypt or verify)")))?;
+                errors.push(err(
+                    line,
+                    format!(
+                        "action {name}: tls-policy <{t}>: {e} (use none, may, encrypt or verify)"
+                    ),
+                ));
             }
-            if let Delivery::Relay { auth: Some(t), .. } = d {
-                self.cfg.tables[t]
-                    .check_values("secret", |v| {
-                        v.split_once(':').is_some_and(|(u, _)| !u.is_empty())
-                    })
-                    .map_err(|e| {
-                        err(
-                            0,
-                            format!("action {name}: auth <{t}>: {e} (use 'host user:password')"),
-                        )
-                    })?;
+            if let Delivery::Relay { auth: Some(t), .. } = d
+                && let Some(table) = self.cfg.tables.get(t)
+                && let Err(e) = table.check_values("secret", |v| {
+                    v.split_once(':').is_some_and(|(u, _)| !u.is_empty())
+                })
+            {
+                errors.push(err(
+                    line,
+                    format!("action {name}: auth <{t}>: {e} (use 'host user:password')"),
+                ));
+            }
+            // Read now, so that `postern -n` sees a missing or broken file.
+            if let Delivery::Relay { ca: Some(ca), .. } = d
+                && let Err(e) =
+                    crate::tls::client::ClientTls::new(rustls::RootCertStore::empty(), Some(ca))
+            {
+                errors.push(err(line, format!("action {name}: {e}")));
             }
         }
         for r in &self.cfg.rules {
-            if !self.cfg.actions.contains_key(&r.action) {
-                return Err(err(
+            if !self.cfg.actions.contains_key(&r.action) && missing(&r.action) {
+                errors.push(err(
                     r.line,
                     format!("match: no action named '{}'", r.action),
                 ));
@@ -1022,42 +1151,47 @@ impl Parser<'_> {
                 },
             ];
             for t in tables.into_iter().flatten() {
-                if !self.cfg.tables.contains_key(t) {
-                    return Err(err(r.line, format!("match: no table named '{t}'")));
+                if !self.cfg.tables.contains_key(t) && missing(t) {
+                    errors.push(err(r.line, format!("match: no table named '{t}'")));
                 }
             }
-            if let From::Src(t) = &r.from {
-                self.cfg.tables[t]
-                    .check_networks()
-                    .map_err(|e| err(r.line, format!("from src <{t}>: {e}")))?;
+            if let From::Src(t) = &r.from
+                && let Some(table) = self.cfg.tables.get(t)
+                && let Err(e) = table.check_networks()
+            {
+                errors.push(err(r.line, format!("from src <{t}>: {e}")));
             }
         }
         if let Some(t) = &self.cfg.limits.sessions_per_ip_exempt {
-            let table = self.cfg.tables.get(t).ok_or_else(|| {
-                err(
+            match self.cfg.tables.get(t) {
+                None if missing(t) => errors.push(err(
                     self.exempt_line,
                     format!("limit sessions-per-ip-exempt: no table named '{t}'"),
-                )
-            })?;
-            table.check_networks().map_err(|e| {
-                err(
-                    self.exempt_line,
-                    format!("limit sessions-per-ip-exempt <{t}>: {e}"),
-                )
-            })?;
-        }
-        if let Some(u) = &self.cfg.user {
-            match nix::unistd::User::from_name(u) {
-                Ok(Some(_)) => {}
-                _ => {
-                    return Err(err(
-                        self.user_line,
-                        format!("user: no such user '{u}' in the password database"),
-                    ));
+                )),
+                None => {}
+                Some(table) => {
+                    if let Err(e) = table.check_networks() {
+                        errors.push(err(
+                            self.exempt_line,
+                            format!("limit sessions-per-ip-exempt <{t}>: {e}"),
+                        ));
+                    }
                 }
             }
         }
-        Ok(self.cfg)
+        if let Some(u) = &self.cfg.user
+            && !matches!(nix::unistd::User::from_name(u), Ok(Some(_)))
+        {
+            errors.push(err(
+                self.user_line,
+                format!("user: no such user '{u}' in the password database"),
+            ));
+        }
+        if errors.is_empty() {
+            Ok(self.cfg)
+        } else {
+            Err(errors)
+        }
     }
 }
 

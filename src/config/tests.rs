@@ -88,10 +88,20 @@ fn listeners() {
 
 #[test]
 fn actions_and_rules() {
-    let c = parse(
+    // A real CA file, named relative to the configuration's directory.
+    let base = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(base.path().join("ca.pem"), ca.pem()).unwrap();
+    let c = Config::parse(
+        "t.conf",
         "listen on 127.0.0.1\ntable d { a.example }\ntable n { 10.0.0.0/8 }\n\
          action \"loc\" maildir \"/m/%{user}\"\naction out relay host smtp+tls://relay.example:587 tls verify port 2525 ca \"ca.pem\"\n\
          match auth from src <n> for domain <d> action \"loc\"\nmatch from local for domain \"B.example\" action out\n",
+        base.path(),
     )
     .unwrap();
     assert!(c.rules[0].auth);
@@ -109,7 +119,7 @@ fn actions_and_rules() {
     };
     assert_eq!(host.as_deref(), Some("smtp+tls://relay.example:587"));
     assert_eq!((*tls, *port), (TlsPolicy::Verify, Some(2525)));
-    assert_eq!(ca.as_deref(), Some(Path::new("/base/ca.pem")));
+    assert_eq!(ca.as_deref(), Some(base.path().join("ca.pem").as_path()));
     assert!(
         err("listen on 127.0.0.1\naction a maildir \"rel/path\"\n")
             .contains("t.conf:2: action a: maildir path must be absolute")
@@ -199,4 +209,88 @@ fn every_keyword_and_limit_is_in_the_man_page() {
             "postern.conf.5 does not document 'limit {name}'"
         );
     }
+}
+
+#[test]
+fn every_independent_error_in_one_run_in_file_order() {
+    // INTEROP-2 F6: the installed sample took four runs to learn of four
+    // problems, reported out of order.
+    let e = err("user nosuchuser-postern\n\
+         pki mx cert \"/nonexistent/cert.pem\"\n\
+         pki mx key \"/nonexistent/key.pem\"\n\
+         table users file:/nonexistent/users\n\
+         table aliases file:/nonexistent/aliases\n\
+         listen on 127.0.0.1 tls pki mx auth <users>\n\
+         action \"local\" maildir \"/m/%{user}\" alias <aliases>\n\
+         action \"out\" relay host smtp+tls://relay.example:99999 ca \"/nonexistent/ca.pem\"\n\
+         match from any for local action \"local\"\n");
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 5, "{e}");
+    for (i, want) in [
+        "t.conf:1: user: no such user 'nosuchuser-postern'",
+        "t.conf:2:",
+        "t.conf:4: table users: cannot read /nonexistent/users",
+        "t.conf:5: table aliases: cannot read /nonexistent/aliases",
+        "t.conf:8: action out: relay host 'smtp+tls://relay.example:99999': bad port '99999'",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(lines.iter().any(|l| l.starts_with(want)), "{want}: {e}");
+        let _ = i;
+    }
+    // No cascade: the listener's <users> and the action's <aliases> failed
+    // on their own lines and are not reported missing again.
+    assert!(!e.contains("no table named"), "{e}");
+    let sorted = {
+        let mut v: Vec<usize> = lines
+            .iter()
+            .map(|l| l.split(':').nth(1).unwrap().parse().unwrap())
+            .collect();
+        let orig = v.clone();
+        v.sort();
+        v == orig
+    };
+    assert!(sorted, "not in file order: {e}");
+}
+
+#[test]
+fn smarthost_urls_and_ca_files_are_checked() {
+    for (url, want) in [
+        ("smtp://:25", "names no host"),
+        ("smtp://relay.example:0", "bad port '0'"),
+        ("smtp://relay.example:x", "bad port 'x'"),
+        ("smtps://[2001:db8::1", "no ']'"),
+        ("smtp://[nonsense]:25", "is not an IPv6 address"),
+        ("smtp://bad_host!:25", "is not a host name or address"),
+        ("http://relay.example", "must be smtp://"),
+    ] {
+        assert!(
+            err(&format!("listen on 127.0.0.1\naction a relay host {url}\n")).contains(want),
+            "{url}"
+        );
+    }
+    for (url, host, port) in [
+        ("smtp://relay.example", "relay.example", None),
+        (
+            "smtp+tls://relay.example:2525/",
+            "relay.example",
+            Some(2525),
+        ),
+        ("smtps://[2001:db8::1]:465", "2001:db8::1", Some(465)),
+        ("smtp://192.0.2.1", "192.0.2.1", None),
+    ] {
+        let s = Smarthost::parse(url).unwrap();
+        assert_eq!((s.host.as_str(), s.port), (host, port), "{url}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let empty = d.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    assert!(
+        err(&format!(
+            "listen on 127.0.0.1\naction a relay tls verify ca \"{}\"\n",
+            empty.display()
+        ))
+        .contains("t.conf:2: action a: no certificate in CA file")
+    );
 }

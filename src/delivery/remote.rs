@@ -196,15 +196,10 @@ fn plan<'a>(ctx: &'a Context, job: &Job) -> Result<Plan<'a>, (Status, String)> {
     ))?;
     let mut policy = *tls;
     if let Some(url) = host {
-        let (scheme, rest) = url.split_once("://").unwrap_or(("smtp", url));
-        let (name, p) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((n, p)) if !n.ends_with(']') || n.starts_with('[') => (n, p.parse().ok()),
-            _ => (rest, None),
-        };
-        let name = name
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        // Checked when the configuration was read.
+        let smart = crate::config::Smarthost::parse(url)
+            .map_err(|e| (Status::Deferred, format!("451 4.3.0 {e}")))?;
+        let (scheme, name, p) = (smart.scheme.as_str(), smart.host.clone(), smart.port);
         let implicit_tls = scheme == "smtps";
         if scheme == "smtp+tls" && matches!(policy, TlsPolicy::None | TlsPolicy::May) {
             policy = TlsPolicy::Encrypt;
