@@ -36,8 +36,9 @@ SUBST = sed -e 's|/usr/local/sbin|$(SBINDIR)|g' -e 's|/etc/postern|$(SYSCONFDIR)
 install: all
 	install -d -m 755 $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(SYSCONFDIR)/postern $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSTEMDDIR)
-	install -m 755 $(BIN)/postern $(DESTDIR)$(SBINDIR)/postern
-	install -m 755 $(BIN)/posternctl $(DESTDIR)$(SBINDIR)/posternctl
+	@# Stripped: the build keeps its debug info for profiling.
+	install -s -m 755 $(BIN)/postern $(DESTDIR)$(SBINDIR)/postern
+	install -s -m 755 $(BIN)/posternctl $(DESTDIR)$(SBINDIR)/posternctl
 	install -m 644 man/postern.8 man/posternctl.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 644 man/postern.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	@# Never overwrite an administrator's configuration.
@@ -50,11 +51,26 @@ install: all
 	chmod 644 $(DESTDIR)$(SYSTEMDDIR)/postern.service
 	$(SUBST) etc/init.d/postern > $(DESTDIR)$(SYSCONFDIR)/init.d/postern
 	chmod 755 $(DESTDIR)$(SYSCONFDIR)/init.d/postern
-	@# As root on the real system: the _postern user and its spool.
+	@# As root on the real system, what the sample configuration needs to
+	@# start: the _postern user (in the mail group, for /var/mail/USER), its
+	@# spool, empty users and aliases tables, and, like Debian's snakeoil, a
+	@# self-signed certificate for this host when there is none. Nothing
+	@# that exists is changed.
 	if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ]; then \
 		id _postern >/dev/null 2>&1 || useradd --system --home-dir $(SPOOLDIR) --no-create-home \
 			--shell /usr/sbin/nologin _postern; \
+		if getent group mail >/dev/null; then usermod -a -G mail _postern; fi; \
 		install -d -m 700 -o _postern -g _postern $(SPOOLDIR); \
+		[ -e $(SYSCONFDIR)/postern/users ] || install -m 600 /dev/null $(SYSCONFDIR)/postern/users; \
+		[ -e $(SYSCONFDIR)/postern/aliases ] || install -m 644 /dev/null $(SYSCONFDIR)/postern/aliases; \
+		if [ ! -e $(SYSCONFDIR)/postern/cert.pem ] && [ ! -e $(SYSCONFDIR)/postern/key.pem ]; then \
+			host=$$(hostname -f 2>/dev/null || hostname); \
+			(umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+				-subj "/CN=$$host" -addext "subjectAltName=DNS:$$host" \
+				-keyout $(SYSCONFDIR)/postern/key.pem -out $(SYSCONFDIR)/postern/cert.pem 2>/dev/null) && \
+			chmod 644 $(SYSCONFDIR)/postern/cert.pem && \
+			echo "made a self-signed certificate for $$host in $(SYSCONFDIR)/postern/cert.pem (key: key.pem, mode 600); replace it with a real one"; \
+		fi; \
 	fi
 
 uninstall:
@@ -63,8 +79,9 @@ uninstall:
 		$(DESTDIR)$(MANDIR)/man5/postern.conf.5 \
 		$(DESTDIR)$(SYSTEMDDIR)/postern.service $(DESTDIR)$(SYSCONFDIR)/init.d/postern \
 		$(DESTDIR)$(SYSCONFDIR)/postern/postern.conf.sample
-	@# The configuration, the _postern user and the spool (mail!) are kept.
-	@echo "kept $(SYSCONFDIR)/postern/postern.conf and $(SPOOLDIR); remove them by hand if wanted"
+	@# The configuration, tables, certificate, the _postern user and the
+	@# spool (mail!) are kept.
+	@echo "kept $(SYSCONFDIR)/postern/ and $(SPOOLDIR); remove them by hand if wanted"
 
 test: audit
 	$(CARGO) fmt --check
@@ -140,7 +157,8 @@ $(VAR)/postern.conf: $(VAR)/key.pem $(VAR)/users
 run: all $(VAR)/postern.conf
 	@echo "postern: STARTTLS on 127.0.0.1:2525, submission (STARTTLS required, AUTH) on 2587, smtps on 2465"
 	@echo "postern: test user '$(RUN_USER)' password '$(RUN_PASS)'; spool in $(VAR)/queue"
-	@echo "postern: try: swaks --server 127.0.0.1:2587 -tls -au $(RUN_USER) -ap $(RUN_PASS) --from $(RUN_USER)@localhost --to someone@example.net"
+	@echo "postern: try: swaks --server 127.0.0.1:2587 -tls -au $(RUN_USER) -ap $(RUN_PASS) --from $(RUN_USER)@localhost --to $(RUN_USER)@localhost"
+	@echo "postern: it lands in $(VAR)/mail/$(RUN_USER)/Maildir/new/ (mail to other domains is relayed to their MX, or bounced back there)"
 	$(BIN)/postern -d -f $(VAR)/postern.conf
 
 clean:
