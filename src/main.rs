@@ -117,9 +117,10 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
     let own = bound.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let notify = postern::delivery::start(cfg.clone(), spool.clone(), ctl_rx, own)?;
-    let spool = spool.with_notify(notify);
-    let server = Server::new(cfg.clone(), Some(args.file.clone()), bound, Arc::new(spool))?;
+    let delivery = postern::delivery::start(cfg.clone(), spool.clone(), ctl_rx, own)?;
+    let spool = spool.with_notify(delivery.notify);
+    let server = Server::new(cfg.clone(), Some(args.file.clone()), bound, Arc::new(spool))?
+        .with_delivery(delivery.reloader);
     postern::control::serve(
         &postern::control::socket_path(&cfg.queue),
         ctl_tx,

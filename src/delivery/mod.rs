@@ -253,27 +253,64 @@ impl Lanes {
     }
 }
 
+/// What a reload swaps in on the delivery side: a new [`Context`]
+/// (actions, tables, CA files, TLS policies, the resolver) for jobs that
+/// start from then on, and the new configuration for the scheduler's
+/// routing. Jobs already running finish with what they started with.
+pub struct Reloader {
+    current: Arc<std::sync::RwLock<Arc<Context>>>,
+    sched: crossbeam_channel::Sender<Arc<Config>>,
+    own: Vec<std::net::SocketAddr>,
+}
+
+impl Reloader {
+    /// Build the delivery side of `cfg`; an error (a CA file that cannot
+    /// be read, say) refuses the whole reload.
+    pub fn prepare(&self, cfg: &Arc<Config>) -> Result<Arc<Context>, String> {
+        Context::new(cfg.clone(), self.own.clone()).map(Arc::new)
+    }
+
+    /// Swap in what [`Reloader::prepare`] built.
+    pub fn commit(&self, ctx: Arc<Context>, cfg: Arc<Config>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = ctx;
+        let _ = self.sched.send(cfg);
+    }
+}
+
+/// The running delivery side.
+pub struct Started {
+    /// Committed messages are announced here.
+    pub notify: crossbeam_channel::Sender<crate::spool::envelope::Envelope>,
+    /// For SIGHUP and `posternctl reload`.
+    pub reloader: Reloader,
+}
+
 /// Start the scheduler and `limit delivery-workers` delivery threads for
-/// each lane, local and remote. Returns the sender that committed
-/// messages are announced on.
+/// each lane, local and remote.
 pub fn start(
     cfg: Arc<Config>,
     spool: Spool,
     ctl: crossbeam_channel::Receiver<crate::control::Message>,
     own: Vec<std::net::SocketAddr>,
-) -> Result<crossbeam_channel::Sender<crate::spool::envelope::Envelope>, String> {
-    let ctx = Arc::new(Context::new(cfg.clone(), own)?);
+) -> Result<Started, String> {
+    let current = Arc::new(std::sync::RwLock::new(Arc::new(Context::new(
+        cfg.clone(),
+        own.clone(),
+    )?)));
     let (new_tx, new_rx) = crossbeam_channel::unbounded::<crate::spool::envelope::Envelope>();
     let (local_tx, local_rx) = crossbeam_channel::unbounded::<Job>();
     let (remote_tx, remote_rx) = crossbeam_channel::unbounded::<Job>();
     let (res_tx, res_rx) = crossbeam_channel::unbounded::<Vec<Outcome>>();
     for (lane, job_rx) in [("local", local_rx), ("delivery", remote_rx)] {
         for i in 0..cfg.limits.delivery_workers {
-            let (ctx, job_rx, res_tx) = (ctx.clone(), job_rx.clone(), res_tx.clone());
+            let (current, job_rx, res_tx) = (current.clone(), job_rx.clone(), res_tx.clone());
             std::thread::Builder::new()
                 .name(format!("{lane}-{i}"))
                 .spawn(move || {
                     for job in job_rx {
+                        // The context as of this job's start (a reload
+                        // swaps it for later jobs).
+                        let ctx = current.read().unwrap_or_else(|p| p.into_inner()).clone();
                         let out = ctx.run(&job);
                         if res_tx.send(out).is_err() {
                             return;
@@ -288,11 +325,19 @@ pub fn start(
         remote: remote_tx,
     };
     let mut sched = scheduler::Scheduler::new(cfg, spool, lanes)?;
+    let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("scheduler".into())
-        .spawn(move || sched.run(new_rx, res_rx, ctl))
+        .spawn(move || sched.run(new_rx, res_rx, ctl, reload_rx))
         .map_err(|e| format!("cannot start scheduler: {e}"))?;
-    Ok(new_tx)
+    Ok(Started {
+        notify: new_tx,
+        reloader: Reloader {
+            current,
+            sched: reload_tx,
+            own,
+        },
+    })
 }
 
 /// The per-recipient log line (SPEC §5, after Postfix's log_adhoc).

@@ -118,6 +118,7 @@ impl Scheduler {
         new: Receiver<Envelope>,
         mut results: Receiver<Vec<Outcome>>,
         mut ctl: Receiver<control::Message>,
+        mut reloads: Receiver<Arc<Config>>,
     ) {
         log::info!("scheduler: {} messages in the queue", self.queue.len());
         loop {
@@ -151,6 +152,16 @@ impl Scheduler {
                     // No delivery threads (`limit delivery-workers 0`): a
                     // closed channel would otherwise wake select! forever.
                     Err(_) => results = crossbeam_channel::never(),
+                },
+                // A reload: routes, bounce-after and retry intervals come
+                // from the new configuration from the next dispatch on,
+                // which looks at the whole queue.
+                recv(reloads) -> c => match c {
+                    Ok(c) => {
+                        self.cfg = c;
+                        self.next_due = 0;
+                    }
+                    Err(_) => reloads = crossbeam_channel::never(),
                 },
                 recv(ctl) -> m => match m {
                     Ok(m) => {

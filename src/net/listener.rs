@@ -109,6 +109,8 @@ pub struct Server {
     spool: Arc<Spool>,
     counts: Arc<Mutex<Counts>>,
     waker: Arc<Waker>,
+    /// The delivery side a reload rebuilds too.
+    delivery: Option<crate::delivery::Reloader>,
 }
 
 impl Server {
@@ -145,7 +147,14 @@ impl Server {
             spool,
             counts: Arc::default(),
             waker,
+            delivery: None,
         })
+    }
+
+    /// Let a reload rebuild the delivery side as well.
+    pub fn with_delivery(mut self, d: crate::delivery::Reloader) -> Server {
+        self.delivery = Some(d);
+        self
     }
 
     /// A handle that wakes the loop from another thread.
@@ -354,16 +363,13 @@ impl Server {
         };
         let refused = |e: String| format!("reload refused, keeping the running configuration: {e}");
         let cfg = Arc::new(Config::load(&path).map_err(|e| refused(e.to_string()))?);
-        let same_sockets = cfg.listeners.len() == self.cfg.listeners.len()
-            && cfg
-                .listeners
-                .iter()
-                .zip(&self.cfg.listeners)
-                .all(|(a, b)| a.addr == b.addr);
-        if !same_sockets {
-            return Err(refused(
-                "listen on addresses changed; restart postern to change them".into(),
-            ));
+        let restart = needs_restart(&self.cfg, &cfg);
+        if !restart.is_empty() {
+            return Err(refused(format!(
+                "{} changed; restart postern to change {}",
+                restart.join(", "),
+                if restart.len() == 1 { "it" } else { "them" }
+            )));
         }
         let eps = cfg
             .listeners
@@ -371,17 +377,57 @@ impl Server {
             .map(|l| Endpoint::build(&cfg, l).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(refused)?;
+        let delivery = match &self.delivery {
+            Some(d) => Some(d.prepare(&cfg).map_err(refused)?),
+            None => None,
+        };
+        // Everything is built: swap it all in at once.
         self.endpoints = eps;
-        self.cfg = cfg;
+        self.cfg = cfg.clone();
+        if let (Some(d), Some(ctx)) = (&self.delivery, delivery) {
+            d.commit(ctx, cfg);
+        }
         Ok(format!(
-            "reload: configuration, certificates and tables re-read from {}",
+            "reload: configuration, certificates, tables and delivery (actions, CA files, TLS policies, resolver) re-read from {}",
             path.display()
         ))
     }
 }
 
-/// 421 from the acceptor itself, without blocking it (a non-blocking or
-/// short-timeout socket).
+/// What a reload cannot change, as `postern.conf` names it: what is bound,
+/// opened or started once (listening sockets, the spool, the user, thread
+/// pools, the log).
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.limits, &new.limits);
+    [
+        (
+            old.listeners.len() != new.listeners.len()
+                || old
+                    .listeners
+                    .iter()
+                    .zip(&new.listeners)
+                    .any(|(a, b)| a.addr != b.addr),
+            "listen on addresses",
+        ),
+        (old.queue != new.queue, "queue"),
+        (old.user != new.user, "user"),
+        (old.log != new.log, "log"),
+        (o.workers != n.workers, "limit workers"),
+        (
+            o.delivery_workers != n.delivery_workers,
+            "limit delivery-workers",
+        ),
+        (o.spare_files != n.spare_files, "limit spare-files"),
+        (
+            o.queue_minfree() != n.queue_minfree(),
+            "limit queue-minfree",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(changed, what)| changed.then_some(what))
+    .collect()
+}
+
 /// Clients not held to `limit sessions-per-ip`: local programs (127.0.0.1
 /// and ::1, where they connect from; they may open many sessions at once)
 /// and the networks of `limit sessions-per-ip-exempt`, as Postfix exempts
@@ -398,6 +444,8 @@ pub fn per_ip_exempt(cfg: &Config, ip: std::net::IpAddr) -> bool {
             .is_some_and(|t| t.contains_ip(ip))
 }
 
+/// 421 from the acceptor itself, without blocking it (a non-blocking or
+/// short-timeout socket).
 fn busy(stream: &mut impl Write) {
     let mut out = Vec::new();
     reply::BUSY.write_to(&mut out);

@@ -1246,3 +1246,57 @@ fn delivery_ends_its_tls_session_with_quit_and_close_notify() {
     assert!(status.success());
     assert_eq!(line.trim(), "clean");
 }
+
+#[test]
+fn reload_rebuilds_delivery_and_names_what_needs_a_restart() {
+    // A relay action changed on reload is used by the next attempt; what
+    // cannot change without a restart is named and the reload refused.
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let dead = std::net::TcpListener::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = sender(&dns, dead, "");
+    let id = carol_to_alice(&s, "reload");
+    let first = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
+    assert!(first.contains("status=deferred"), "{first}");
+    let conf = std::fs::read_to_string(&s.config).unwrap();
+    let write = |text: &str| std::fs::write(&s.config, text).unwrap();
+    // Restart-only settings: refused, named, the running setup kept.
+    write(&(conf.clone() + "limit delivery-workers 3\nlimit spare-files 7\n"));
+    let (ok, out, err) = s.ctl(&["reload"]);
+    assert!(
+        !ok || out.contains("refused") || err.contains("refused"),
+        "{out}{err}"
+    );
+    assert!(
+        format!("{out}{err}").contains(
+            "limit delivery-workers, limit spare-files changed; restart postern to change them"
+        ),
+        "{out}{err}"
+    );
+    // A CA file that cannot be read refuses the reload too.
+    write(&conf.replace(
+        &format!("relay port {dead} "),
+        &format!("relay port {dead} ca \"/nonexistent/ca.pem\" "),
+    ));
+    let (_, out, err) = s.ctl(&["reload"]);
+    assert!(
+        format!("{out}{err}").contains("cannot read CA file /nonexistent/ca.pem"),
+        "{out}{err}"
+    );
+    // The delivery action now points at the live receiver.
+    write(&conf.replace(
+        &format!("relay port {dead} "),
+        &format!("relay port {} ", r.addrs[0].port()),
+    ));
+    let (ok, out, err) = s.ctl(&["reload"]);
+    assert!(ok && !out.contains("refused"), "{out}{err}");
+    let sent = s.wait_log("status=sent", WAIT);
+    assert!(
+        sent.contains(&format!("{id}: to=<alice@example.test>")),
+        "{sent}"
+    );
+}
