@@ -52,6 +52,15 @@ limit retry-interval 1s
     })
 }
 
+/// DNS, a receiving postern with STARTTLS, and a sender relaying to it with
+/// `relay` options.
+fn receiver_and_sender(relay: &str) -> (Dns, Postern, Postern) {
+    let dns = Dns::start();
+    let r = receiver("127.0.0.2", 0, true);
+    let s = sender(&dns, r.addrs[0].port(), relay);
+    (dns, r, s)
+}
+
 /// A receiving postern (with or without STARTTLS), a sender relaying to it
 /// with `relay` options, and one message from carol to alice submitted.
 fn to_alice(tls: bool, relay: &str, subject: &str) -> (Dns, Postern, Postern, String) {
@@ -184,9 +193,7 @@ fn verify_needs_a_trusted_chain() {
 
 #[test]
 fn second_mx_when_the_first_is_down() {
-    let dns = Dns::start();
-    let r = receiver("127.0.0.2", 0, true);
-    let s = sender(&dns, r.addrs[0].port(), "");
+    let (_dns, r, s) = receiver_and_sender("");
     let id = submit(
         s.addrs[0],
         "carol@sender.test",
@@ -219,9 +226,7 @@ fn second_mx_when_the_first_is_down() {
 fn a_refused_aaaa_lookup_still_delivers_over_ipv4() {
     // INTEROP-2 F1: dnsmasq answers REFUSED for the MX host's AAAA and has
     // its A record; the mail used to defer until it bounced.
-    let dns = Dns::start();
-    let r = receiver("127.0.0.2", 0, true);
-    let s = sender(&dns, r.addrs[0].port(), "");
+    let (_dns, r, s) = receiver_and_sender("");
     let id = submit(
         s.addrs[0],
         "carol@sender.test",

@@ -277,6 +277,18 @@ fn size_limits_keep_the_session() {
     assert_eq!(p.queued_ids().len(), 1);
 }
 
+/// An SMTP-smuggling attempt: "\n.\n" then a second transaction, inside
+/// one message to alice.
+fn smuggle(c: &mut Conn) {
+    c.cmd("MAIL FROM:<a@sender.test>", "250");
+    c.cmd("RCPT TO:<alice@example.com>", "250");
+    c.cmd("DATA", "354");
+    c.send_raw(
+        b"Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
+    );
+    c.send("NOOP");
+}
+
 #[test]
 fn bare_lf_refused_and_does_not_end_data_with_reject() {
     let p =
@@ -286,14 +298,7 @@ fn bare_lf_refused_and_does_not_end_data_with_reject() {
     c.send_raw(b"EHLO client.test\n");
     c.expect("554 5.5.2 Bare LF/CR not allowed");
     c.ehlo();
-    c.cmd("MAIL FROM:<a@sender.test>", "250");
-    c.cmd("RCPT TO:<alice@example.com>", "250");
-    c.cmd("DATA", "354");
-    // An SMTP-smuggling attempt: "\n.\n" then a second transaction.
-    c.send_raw(
-        b"Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
-    );
-    c.send("NOOP");
+    smuggle(&mut c);
     c.cmd(".", "554 5.5.2");
     c.cmd("NOOP", "250");
     assert!(p.queued_ids().is_empty());
@@ -308,13 +313,7 @@ fn bare_lf_is_normalized_and_cannot_end_data() {
     c.expect("220");
     c.send_raw(b"EHLO client.test\n");
     c.expect("250");
-    c.cmd("MAIL FROM:<a@sender.test>", "250");
-    c.cmd("RCPT TO:<alice@example.com>", "250");
-    c.cmd("DATA", "354");
-    c.send_raw(
-        b"Subject: a\r\n\r\nx\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<bob@example.com>\r\nDATA\r\n",
-    );
-    c.send("NOOP");
+    smuggle(&mut c);
     c.cmd(".", "250 2.0.0");
     c.cmd("NOOP", "250");
     let ids = p.queued_ids();
