@@ -322,8 +322,8 @@ fn sample_config_is_valid() {
     let sample =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/postern.conf")).unwrap();
     let conf = sample
-        .replace("/etc/ssl/mx.example.com.crt", "DIR/cert.pem")
-        .replace("/etc/ssl/private/mx.example.com.key", "DIR/key.pem")
+        .replace("/etc/postern/cert.pem", "DIR/cert.pem")
+        .replace("/etc/postern/key.pem", "DIR/key.pem")
         .replace("/etc/postern/users", "DIR/users")
         .replace("/etc/postern/aliases", "DIR/aliases")
         .replace("/var/spool/postern", "DIR/q")

@@ -171,7 +171,19 @@ fn root_never_follows_links_planted_in_the_spool() {
     // start must refuse the links (naming them) or leave them alone.
     for (plant, refused) in [
         (
-            format!("mv {q}/free {q}/free.orig && ln -s {v}/freedir {q}/free"),
+            format!("mv {q}/tmp {q}/tmp.orig && ln -s {v}/del {q}/tmp"),
+            Some("tmp"),
+        ),
+        (
+            format!(
+                "rm {q}/tmp && mv {q}/tmp.orig {q}/tmp && mv {q}/corrupt {q}/corrupt.orig && ln -s {v}/del {q}/corrupt"
+            ),
+            Some("corrupt"),
+        ),
+        (
+            format!(
+                "rm {q}/corrupt && mv {q}/corrupt.orig {q}/corrupt && mv {q}/free {q}/free.orig && ln -s {v}/freedir {q}/free"
+            ),
             Some("free"),
         ),
         (
