@@ -9,6 +9,7 @@ pub mod bounce;
 pub mod local;
 pub mod remote;
 pub mod scheduler;
+pub mod tls_decision;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use base64::Engine as _;
 
+use super::tls_decision::{self, Event, Next, Why, decide};
 use super::{Context, Item, Job, Outcome, RcptOutcome, Status, log_result};
 use crate::config::{Delivery, TlsPolicy};
 use crate::dns::Lookup;
@@ -363,80 +364,98 @@ impl Session {
         }
     }
 
-    /// The one place outbound TLS policy is decided.
+    /// Carry out [`tls_decision::decide`] from the EHLO reply on: STARTTLS,
+    /// the handshake, EHLO again; or plaintext; or give the host up.
     fn negotiate_tls(
         &mut self,
         caps: Capabilities,
-        policy: TlsPolicy,
+        host: tls_decision::Host,
         tls: &ClientTls,
-        host: &str,
+        name: &str,
         me: &str,
     ) -> Result<Capabilities, Fail> {
-        if policy == TlsPolicy::None {
-            return Ok(caps);
-        }
-        let required = matches!(policy, TlsPolicy::Encrypt | TlsPolicy::Verify);
-        if !caps.starttls {
-            if required {
-                return Err(Fail::Next(format!(
-                    "451 4.7.5 TLS is required, but {} did not offer STARTTLS",
-                    self.relay
-                )));
-            }
-            return Ok(caps);
-        }
+        let verify = match decide(
+            host,
+            Event::Ehlo {
+                starttls: caps.starttls,
+            },
+        ) {
+            Next::Plaintext | Next::Secured => return Ok(caps),
+            Next::StartTls { verify } => verify,
+            other => return Err(self.give_up(other, "")),
+        };
         let r = self
             .cmd("STARTTLS")
             .map_err(|e| Fail::Next(format!("451 4.4.2 {e}")))?;
-        if !r.is_ok() {
-            if required {
-                return Err(Fail::Next(format!(
-                    "451 4.7.5 TLS is required, but {} refused STARTTLS: {}",
+        match decide(host, Event::StartTlsReply { ok: r.is_ok() }) {
+            Next::Secured => {}
+            Next::Plaintext => {
+                log::info!(
+                    "{}: STARTTLS refused ({}); continuing without TLS",
                     self.relay,
                     r.one_line()
-                )));
+                );
+                return Ok(caps);
             }
-            log::info!(
-                "{}: STARTTLS refused ({}); continuing without TLS",
-                self.relay,
-                r.one_line()
-            );
-            return Ok(caps);
+            other => return Err(self.give_up(other, &r.one_line())),
         }
         if !self.buf.is_empty() {
-            let why = format!(
-                "451 4.7.0 {} sent {} bytes after its 220 to STARTTLS; refusing to read them inside TLS",
-                self.relay,
-                self.buf.len()
-            );
-            return Err(if policy == TlsPolicy::May {
-                Fail::Downgrade(why)
-            } else {
-                Fail::Next(why)
-            });
+            return Err(self.give_up(decide(host, Event::BytesAfter220), ""));
         }
-        let cfg = if policy == TlsPolicy::Verify {
+        self.handshake(host, tls, verify, name)?;
+        self.ehlo(me).map_err(Fail::Next)
+    }
+
+    /// A TLS handshake as [`tls_decision::decide`] asked for it.
+    fn handshake(
+        &mut self,
+        host: tls_decision::Host,
+        tls: &ClientTls,
+        verify: bool,
+        name: &str,
+    ) -> Result<(), Fail> {
+        let cfg = if verify {
             tls.verified.clone()
         } else {
             tls.opportunistic.clone()
         };
         self.arm();
-        match self.stream.upgrade_client(cfg, host) {
+        match self.stream.upgrade_client(cfg, name) {
             Ok(info) => {
-                self.verified =
-                    policy == TlsPolicy::Verify || tls.chain_verifies(&info.chain, host);
+                self.verified = verify || tls.chain_verifies(&info.chain, name);
                 self.tls = format!("{}/{}", info.info.version, info.info.cipher);
+                Ok(())
             }
-            Err(e) if policy == TlsPolicy::May => return Err(Fail::Downgrade(io_text(&e))),
-            Err(e) => {
-                return Err(Fail::Next(format!(
-                    "451 4.7.5 TLS handshake with {} failed: {}",
-                    self.relay,
-                    io_text(&e)
-                )));
-            }
+            Err(e) => Err(self.give_up(decide(host, Event::Handshake { ok: false }), &io_text(&e))),
         }
-        self.ehlo(me).map_err(Fail::Next)
+    }
+
+    /// Word a decision to give up on this host (`detail`: the server's
+    /// reply or the handshake error).
+    fn give_up(&self, next: Next, detail: &str) -> Fail {
+        let relay = &self.relay;
+        let text = |why| match why {
+            Why::NotOffered => {
+                format!("451 4.7.5 TLS is required, but {relay} did not offer STARTTLS")
+            }
+            Why::Refused => {
+                format!("451 4.7.5 TLS is required, but {relay} refused STARTTLS: {detail}")
+            }
+            Why::BytesAfter220 => format!(
+                "451 4.7.0 {relay} sent {} bytes after its 220 to STARTTLS; refusing to read them inside TLS",
+                self.buf.len()
+            ),
+            Why::HandshakeFailed => {
+                format!("451 4.7.5 TLS handshake with {relay} failed: {detail}")
+            }
+        };
+        match next {
+            // The downgrade's log line says what failed in its own words.
+            Next::Downgrade(Why::HandshakeFailed) => Fail::Downgrade(detail.to_string()),
+            Next::Downgrade(why) => Fail::Downgrade(text(why)),
+            Next::NextHost(why) => Fail::Next(text(why)),
+            other => Fail::Next(format!("451 4.3.0 {relay}: unexpected TLS step {other:?}")),
+        }
     }
 }
 
@@ -479,21 +498,13 @@ fn attempt(
         step: lim.delivery_timeout,
     };
     let next = |e: String| Fail::Next(format!("451 4.4.2 {e}"));
-    if host.implicit_tls {
-        let cfg = if policy == TlsPolicy::Verify {
-            tls.verified.clone()
-        } else {
-            tls.opportunistic.clone()
-        };
-        s.arm();
-        let info = s.stream.upgrade_client(cfg, &host.name).map_err(|e| {
-            Fail::Next(format!(
-                "451 4.7.5 TLS handshake with {relay} failed: {}",
-                io_text(&e)
-            ))
-        })?;
-        s.verified = policy == TlsPolicy::Verify || tls.chain_verifies(&info.chain, &host.name);
-        s.tls = format!("{}/{}", info.info.version, info.info.cipher);
+    let facts = tls_decision::Host {
+        policy,
+        implicit: host.implicit_tls,
+        plaintext_retry: plaintext,
+    };
+    if let Next::ImplicitTls { verify } = decide(facts, Event::Connected) {
+        s.handshake(facts, tls, verify, &host.name)?;
     }
     let greeting = s.read().map_err(next)?;
     if !greeting.is_ok() {
@@ -503,15 +514,10 @@ fn attempt(
         )));
     }
     let caps = s.ehlo(&ctx.hostname).map_err(Fail::Next)?;
-    let policy = if plaintext || host.implicit_tls {
-        TlsPolicy::None
-    } else {
-        policy
-    };
     // A session given up here (no STARTTLS under encrypt, credentials
     // refused) still ends with QUIT.
     let caps = s
-        .negotiate_tls(caps, policy, tls, &host.name, &ctx.hostname)
+        .negotiate_tls(caps, facts, tls, &host.name, &ctx.hostname)
         .inspect_err(|_| s.quit())?;
     smarthost_auth(ctx, job, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
     for (i, item) in job.items.iter().enumerate() {
