@@ -1,6 +1,6 @@
 //! A small blocking stub resolver for delivery threads: hickory-proto for
-//! the wire format, std sockets for the I/O (DEPS.md §3: hickory-resolver
-//! has had no synchronous API since 0.25).
+//! the wire format, std sockets for the I/O (hickory-resolver has had no
+//! synchronous API since 0.25).
 //!
 //! UDP first, TCP when the answer is truncated; timeouts and attempts from
 //! `/etc/resolv.conf`, or the `resolver ADDR[:PORT]` directive. Search lists

@@ -1,6 +1,6 @@
 //! postern: a mail transfer agent built around STARTTLS.
 //!
-//! The layout follows the path of a message (see `../shared/STYLE.md` §3):
+//! The layout follows the path of a message:
 //! [`net`] accepts connections and runs sessions, [`smtp`] is the dialogue
 //! (no I/O), [`spool`] makes messages durable, [`config`] reads
 //! postern.conf(5).

@@ -37,7 +37,7 @@ struct Args {
 fn main() -> ExitCode {
     let mut args: Args = argh::from_env();
     // In the background the working directory is /, so a relative -f
-    // would break `posternctl reload` (SECURITY-2 I7).
+    // would break `posternctl reload`.
     if let Ok(cwd) = std::env::current_dir() {
         args.file = cwd.join(&args.file);
     }

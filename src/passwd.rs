@@ -1,7 +1,7 @@
 //! crypt(3) password verification for AUTH tables.
 //!
-//! A prefix dispatcher over the RustCrypto and bcrypt crates measured in
-//! DEPS.md §4. `$1$` (md5-crypt) and DES hashes are refused: they are too
+//! A prefix dispatcher over the RustCrypto and bcrypt crates. `$1$`
+//! (md5-crypt) and DES hashes are refused: they are too
 //! weak to protect a password that travels to us over the network.
 
 /// True when `h` looks like a hash [`verify`] can check.
@@ -82,7 +82,7 @@ mod tests {
         assert!(is_supported_hash(BCRYPT));
         assert!(verify(b"secret", BCRYPT));
         assert!(!verify(b"secreT", BCRYPT));
-        // SECURITY-2 I4: a password whose first 72 bytes match is not one.
+        // A password whose first 72 bytes match is not one.
         let long = [b'a'; 72];
         let h = bcrypt::hash(long, 4).unwrap();
         assert!(verify(&long, &h));

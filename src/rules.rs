@@ -54,7 +54,7 @@ pub fn user_part(m: &Mailbox) -> String {
         .and_then(|l| l.strip_suffix('"'))
         .unwrap_or(&m.local);
     // ASCII only, as tables fold case: Unicode rules would send the
-    // Kelvin sign's "\u{212A}im" to kim (SECURITY-2 I5).
+    // Kelvin sign's "\u{212A}im" to kim.
     l.replace('\\', "").to_ascii_lowercase()
 }
 
@@ -118,7 +118,7 @@ impl Policy for ListenerPolicy {
             Some(h) => crate::passwd::verify(password, h),
             // An unknown user costs the same hash as a known one (of the
             // table's own scheme and cost), so timing does not tell which
-            // users exist (SECURITY-2 L2).
+            // users exist.
             None => {
                 if let Some(h) = table.keys().next().and_then(|k| table.get(k)) {
                     let _ = crate::passwd::verify(b"\0postern: no such user", h);
@@ -161,7 +161,7 @@ match from local for local action "open"
 
     #[test]
     fn an_unknown_user_costs_the_same_hash() {
-        // SECURITY-2 L2: the scheme and cost of a real entry, so the time
+        // The scheme and cost of a real entry, so the time
         // to answer does not tell whether the user exists.
         const ALICE: &str = "$6$rounds=5000$saltsaltsaltsalt$ph0yGsyjzqdeFaon7.gJZo8eAG5/rj9/JdzOu1Rl7dKzBYg3xgvl7T2VQ2Rt81bc5AXkdA54r0p8QvC1omD6R1";
         let conf = format!("{CONF}table users {{ alice = \"{ALICE}\" }}\n");
@@ -178,7 +178,7 @@ match from local for local action "open"
 
     #[test]
     fn user_part_folds_ascii_only() {
-        // SECURITY-2 I5: tables fold ASCII; so must %{user}.
+        // Tables fold ASCII; so must %{user}.
         let m = parse_mailbox("\u{212A}IM@example.com").unwrap();
         assert_eq!(user_part(&m), "\u{212A}im");
         assert_eq!(user_part(&parse_mailbox("KIM@example.com").unwrap()), "kim");

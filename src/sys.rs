@@ -64,7 +64,7 @@ fn nofollow_dir() -> OFlag {
 /// someone other than root or the run-as user, and hand root-owned ones
 /// to that user with `fchown` on a descriptor opened `O_NOFOLLOW`. Files
 /// are never touched: the start-up scan runs after the drop, as the user
-/// who owns them (SPEC §4; SECURITY-2 H1, H2).
+/// who owns them.
 pub fn prepare_queue(root: &Path, who: Option<&RunAs>) -> Result<(), String> {
     let owner = who.map(|w| w.user.uid).unwrap_or_else(Uid::effective);
     let group = who.map(|w| w.user.gid);

@@ -112,8 +112,8 @@ impl Table {
         }
     }
 
-    /// Check every value is a crypt(3) hash we can verify (SPEC §3.2:
-    /// plaintext passwords are refused when the table loads).
+    /// Check every value is a crypt(3) hash we can verify (postern.conf(5)
+    /// TABLES: plaintext passwords are refused when the table loads).
     pub fn check_credentials(&self) -> Result<(), String> {
         for (user, (hash, line)) in &self.entries {
             if !crate::passwd::is_supported_hash(hash) {

@@ -2,7 +2,7 @@
 //! says yes to everything: it must never panic, and never begin a message
 //! without an accepted MAIL and RCPT. The input is cut into reads at points
 //! chosen by its first bytes, and the replies and stored bytes must be the
-//! same as when it arrives in one read (SECURITY-2 M2).
+//! same as when it arrives in one read.
 #![no_main]
 
 use std::sync::Arc;

@@ -86,7 +86,7 @@ pub struct Listener {
     pub line: usize,
 }
 
-/// Outbound TLS policy for a destination (SPEC §5).
+/// Outbound TLS policy for a destination (postern.conf(5), `tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsPolicy {
     /// Never STARTTLS.
@@ -927,8 +927,7 @@ impl Parser<'_> {
                     }
                 }
                 // Credentials go only to a server whose certificate was
-                // verified, unless `tls encrypt` says otherwise on purpose
-                // (SECURITY-2 M5).
+                // verified, unless `tls encrypt` says otherwise on purpose.
                 let tls = match (auth.is_some(), tls) {
                     (true, Some(TlsPolicy::None)) => {
                         return Err(format!(

@@ -149,7 +149,7 @@ fn actions_and_rules() {
             .contains("t.conf:3: match: expected")
     );
     assert!(err("listen on 127.0.0.1\ntable n { nonsense }\naction a relay\nmatch from src <n> for any action a\n").contains("'nonsense' is not an address"));
-    // SECURITY-2 M5: credentials only to a verified relay unless opted out.
+    // Credentials only to a verified relay unless opted out.
     assert!(
         err("listen on 127.0.0.1\ntable s { h = \"u:p\" }\naction a relay host smtp://h auth <s> tls none\n")
             .contains("t.conf:3: action a: 'auth' with 'tls none' would send the password in the clear")
@@ -213,7 +213,7 @@ fn every_keyword_and_limit_is_in_the_man_page() {
 
 #[test]
 fn every_independent_error_in_one_run_in_file_order() {
-    // INTEROP-2 F6: the installed sample took four runs to learn of four
+    // The installed sample took four runs to learn of four
     // problems, reported out of order.
     let e = err("user nosuchuser-postern\n\
          pki mx cert \"/nonexistent/cert.pem\"\n\

@@ -67,7 +67,7 @@ fn read_line_capped(r: &mut impl BufRead, line: &mut Vec<u8>, keep: usize) -> bo
 
 /// The headers of the original message, read from its spool body: whole
 /// lines, each cut at [`LINE_MAX`] octets, at most [`HEADERS_MAX`] in all,
-/// and never more than [`READ_MAX`] read (SECURITY-2 L8).
+/// and never more than [`READ_MAX`] read.
 fn original_headers(body: &Path) -> String {
     let Ok(f) = crate::spool::open_body(body) else {
         return String::new();
@@ -209,7 +209,7 @@ mod tests {
 
     #[test]
     fn copied_headers_are_bounded() {
-        // SECURITY-2 L8: a 900 KB header line, then many ordinary ones.
+        // A 900 KB header line, then many ordinary ones.
         let d = tempfile::tempdir().unwrap();
         let mut text = format!("Subject: first\r\nX-Long: {}\r\n", "B".repeat(900_000));
         for i in 0..5000 {

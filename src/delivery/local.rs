@@ -166,7 +166,7 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
         let key = format!("Q{}R{idx}", item.id);
         let users = expand(&user_of(addr), alias);
         if users.is_empty() {
-            // SECURITY-2 L7: never "sent" to nobody.
+            // Never "sent" to nobody.
             let r = RcptOutcome {
                 idx: *idx,
                 status: Status::Bounced,

@@ -235,7 +235,7 @@ impl Context {
 
 /// Where the scheduler hands out jobs: local (Maildir) deliveries have
 /// threads of their own, so that no remote server, however slow, delays
-/// them (SECURITY-2 M4).
+/// them.
 pub struct Lanes {
     /// Maildir jobs.
     pub local: crossbeam_channel::Sender<Job>,
@@ -341,7 +341,7 @@ pub fn start(
     })
 }
 
-/// The per-recipient log line (SPEC §5, after Postfix's log_adhoc).
+/// The per-recipient log line (postern(8) LOGGING, after Postfix's log_adhoc).
 pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
     let delay = crate::time::unix_now().saturating_sub(item.arrival);
     let line = format!(

@@ -1,5 +1,5 @@
 //! SMTP delivery to the destination's MX or a smarthost, with STARTTLS
-//! negotiated per policy (SPEC §5) and decided in one place,
+//! negotiated per policy (postern.conf(5), `tls`) and decided in one place,
 //! [`Session::negotiate_tls`]:
 //!
 //! - `none`: never STARTTLS.

@@ -50,7 +50,7 @@ pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
     let started = Instant::now();
     let timeout = Some(ep.cfg.limits.command_timeout);
     // TCP_NODELAY: without it the reply after a TLS 1.3 handshake waits for
-    // the client's delayed ACK (40 ms per connection, issue 6).
+    // the client's delayed ACK (40 ms per connection).
     let setup = tcp
         .set_nodelay(true)
         .and_then(|_| tcp.set_read_timeout(timeout))

@@ -1,6 +1,6 @@
 //! AUTH failures per client address, shared by every session and listener
 //! and kept across reloads: the per-session limit alone let one address
-//! try a password every 80 ms by reconnecting (SECURITY-2 L3). Each failure
+//! try a password every 80 ms by reconnecting. Each failure
 //! counts for `limit auth-lockout`, counted from the latest one; a session
 //! answers slower with each failure its address has, and refuses AUTH
 //! outright past `limit auth-failures-per-ip`.

@@ -3,7 +3,7 @@
 //! A socket timeout bounds one `read()` or `write()`, not a reply: a peer
 //! that sends one byte just before each timeout, or drips a TLS record
 //! (rustls keeps reading until the record is whole), holds a thread for as
-//! long as it likes (SECURITY-2 M4, L9). A [`Guard`] gives a connection a
+//! long as it likes. A [`Guard`] gives a connection a
 //! deadline for the current step ([`Guard::arm`]) and a lifetime; one
 //! thread shuts down the reading side of any connection past either, which
 //! ends a blocked read at once while the owner can still say why (`421`),

@@ -1,7 +1,7 @@
 //! RFC 5321 §4.1.2 paths: `<local@domain>`, `<>`, address literals and
 //! quoted local parts.
 //!
-//! Written by hand because the crates measured (DEPS.md §7) drop quoting or
+//! Written by hand because the address crates on crates.io drop quoting or
 //! refuse address literals. Source routes (`<@a,@b:user@c>`) are accepted and
 //! ignored, as RFC 5321 §4.1.2 asks. UTF-8 in local parts and domains is let
 //! through (RFC 6531) so that such mail is refused by policy, not by syntax.

@@ -62,7 +62,7 @@ pub enum Command {
 }
 
 impl Command {
-    /// Commands a `tls-require` listener accepts before TLS (SPEC §3.1;
+    /// Commands a `tls-require` listener accepts before TLS (RFC 3207 §4;
     /// Postfix's `SMTPD_CMD_FLAG_PRE_TLS`).
     pub fn allowed_before_tls(&self) -> bool {
         matches!(
@@ -153,7 +153,7 @@ fn is_helo_name(s: &str) -> bool {
     // Plain domains (clients that send a bare host name without dots are
     // common and harmless) and real address literals only: the name goes
     // into the Received header, where anything else could forge the trace
-    // or carry control characters (SECURITY-2 L6).
+    // or carry control characters.
     is_domain(s) || crate::smtp::address::is_address_literal(s)
 }
 
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn helo_names_are_domains_or_real_address_literals() {
-        // SECURITY-2 L6: the name is copied into the Received header.
+        // The name is copied into the Received header.
         for ok in [
             "client.example",
             "localhost",

@@ -1,6 +1,6 @@
 //! Every reply postern's SMTP server can send, in one table.
 //!
-//! Code elsewhere names a reply and never formats digits (SPEC §3). Texts are
+//! Code elsewhere names a reply and never formats digits. Texts are
 //! generic: detail about why goes to the log, not to the client (maddy's rule).
 //! RFC 3463 enhanced codes follow every reply because ENHANCEDSTATUSCODES is
 //! always advertised; the greeting and EHLO/HELO lines are the exceptions RFC

@@ -44,7 +44,7 @@ impl Response {
 /// A remote server's text made safe for every place it goes (logs,
 /// `posternctl show queue`, DSNs): control characters (C0, DEL, C1; ESC
 /// and bare CR among them) become `?`, as Postfix's printable() does, so
-/// no server can move a terminal's cursor or split a line (SECURITY-2 L1).
+/// no server can move a terminal's cursor or split a line.
 pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { '?' } else { c })
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn control_characters_never_leave_the_parser() {
-        // SECURITY-2 L1: MIME injection through bare CR, terminal escapes,
+        // MIME injection through bare CR, terminal escapes,
         // NUL, and the C1 CSI.
         let wire = b"550 5.1.1 no such user\r--B\rContent-Type: text/html\x1b[31mRED\x1b[0m\x00NUL\x07\xc2\x9b2J\r\n";
         let (r, _) = parse(wire).unwrap().unwrap();

@@ -28,7 +28,8 @@ use super::address::Mailbox;
 use super::command::{self, Body, Command};
 use super::reply::{self, Reply};
 
-/// Longest command line, CRLF included (SPEC §3).
+/// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 allows 512;
+/// AUTH responses need more).
 pub const MAX_COMMAND_LINE: usize = 4096;
 /// Body bytes gathered before they are handed to the driver.
 const BODY_CHUNK: usize = 64 * 1024;
@@ -46,7 +47,7 @@ pub enum BareNewline {
     Reject,
 }
 
-/// How a listener treats TLS (SPEC §2).
+/// How a listener treats TLS (postern.conf(5), `listen on`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsMode {
     /// No TLS on this listener.
@@ -109,7 +110,7 @@ pub struct Params {
     pub max_message_size: u64,
     /// `limit max-recipients`.
     pub max_recipients: usize,
-    /// Errors before 421 (SPEC: 20).
+    /// Errors before 421 (`limit max-errors`, 20 by default).
     pub max_errors: u32,
     /// Failed AUTH attempts before 421.
     pub max_auth_failures: u32,
@@ -271,7 +272,7 @@ fn loggable(line: &[u8]) -> String {
 /// A client that pipelined its AUTH responses after a refused AUTH sends
 /// base64 lines that are no command; an unrecognised line therefore shows
 /// only its first word when a space follows it (base64 has none) and its
-/// length (SECURITY-2 L4; Postfix logs no content either).
+/// length (Postfix logs no content either).
 fn dialogue_log(line: &[u8], recognised: bool) -> String {
     if recognised {
         return loggable(line);

@@ -211,7 +211,7 @@ fn data_stream() -> impl Strategy<Value = Vec<u8>> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
-    /// SECURITY-2 M2: where reads split the stream changes nothing, neither
+    /// Where reads split the stream changes nothing, neither
     /// the replies nor a byte of what is stored.
     #[test]
     fn data_verdict_does_not_depend_on_read_boundaries(
@@ -245,7 +245,7 @@ proptest! {
 
 #[test]
 fn data_split_at_every_offset_around_the_piece_boundary() {
-    // The SECURITY-2 M2 reproductions, each cut at every offset near the
+    // The smuggling reproductions, each cut at every offset near the
     // boundary: the smuggling attempt is refused and the legitimate long
     // line with a split CRLF is accepted, whatever the split.
     let head = b"EHLO a.test\r\nMAIL FROM:<s@a.test>\r\nRCPT TO:<bob@b.test>\r\nDATA\r\nSubject: x\r\n\r\n";

@@ -1,4 +1,4 @@
-//! The state machine, row by row against the SPEC §3 tables. No sockets:
+//! The state machine, row by row against postern(8)'s dialogue. No sockets:
 //! each test feeds bytes and reads actions, playing the driver's part.
 
 use super::*;
@@ -766,7 +766,7 @@ fn received_headers_over_max_hops_are_refused_as_a_loop() {
 
 #[test]
 fn a_bad_line_ends_the_auth_exchange() {
-    // SECURITY-2 L5: the commands after an overlong response are commands,
+    // The commands after an overlong response are commands,
     // not the user name and password.
     let mut d = authed_drive();
     assert_eq!(d.one("AUTH LOGIN"), "334");
@@ -780,7 +780,7 @@ fn a_bad_line_ends_the_auth_exchange() {
 
 #[test]
 fn lines_after_a_refused_auth_are_hidden_from_the_log() {
-    // SECURITY-2 L4: inside a transaction AUTH is refused; the pipelined
+    // Inside a transaction AUTH is refused; the pipelined
     // responses that follow are not logged (see dialogue_log).
     let mut d = authed_drive();
     d.one("MAIL FROM:<s@sender.test>");
@@ -817,7 +817,7 @@ impl Policy for Remembering {
 
 #[test]
 fn auth_failures_across_sessions_slow_down_then_lock_out() {
-    // SECURITY-2 L3: reconnecting does not reset the count.
+    // Reconnecting does not reset the count.
     let policy = Arc::new(Remembering(std::sync::Mutex::new(0)));
     let mut p = params(TlsMode::Optional, true);
     p.max_auth_failures = 1;
@@ -861,7 +861,7 @@ fn normalizing() -> Drive {
 
 #[test]
 fn bare_lf_is_normalized_to_crlf() {
-    // INTEROP-2 F8: curl uploads LF-only files; Postfix 3.9 takes them.
+    // curl uploads LF-only files; Postfix 3.9 takes them.
     let mut d = normalizing();
     assert_eq!(d.send(b"EHLO c.test\n"), ["250"]);
     assert_eq!(

@@ -27,8 +27,8 @@
 //! inside `ID.msg`. Removal unlinks `ID.msg` before `ID.env`, so a crash in
 //! between leaves only an `ID.env`, which the start-up scan removes.
 //!
-//! Commit order (SPEC §4): the file is written under `tmp/` and `fsync`ed,
-//! renamed into `mail/`, and `mail/X` itself is `fsync`ed (shared by
+//! Commit order (postern(8) DURABILITY): the file is written under `tmp/`
+//! and `fsync`ed, renamed into `mail/`, and `mail/X` itself is `fsync`ed (shared by
 //! concurrent commits, see [`group`]); only then does [`Incoming::commit`]
 //! return and the client get its 250. An [`Incoming`] dropped without commit
 //! removes its temporary file, so a client that disconnects mid-DATA leaves

@@ -1,4 +1,4 @@
-//! Outbound `ClientConfig`s, one per TLS policy (SPEC §5).
+//! Outbound `ClientConfig`s, one per TLS policy (postern.conf(5), `tls`).
 //!
 //! `may` and `encrypt` encrypt without requiring a valid certificate, as
 //! Postfix's levels of the same names do: an MX certificate is rarely

@@ -7,7 +7,7 @@ pub mod server;
 
 use std::sync::Arc;
 
-/// The crypto provider every config is built with (aws-lc-rs: DEPS.md §1).
+/// The crypto provider every config is built with (aws-lc-rs).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

@@ -40,7 +40,7 @@ pub fn config<'a>(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    // Resumption saves a full handshake per reconnecting client (issue 6).
+    // Resumption saves a full handshake per reconnecting client.
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     // One TLS 1.3 ticket is enough for an MTA that reconnects; the default
     // two cost an extra encryption and record per handshake.

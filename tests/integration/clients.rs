@@ -289,7 +289,7 @@ fn close_notify_peer(args: &[&str]) -> std::process::Child {
 
 #[test]
 fn tls_sessions_end_with_close_notify() {
-    // INTEROP-2 F7: OpenSSL with ragged EOFs reported, as Exim's GnuTLS
+    // OpenSSL with ragged EOFs reported, as Exim's GnuTLS
     // does, saw the connection cut after 221.
     let p = Postern::start();
     for (port, mode) in [(p.tls().port(), "starttls"), (p.smtps().port(), "smtps")] {

@@ -224,7 +224,7 @@ fn second_mx_when_the_first_is_down() {
 
 #[test]
 fn a_refused_aaaa_lookup_still_delivers_over_ipv4() {
-    // INTEROP-2 F1: dnsmasq answers REFUSED for the MX host's AAAA and has
+    // Here dnsmasq answers REFUSED for the MX host's AAAA and has
     // its A record; the mail used to defer until it bounced.
     let (_dns, r, s) = receiver_and_sender("");
     let id = submit(
@@ -381,7 +381,7 @@ fn local_maildir_copy_is_the_message_with_lf_line_ends() {
         body.replacen("..starts", ".starts", 1)
             .replace("\r\n", "\n")
     );
-    // INTEROP-2 F2: s-nail (Debian's mailx) read CR LF files as "headers
+    // The mail reader s-nail (Debian's mailx) read CR LF files as "headers
     // and body not separated" and showed no body.
     need("s-nail", "s-nail");
     let mut mua = Command::new("s-nail")
@@ -728,7 +728,7 @@ fn smarthost_smtps_with_auth() {
             )
         })
     };
-    // SECURITY-2 M5: with auth, the relay's certificate must verify; this
+    // With auth, the relay's certificate must verify; this
     // one is not in the system's roots, so no password goes to it.
     let unverified = smarthost("");
     let id = submit(
@@ -1045,7 +1045,7 @@ fn broken_454_peer() -> (u16, std::thread::JoinHandle<bool>) {
 
 #[test]
 fn hostile_server_drips_its_greeting() {
-    // SECURITY-2 M4: one byte every 300 ms never lets a read time out, but
+    // One byte every 300 ms never lets a read time out, but
     // the reply as a whole must arrive within delivery-timeout (1s here).
     survives(
         |w, _| {
@@ -1103,7 +1103,7 @@ fn slow_server(pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
 
 #[test]
 fn local_delivery_never_waits_behind_a_slow_remote_server() {
-    // SECURITY-2 M4: with one delivery thread, a remote server that takes
+    // With one delivery thread, a remote server that takes
     // 1.5 s per reply (within delivery-timeout) held local mail back.
     let dns = Dns::start();
     let (port, peer) = slow_server(Duration::from_millis(1500));
@@ -1144,7 +1144,7 @@ fn local_delivery_never_waits_behind_a_slow_remote_server() {
 
 #[test]
 fn remote_reply_text_is_made_printable_everywhere() {
-    // SECURITY-2 L1: a reply that sets the terminal title, clears the
+    // A reply that sets the terminal title, clears the
     // screen and forges a status line, with NUL and a bare CR.
     let dns = Dns::start();
     let (port, _peer) = hostile_then_good("127.0.0.2", |w, r| {
@@ -1183,7 +1183,7 @@ fn remote_reply_text_is_made_printable_everywhere() {
 
 #[test]
 fn an_alias_loop_bounces_instead_of_vanishing() {
-    // SECURITY-2 L7: it was logged "sent" and dropped.
+    // It was logged "sent" and dropped.
     let s = Postern::start_with(|d| {
         format!(
             "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:9\n\
@@ -1214,7 +1214,7 @@ fn an_alias_loop_bounces_instead_of_vanishing() {
 
 #[test]
 fn delivery_ends_its_tls_session_with_quit_and_close_notify() {
-    // INTEROP-2 F7, postern as the client.
+    // Postern as the client: close_notify after QUIT.
     let dns = Dns::start();
     let port = std::net::TcpListener::bind("127.0.0.2:0")
         .unwrap()

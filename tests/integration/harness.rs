@@ -546,7 +546,7 @@ pub const TEST_ZONE: &[&str] = &[
     "--mx-host=sender.test,mx.sender.test,10",
     "--host-record=mx.sender.test,127.0.0.1",
     // Outside local=/test/ and with no upstream: dnsmasq answers the A
-    // record and REFUSED for AAAA, as broken nameservers do (INTEROP-2 F1).
+    // record and REFUSED for AAAA, as broken nameservers do.
     "--mx-host=refused.test,mx.refused.example,10",
     "--address=/mx.refused.example/127.0.0.2",
 ];

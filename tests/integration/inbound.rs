@@ -327,7 +327,7 @@ fn bare_lf_is_normalized_and_cannot_end_data() {
 
 #[test]
 fn curl_uploads_an_lf_only_file() {
-    // INTEROP-2 F8: curl without --crlf used to get 554.
+    // Curl without --crlf used to get 554.
     crate::harness::need("curl", "curl");
     let p = Postern::start();
     let file = p.dir.path().join("msg.eml");

@@ -156,7 +156,7 @@ fn background_start_pid_file_and_syslog() {
     log.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let pid_file = d.join("postern.pid");
     // A relative -f, as an administrator in /etc/postern types it: the
-    // daemon runs in / and must still find it for a reload (SECURITY-2 I7).
+    // daemon runs in / and must still find it for a reload.
     let st = Command::new(env!("CARGO_BIN_EXE_postern"))
         .current_dir(d)
         .arg("-f")

@@ -1,6 +1,6 @@
 //! What root does at start-up never follows a path the unprivileged user
-//! controls: the spool (SECURITY-2 H1, H2), the pid file (M1), the spool
-//! root's mode and the control socket (L10). These start the real daemon as
+//! controls: the spool, the pid file, the spool root's mode and the control
+//! socket. These start the real daemon as
 //! root with `user nobody`, so they run only as root (CI runs as root).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,5 +1,5 @@
-//! The SECURITY-2 reproductions that need the real daemon: mail loops (M3)
-//! and the rest of the findings that a client or server can trigger.
+//! Attacks that need the real daemon: mail loops, dripping and chatty
+//! clients, password guessing, and what the log must not show.
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn relaying_to_our_own_listener_defers_instead_of_looping() {
-    // SECURITY-2 M3: the shipped rules relay for local clients; a message
+    // The shipped rules relay for local clients; a message
     // to an address literal of our own listener used to go round and round.
     let port = free_port();
     let p = Postern::start_with(|d| {
@@ -86,7 +86,7 @@ fn read_to_close(s: &mut std::net::TcpStream) -> String {
 
 #[test]
 fn a_dripped_command_cannot_outlast_command_timeout() {
-    // SECURITY-2 L9: one byte every 300 ms never let a read time out.
+    // One byte every 300 ms never let a read time out.
     use std::io::Write;
     let p = Postern::start_with(|d| {
         standard_config(d).replace("limit command-timeout 30s", "limit command-timeout 1s")
@@ -146,7 +146,7 @@ fn a_chatty_idle_client_is_closed_by_the_junk_limit_and_the_lifetime() {
 
 #[test]
 fn a_spool_below_its_free_space_floor_takes_no_new_mail() {
-    // SECURITY-2 I3: Postfix's queue_minfree, OpenSMTPD's 5 %.
+    // Postfix's queue_minfree, OpenSMTPD's 5 %.
     let p = Postern::start_with(|d| standard_config(d) + "limit queue-minfree 1000000G\n");
     let mut c = Conn::connect(p.plain(), &p.cert.der);
     c.expect("220");
@@ -170,7 +170,7 @@ fn submission_from(p: &Postern, src: &str) -> Conn {
 
 #[test]
 fn auth_failures_from_one_address_lock_it_out_across_sessions() {
-    // SECURITY-2 L3: reconnecting after each 421 gave 12.7 guesses a second.
+    // Reconnecting after each 421 gave 12.7 guesses a second.
     let p = Postern::start_with(|d| {
         standard_config(d) + "limit auth-failures 1\nlimit auth-failures-per-ip 3\n"
     });
@@ -194,7 +194,7 @@ fn auth_failures_from_one_address_lock_it_out_across_sessions() {
 
 #[test]
 fn credentials_pipelined_after_a_refused_auth_are_not_logged() {
-    // SECURITY-2 L4, with -v (the harness runs postern with it).
+    // With -v (the harness runs postern with it).
     let p = Postern::start();
     let mut c = submission_from(&p, "127.0.0.1");
     c.cmd("MAIL FROM:<a@sender.test>", "250");
@@ -224,7 +224,7 @@ fn credentials_pipelined_after_a_refused_auth_are_not_logged() {
 
 #[test]
 fn show_stats_counts_sessions() {
-    // SECURITY-2 I1: sessions.active wrapped below zero; total and tls
+    // Sessions.active wrapped below zero; total and tls
     // stayed 0.
     let p = Postern::start();
     let mut c = submission_from(&p, "127.0.0.1");

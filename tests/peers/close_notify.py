@@ -1,6 +1,6 @@
 """Does postern end its TLS sessions with close_notify? Python's ssl module
 (OpenSSL) tells a clean TLS end from a truncated one when ragged EOFs are
-not suppressed, as Exim's GnuTLS does (INTEROP-2 F7).
+not suppressed, as Exim's GnuTLS does.
 
 usage:
   close_notify.py client PORT starttls|smtps
