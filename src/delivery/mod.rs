@@ -1,6 +1,7 @@
 //! Delivery: the scheduler ([`scheduler`]) decides what is due and is the
 //! only writer of envelope state; a fixed pool of delivery threads carries
-//! out jobs, locally ([`local`]) or over SMTP ([`remote`]), and reports one
+//! out jobs, locally ([`local`], threads of its own) or over SMTP
+//! ([`remote`], with TLS decided by [`tls_decision`]), and reports one
 //! result per recipient back. Bounces are built in [`bounce`].
 //!
 //! Unknown failures are temporary: anything not clearly permanent defers.

@@ -1,5 +1,7 @@
 //! Sockets: the mio acceptor ([`listener`]), the session driver
-//! ([`driver`]) and the plain/TLS transport ([`stream`]).
+//! ([`driver`]), the plain/TLS transport ([`stream`]), deadlines a peer
+//! cannot stretch ([`watchdog`], used by delivery too) and AUTH failures
+//! per client address ([`throttle`]).
 
 pub mod driver;
 pub mod listener;
