@@ -1,6 +1,6 @@
 //! SMTP delivery to the destination's MX or a smarthost, with STARTTLS
-//! negotiated per policy (postern.conf(5), `tls`) and decided in one place,
-//! [`Session::negotiate_tls`]:
+//! negotiated per policy (postern.conf(5), `tls`), decided in one place,
+//! [`super::tls_decision::decide`], and carried out here:
 //!
 //! - `none`: never STARTTLS.
 //! - `may`: STARTTLS when offered, any certificate; a failed handshake is
