@@ -91,7 +91,13 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     if !args.foreground {
         let pid_file = postern::sys::open_pid_file(&args.pid_file)?;
         postern::sys::daemonize()?;
-        postern::sys::keep_pid_file(pid_file)?;
+        if let Some(keeper) = postern::sys::keep_pid_file(pid_file)? {
+            // The root process keeps the pid file only: the ports are the
+            // daemon's, free again the moment it exits (a restart binds
+            // them at once).
+            drop(bound);
+            keeper.run();
+        }
     }
     if let Some(who) = &run_as {
         postern::sys::drop_privileges(who)?;

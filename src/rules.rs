@@ -30,6 +30,23 @@ impl ListenerPolicy {
     }
 }
 
+/// Clients not held to per-address limits (`limit sessions-per-ip`, the
+/// AUTH lock-out): local programs (127.0.0.1 and ::1, where they connect
+/// from; a webmail opens many sessions and authenticates many users) and
+/// the networks of `limit sessions-per-ip-exempt`, as Postfix exempts
+/// `$mynetworks` from the limits of its anvil(8).
+pub fn per_ip_exempt(cfg: &Config, ip: std::net::IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip == std::net::Ipv4Addr::LOCALHOST
+        || ip == std::net::Ipv6Addr::LOCALHOST
+        || cfg
+            .limits
+            .sessions_per_ip_exempt
+            .as_ref()
+            .and_then(|t| cfg.tables.get(t))
+            .is_some_and(|t| t.contains_ip(ip))
+}
+
 fn is_local_client(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V6(v6) => v6
@@ -129,11 +146,19 @@ impl Policy for ListenerPolicy {
     }
 
     fn auth_failures(&self, client: &Client) -> u32 {
+        if per_ip_exempt(&self.cfg, client.addr) {
+            return 0;
+        }
         crate::net::throttle::auth_failures(self.client_key(client), self.cfg.limits.auth_lockout)
     }
 
     fn auth_failed(&self, client: &Client) {
-        crate::net::throttle::auth_failed(self.client_key(client), self.cfg.limits.auth_lockout);
+        if !per_ip_exempt(&self.cfg, client.addr) {
+            crate::net::throttle::auth_failed(
+                self.client_key(client),
+                self.cfg.limits.auth_lockout,
+            );
+        }
     }
 }
 
@@ -270,4 +295,32 @@ match from local for local action "open"
             Ok("open".into())
         );
     }
+}
+
+#[cfg(test)]
+#[test]
+fn local_clients_and_listed_networks_are_exempt() {
+    let cfg = Config::parse(
+        "t.conf",
+        "listen on 127.0.0.1\ntable trusted { 192.0.2.0/24, 2001:db8::/32 }\nlimit sessions-per-ip-exempt <trusted>\n",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    let exempt = |a: &str| per_ip_exempt(&cfg, a.parse().unwrap());
+    assert!(exempt("127.0.0.1") && exempt("::1") && exempt("::ffff:127.0.0.1"));
+    assert!(exempt("192.0.2.77") && exempt("2001:db8::5"));
+    assert!(!exempt("127.0.0.2") && !exempt("198.51.100.1"));
+    let plain =
+        Config::parse("t.conf", "listen on 127.0.0.1\n", std::path::Path::new("/")).unwrap();
+    assert!(!per_ip_exempt(&plain, "192.0.2.77".parse().unwrap()));
+    assert!(
+        Config::parse(
+            "t.conf",
+            "listen on 127.0.0.1\nlimit sessions-per-ip-exempt <nope>\n",
+            std::path::Path::new("/")
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("t.conf:2: limit sessions-per-ip-exempt: no table named 'nope'")
+    );
 }

@@ -277,51 +277,68 @@ mod libc_mode {
 }
 
 /// In the background, split in two: the child goes on to drop privileges
-/// and serve; this process stays root, holds nothing but the pid file
-/// (the child's pid), passes TERM, INT and HUP on to the child, and
-/// removes the pid file once the child has exited, as the unprivileged
-/// daemon could not (its directory is root's). Returns in the child only.
-pub fn keep_pid_file(mut pid: PidFile) -> Result<(), String> {
-    use nix::sys::signal::{Signal, kill};
-    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+/// and serve (this returns None there); the parent gets a [`Keeper`],
+/// which must first let go of everything else it holds (the listening
+/// sockets, so that a restart can bind them the moment the daemon is
+/// gone) and then [`Keeper::run`].
+pub fn keep_pid_file(pid: PidFile) -> Result<Option<Keeper>, String> {
     use nix::unistd::{ForkResult, fork};
     // SAFETY: no thread has been started yet (see the start-up order at
     // the top of this file), so the child inherits a consistent process.
     #[allow(unsafe_code)]
     let forked = unsafe { fork() };
-    let child = match forked {
-        Err(e) => return Err(format!("fork: {e}")),
-        Ok(ForkResult::Child) => return Ok(()),
-        Ok(ForkResult::Parent { child }) => child,
-    };
-    if let Err(e) = pid.write(child.as_raw()) {
-        log::error!("{e}");
-        let _ = kill(child, Signal::SIGTERM);
-        let _ = waitpid(child, None);
-        std::process::exit(1);
+    match forked {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => Ok(None),
+        Ok(ForkResult::Parent { child }) => Ok(Some(Keeper { pid, child })),
     }
-    let flags: Vec<(Signal, std::sync::Arc<std::sync::atomic::AtomicBool>)> =
-        [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
-            .into_iter()
-            .map(|s| {
-                let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let _ = signal_hook::flag::register(s as i32, flag.clone());
-                (s, flag)
-            })
-            .collect();
-    let code = loop {
-        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => break 1,
-            _ => {}
+}
+
+/// The root process left in the background: it holds nothing but the
+/// pid file (the daemon's pid), passes TERM, INT and HUP on to the daemon,
+/// and removes the pid file once the daemon has exited, as the
+/// unprivileged daemon could not (its directory is root's).
+pub struct Keeper {
+    pid: PidFile,
+    child: nix::unistd::Pid,
+}
+
+impl Keeper {
+    /// Keep the pid file until the daemon exits, then exit with its status.
+    pub fn run(self) -> ! {
+        use nix::sys::signal::{Signal, kill};
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let Keeper { mut pid, child } = self;
+        if let Err(e) = pid.write(child.as_raw()) {
+            log::error!("{e}");
+            let _ = kill(child, Signal::SIGTERM);
+            let _ = waitpid(child, None);
+            std::process::exit(1);
         }
-        for (sig, flag) in &flags {
-            if flag.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                let _ = kill(child, *sig);
+        let flags: Vec<(Signal, std::sync::Arc<std::sync::atomic::AtomicBool>)> =
+            [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP]
+                .into_iter()
+                .map(|s| {
+                    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let _ = signal_hook::flag::register(s as i32, flag.clone());
+                    (s, flag)
+                })
+                .collect();
+        // Bounded by the daemon's life: it is polled 10 times a second.
+        let code = loop {
+            match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => break code,
+                Ok(WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => break 1,
+                _ => {}
             }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    pid.remove();
-    std::process::exit(code);
+            for (sig, flag) in &flags {
+                if flag.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    let _ = kill(child, *sig);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        pid.remove();
+        std::process::exit(code);
+    }
 }

@@ -303,7 +303,9 @@ impl Server {
                 let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
                 if c.total >= lim.sessions {
                     Some("sessions")
-                } else if per_ip >= lim.sessions_per_ip && !per_ip_exempt(&self.cfg, peer.ip()) {
+                } else if per_ip >= lim.sessions_per_ip
+                    && !crate::rules::per_ip_exempt(&self.cfg, peer.ip())
+                {
                     Some("sessions-per-ip")
                 } else {
                     c.total += 1;
@@ -428,22 +430,6 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     .collect()
 }
 
-/// Clients not held to `limit sessions-per-ip`: local programs (127.0.0.1
-/// and ::1, where they connect from; they may open many sessions at once)
-/// and the networks of `limit sessions-per-ip-exempt`, as Postfix exempts
-/// `$mynetworks` from its connection limits.
-pub fn per_ip_exempt(cfg: &Config, ip: std::net::IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    ip == std::net::Ipv4Addr::LOCALHOST
-        || ip == std::net::Ipv6Addr::LOCALHOST
-        || cfg
-            .limits
-            .sessions_per_ip_exempt
-            .as_ref()
-            .and_then(|t| cfg.tables.get(t))
-            .is_some_and(|t| t.contains_ip(ip))
-}
-
 /// 421 from the acceptor itself, without blocking it (a non-blocking or
 /// short-timeout socket).
 fn busy(stream: &mut impl Write) {
@@ -452,32 +438,4 @@ fn busy(stream: &mut impl Write) {
     // A fresh socket's send buffer always has room for one line; if it
     // does not, the client is not reading and loses nothing by missing it.
     let _ = stream.write(&out);
-}
-
-#[cfg(test)]
-#[test]
-fn local_clients_and_listed_networks_are_exempt() {
-    let cfg = Config::parse(
-        "t.conf",
-        "listen on 127.0.0.1\ntable trusted { 192.0.2.0/24, 2001:db8::/32 }\nlimit sessions-per-ip-exempt <trusted>\n",
-        std::path::Path::new("/"),
-    )
-    .unwrap();
-    let exempt = |a: &str| per_ip_exempt(&cfg, a.parse().unwrap());
-    assert!(exempt("127.0.0.1") && exempt("::1") && exempt("::ffff:127.0.0.1"));
-    assert!(exempt("192.0.2.77") && exempt("2001:db8::5"));
-    assert!(!exempt("127.0.0.2") && !exempt("198.51.100.1"));
-    let plain =
-        Config::parse("t.conf", "listen on 127.0.0.1\n", std::path::Path::new("/")).unwrap();
-    assert!(!per_ip_exempt(&plain, "192.0.2.77".parse().unwrap()));
-    assert!(
-        Config::parse(
-            "t.conf",
-            "listen on 127.0.0.1\nlimit sessions-per-ip-exempt <nope>\n",
-            std::path::Path::new("/")
-        )
-        .unwrap_err()
-        .to_string()
-        .contains("t.conf:2: limit sessions-per-ip-exempt: no table named 'nope'")
-    );
 }

@@ -194,6 +194,20 @@ fn background_start_pid_file_and_syslog() {
     let mut c = Conn::connect(format!("127.0.0.1:{port}").parse().unwrap(), &cert.der);
     c.expect("220");
     c.cmd("QUIT", "221");
+    // Only the daemon holds the port, not the root process keeping the
+    // pid file: a restart can bind it the moment the daemon is gone.
+    need("ss", "iproute2");
+    let ss = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .output()
+        .unwrap();
+    let holders = String::from_utf8_lossy(&ss.stdout).to_string();
+    assert_eq!(
+        holders.matches("pid=").count(),
+        1,
+        "listening sockets held by more than the daemon: {holders}"
+    );
+    assert!(holders.contains(&format!("pid={pid},")), "{holders}");
     let reload = Command::new(env!("CARGO_BIN_EXE_posternctl"))
         .arg("-s")
         .arg(d.join("queue/postern.sock"))
