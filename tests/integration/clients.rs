@@ -343,11 +343,7 @@ fn fail2ban_finds_auth_failures_and_relay_probes() {
     // default level, as a syslog daemon writes them to the maillog.
     need("fail2ban-regex", "fail2ban");
     let p = Postern::start();
-    let mut c = crate::harness::Conn::connect(p.submission(), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
-    c.starttls();
-    c.ehlo();
+    let mut c = crate::harness::Conn::connect(p.submission(), &p.cert.der).secure();
     // base64("\0alice\0wrong")
     c.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8");
     c.cmd("MAIL FROM:<probe@sender.test>", "250");

@@ -81,6 +81,12 @@ fn carol_to_alice(s: &Postern, subject: &str) -> String {
     )
 }
 
+/// Submit a message from carol to `to` and wait for its result line.
+fn send_and_log(s: &Postern, to: &str, subject: &str) -> String {
+    let id = submit(s.addrs[0], "carol@sender.test", &[to], &msg(subject));
+    s.wait_log(&format!("{id}: to=<{to}>"), WAIT)
+}
+
 fn maildir(p: &Postern, user: &str) -> PathBuf {
     p.dir.path().join("mail").join(user).join("Maildir")
 }
@@ -227,13 +233,7 @@ fn a_refused_aaaa_lookup_still_delivers_over_ipv4() {
     // Here dnsmasq answers REFUSED for the MX host's AAAA and has
     // its A record; the mail used to defer until it bounced.
     let (_dns, r, s) = receiver_and_sender("");
-    let id = submit(
-        s.addrs[0],
-        "carol@sender.test",
-        &["alice@refused.test"],
-        &msg("aaaa"),
-    );
-    let line = s.wait_log(&format!("{id}: to=<alice@refused.test>"), WAIT);
+    let line = send_and_log(&s, "alice@refused.test", "aaaa");
     assert!(
         line.contains("relay=mx.refused.example[127.0.0.2]") && line.contains("status=sent"),
         "{line}"
@@ -731,13 +731,7 @@ fn smarthost_smtps_with_auth() {
     // With auth, the relay's certificate must verify; this
     // one is not in the system's roots, so no password goes to it.
     let unverified = smarthost("");
-    let id = submit(
-        unverified.addrs[0],
-        "carol@sender.test",
-        &["far@away.test"],
-        &msg("smart"),
-    );
-    let line = unverified.wait_log(&format!("{id}: to=<far@away.test>"), WAIT);
+    let line = send_and_log(&unverified, "far@away.test", "smart");
     assert!(line.contains("status=deferred"), "{line}");
     assert!(line.contains("TLS handshake with 127.0.0.2"), "{line}");
     // The explicit opt-out sends it, and says so loudly at start.
@@ -746,13 +740,7 @@ fn smarthost_smtps_with_auth() {
         "'auth' with 'tls encrypt': the relay's certificate is not verified",
         WAIT,
     );
-    let id = submit(
-        opted_out.addrs[0],
-        "carol@sender.test",
-        &["far@away.test"],
-        &msg("smart"),
-    );
-    let line = opted_out.wait_log(&format!("{id}: to=<far@away.test>"), WAIT);
+    let line = send_and_log(&opted_out, "far@away.test", "smart");
     assert!(
         line.contains("status=sent") && line.contains("verified=no"),
         "{line}"

@@ -509,6 +509,16 @@ impl Conn {
         self.tls("mx.test").unwrap();
     }
 
+    /// Read the greeting, EHLO, STARTTLS, EHLO again: a session ready for
+    /// AUTH or MAIL inside TLS.
+    pub fn secure(mut self) -> Conn {
+        self.expect("220");
+        self.ehlo();
+        self.starttls();
+        self.ehlo();
+        self
+    }
+
     pub fn auth_alice(&mut self) {
         // base64("\0alice\0secret")
         self.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235 2.7.0");

@@ -160,12 +160,7 @@ fn a_spool_below_its_free_space_floor_takes_no_new_mail() {
 
 /// A TLS session on the submission listener, greeted, from `src`.
 fn submission_from(p: &Postern, src: &str) -> Conn {
-    let mut c = Conn::from_tcp(connect_from(src, p.submission()), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
-    c.starttls();
-    c.ehlo();
-    c
+    Conn::from_tcp(connect_from(src, p.submission()), &p.cert.der).secure()
 }
 
 #[test]
