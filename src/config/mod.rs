@@ -295,6 +295,10 @@ pub struct Limits {
     pub auth_failures_per_ip: u32,
     /// `auth-lockout`: how long a failed AUTH counts against its address.
     pub auth_lockout: Duration,
+    /// `destination-concurrency`: connections at once to one destination.
+    pub destination_concurrency: usize,
+    /// `connection-reuse`: messages one outbound connection carries.
+    pub connection_reuse: usize,
     /// `sessions-per-ip-exempt <table>`: networks not held to
     /// `sessions-per-ip` (loopback never is).
     pub sessions_per_ip_exempt: Option<String>,
@@ -340,6 +344,8 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("auth-lockout", "duration", "15m"),
     ("queue-minfree", "size", "auto"),
     ("sessions-per-ip-exempt", "table", "none"),
+    ("destination-concurrency", "count", "20"),
+    ("connection-reuse", "count", "100"),
 ];
 
 /// Every top-level keyword, for the man-page completeness test.
@@ -474,6 +480,8 @@ fn default_limits() -> Limits {
         auth_lockout: Duration::ZERO,
         queue_minfree: None,
         sessions_per_ip_exempt: None,
+        destination_concurrency: 0,
+        connection_reuse: 0,
     };
     for (name, _, default) in LIMITS {
         // The table's defaults are constants; a typo there is caught by the
@@ -524,6 +532,8 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "junk-commands" => l.junk_commands = count()?.min(u32::MAX as usize) as u32,
         "auth-failures-per-ip" => l.auth_failures_per_ip = count()?.min(u32::MAX as usize) as u32,
         "auth-lockout" => l.auth_lockout = dur()?,
+        "destination-concurrency" => l.destination_concurrency = count()?,
+        "connection-reuse" => l.connection_reuse = count()?,
         "sessions-per-ip-exempt" if value == "none" => l.sessions_per_ip_exempt = None,
         "sessions-per-ip-exempt" => l.sessions_per_ip_exempt = Some(value.to_string()),
         "queue-minfree" if value == "auto" => l.queue_minfree = None,

@@ -106,6 +106,27 @@ pub struct Job {
     pub items: Vec<Item>,
 }
 
+/// How a delivery thread reports a job's outcomes: the route, the
+/// outcomes, whether the destination refused every connection (so that
+/// the scheduler lowers its concurrency instead of counting an attempt),
+/// and whether the thread holds a connection it could use for another job
+/// of the route; returns that next job, if the queue has one.
+pub type Report<'a> = dyn FnMut(Route, Vec<Outcome>, bool, bool) -> Option<Job> + 'a;
+
+/// What a delivery thread sends the scheduler after a job.
+#[derive(Debug)]
+pub struct Done {
+    /// The job's route.
+    pub route: Route,
+    /// One per message.
+    pub outcomes: Vec<Outcome>,
+    /// The destination refused every connection (or greeted with 421).
+    pub refused: bool,
+    /// Where to send the next job for the route over the same connection
+    /// (None: the thread has no connection to keep).
+    pub more: Option<crossbeam_channel::Sender<Option<Job>>>,
+}
+
 /// A delivery thread's report.
 #[derive(Debug)]
 pub struct Outcome {
@@ -211,9 +232,10 @@ impl Context {
         })
     }
 
-    /// Carry out one job: one outcome per message.
-    pub fn run(&self, job: &Job) -> Vec<Outcome> {
-        match self.cfg.actions.get(&job.route.action) {
+    /// Carry out one job (and, for relays, the next ones `report` hands
+    /// out over the same connection), reporting each one's outcomes.
+    pub fn run(&self, job: Job, report: &mut Report<'_>) {
+        let outcomes = match self.cfg.actions.get(&job.route.action) {
             Some(Delivery::Maildir { path, alias, .. }) => {
                 let alias = alias.as_ref().and_then(|t| self.cfg.tables.get(t));
                 job.items
@@ -221,16 +243,17 @@ impl Context {
                     .map(|item| local::deliver(item, path, alias))
                     .collect()
             }
-            Some(Delivery::Relay { .. }) => remote::deliver(self, job),
+            Some(Delivery::Relay { .. }) => return remote::deliver(self, job, report),
             None => remote::fail_all(
-                job,
+                &job,
                 Status::Deferred,
                 &format!(
                     "451 4.3.0 no action named '{}' in the configuration",
                     job.route.action
                 ),
             ),
-        }
+        };
+        report(job.route, outcomes, false, false);
     }
 }
 
@@ -302,7 +325,7 @@ pub fn start(
     let (new_tx, new_rx) = crossbeam_channel::unbounded::<crate::spool::envelope::Envelope>();
     let (local_tx, local_rx) = crossbeam_channel::unbounded::<Job>();
     let (remote_tx, remote_rx) = crossbeam_channel::unbounded::<Job>();
-    let (res_tx, res_rx) = crossbeam_channel::unbounded::<Vec<Outcome>>();
+    let (res_tx, res_rx) = crossbeam_channel::unbounded::<Done>();
     for (lane, job_rx) in [("local", local_rx), ("delivery", remote_rx)] {
         for i in 0..cfg.limits.delivery_workers {
             let (current, job_rx, res_tx) = (current.clone(), job_rx.clone(), res_tx.clone());
@@ -313,8 +336,28 @@ pub fn start(
                         // The context as of this job's start (a reload
                         // swaps it for later jobs).
                         let ctx = current.read().unwrap_or_else(|p| p.into_inner()).clone();
-                        let out = ctx.run(&job);
-                        if res_tx.send(out).is_err() {
+                        let mut gone = false;
+                        ctx.run(job, &mut |route, outcomes, refused, can_reuse| {
+                            let (tx, rx) = crossbeam_channel::bounded(1);
+                            let done = Done {
+                                route,
+                                outcomes,
+                                refused,
+                                more: can_reuse.then_some(tx),
+                            };
+                            if res_tx.send(done).is_err() {
+                                gone = true;
+                                return None;
+                            }
+                            // The scheduler answers at once: the next job
+                            // for the route, or None.
+                            if can_reuse {
+                                rx.recv().ok().flatten()
+                            } else {
+                                None
+                            }
+                        });
+                        if gone {
                             return;
                         }
                     }

@@ -49,6 +49,11 @@ enum Fail {
 /// Results gathered so far, per (item, rcpt index).
 struct Results {
     per_item: Vec<Vec<Option<RcptOutcome>>>,
+    /// Some server greeted us (the destination is up).
+    contact: bool,
+    /// A server refused the connection or greeted with 421: the
+    /// destination may be limiting how many connections we open.
+    refused: bool,
 }
 
 impl Results {
@@ -59,6 +64,8 @@ impl Results {
                 .iter()
                 .map(|i| vec![None; i.rcpts.len()])
                 .collect(),
+            contact: false,
+            refused: false,
         }
     }
 
@@ -70,15 +77,73 @@ impl Results {
     }
 }
 
-/// Deliver a relay job; one outcome per message.
-pub fn deliver(ctx: &Context, job: &Job) -> Vec<Outcome> {
+/// A session kept open after a job, for the next job of the same route
+/// (as Postfix's connection cache): RSET, then the next messages.
+struct Live {
+    s: Session,
+    caps: Capabilities,
+    /// Messages sent over it so far.
+    sent: usize,
+}
+
+/// Deliver a relay job and then, for as long as `report` hands out more
+/// jobs for the same route, the next ones over the same connection (up to
+/// `limit connection-reuse` messages). `report` gets each job's outcomes
+/// and whether the destination refused us (see [`super::Report`]).
+pub fn deliver(ctx: &Context, job: Job, report: &mut super::Report<'_>) {
+    let mut job = job;
+    let mut live: Option<Live> = None;
+    // Bounded: `report` hands out jobs only while the queue has them for
+    // this route, and a connection carries at most connection-reuse
+    // messages.
+    loop {
+        let (outcomes, refused, kept) = deliver_one(ctx, &job, live.take());
+        let next = report(job.route.clone(), outcomes, refused, true);
+        match (next, kept) {
+            (Some(next), Some(l)) if l.sent < ctx.cfg.limits.connection_reuse => {
+                live = Some(l);
+                job = next;
+            }
+            (next, kept) => {
+                if let Some(mut l) = kept {
+                    l.s.quit();
+                }
+                match next {
+                    Some(next) => job = next,
+                    None => return,
+                }
+            }
+        }
+    }
+}
+
+/// One job: over the kept session if there is one and it still works, or
+/// over a new connection to the route's hosts. Returns the outcomes,
+/// whether the destination refused every connection, and the session to
+/// keep (when every message was handed over on it).
+fn deliver_one(ctx: &Context, job: &Job, live: Option<Live>) -> (Vec<Outcome>, bool, Option<Live>) {
     let mut res = Results::empty(job);
+    if let Some(mut l) = live {
+        let reset = l.s.cmd("RSET").is_ok_and(|r| r.is_ok());
+        if reset && send_all(&mut l.s, &l.caps, job, &mut res).is_ok() && !res.any_pending() {
+            l.sent += job.items.len();
+            return (finish(job, res, Status::Deferred, ""), false, Some(l));
+        }
+        // Results recorded so far stand; the rest goes over a new connection.
+        l.s.quit();
+    }
+    let (outcomes, refused, kept) = deliver_fresh(ctx, job, res);
+    (outcomes, refused, kept)
+}
+
+fn deliver_fresh(ctx: &Context, job: &Job, mut res: Results) -> (Vec<Outcome>, bool, Option<Live>) {
     let (hosts, policy, tls) = match plan(ctx, job) {
         Ok(p) => p,
         Err((status, reply)) => {
-            return finish(job, res, status, &reply);
+            return (finish(job, res, status, &reply), false, None);
         }
     };
+    let mut kept = None;
     let mut last = "451 4.4.0 no usable MX host".to_string();
     'hosts: for host in &hosts {
         let addrs = match host.name.parse::<IpAddr>() {
@@ -113,7 +178,7 @@ pub fn deliver(ctx: &Context, job: &Job) -> Vec<Outcome> {
             // At most two passes: the normal one and a `may` downgrade.
             for _ in 0..2 {
                 match attempt(ctx, job, &mut res, host, addr, policy, tls, plaintext) {
-                    Ok(()) => {}
+                    Ok(live) => kept = Some(live),
                     Err(Fail::Next(why)) => last = why,
                     Err(Fail::Downgrade(why)) if !plaintext => {
                         log::warn!(
@@ -134,7 +199,9 @@ pub fn deliver(ctx: &Context, job: &Job) -> Vec<Outcome> {
             }
         }
     }
-    finish(job, res, Status::Deferred, &last)
+    let refused = res.refused && !res.contact;
+    let kept = kept.filter(|_| !res.any_pending());
+    (finish(job, res, Status::Deferred, &last), refused, kept)
 }
 
 /// The same answer, logged, for every recipient of a job.
@@ -476,11 +543,15 @@ fn attempt(
     policy: TlsPolicy,
     tls: &ClientTls,
     plaintext: bool,
-) -> Result<(), Fail> {
+) -> Result<Live, Fail> {
     let lim = &ctx.cfg.limits;
     let relay = format!("{}[{}]:{}", host.name, addr.ip(), addr.port());
-    let tcp = TcpStream::connect_timeout(&addr, lim.connect_timeout)
-        .map_err(|e| Fail::Next(format!("451 4.4.1 connect to {relay}: {}", io_text(&e))))?;
+    let tcp = TcpStream::connect_timeout(&addr, lim.connect_timeout).map_err(|e| {
+        if e.kind() == io::ErrorKind::ConnectionRefused {
+            res.refused = true;
+        }
+        Fail::Next(format!("451 4.4.1 connect to {relay}: {}", io_text(&e)))
+    })?;
     let setup = tcp
         .set_nodelay(true)
         .and_then(|_| tcp.set_read_timeout(Some(lim.delivery_timeout)))
@@ -508,11 +579,14 @@ fn attempt(
     }
     let greeting = s.read().map_err(next)?;
     if !greeting.is_ok() {
+        // 421 at the greeting: "too many connections", typically.
+        res.refused |= greeting.code == 421;
         return Err(Fail::Next(format!(
             "{} (greeting from {relay})",
             greeting.one_line()
         )));
     }
+    res.contact = true;
     let caps = s.ehlo(&ctx.hostname).map_err(Fail::Next)?;
     // A session given up here (no STARTTLS under encrypt, credentials
     // refused) still ends with QUIT.
@@ -520,13 +594,24 @@ fn attempt(
         .negotiate_tls(caps, facts, tls, &host.name, &ctx.hostname)
         .inspect_err(|_| s.quit())?;
     smarthost_auth(ctx, job, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
+    send_all(&mut s, &caps, job, res)?;
+    let sent = job.items.len();
+    Ok(Live { s, caps, sent })
+}
+
+/// MAIL, RCPT, DATA for every item with recipients still pending.
+fn send_all(
+    s: &mut Session,
+    caps: &Capabilities,
+    job: &Job,
+    res: &mut Results,
+) -> Result<(), Fail> {
     for (i, item) in job.items.iter().enumerate() {
         if !(0..item.rcpts.len()).any(|p| res.pending(i, p)) {
             continue;
         }
-        send_item(&mut s, &caps, item, i, res).map_err(next)?;
+        send_item(s, caps, item, i, res).map_err(|e| Fail::Next(format!("451 4.4.2 {e}")))?;
     }
-    s.quit();
     Ok(())
 }
 

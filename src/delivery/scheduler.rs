@@ -7,14 +7,14 @@
 //! deferred recipients wait for their retry time: 1m, 5m, 15m, 30m, 1h,
 //! then hourly, until `bounce-after`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
 use super::bounce::{self, Failure};
-use super::{Item, Job, Outcome, Route, Status};
+use super::{Done, Item, Job, Outcome, Route, Status};
 use crate::config::{Config, Delivery};
 use crate::control;
 use crate::rules::ListenerPolicy;
@@ -30,6 +30,10 @@ const OWED_MAX: Duration = Duration::from_millis(100);
 /// busy destination still spreads over several delivery threads.
 const ITEMS_PER_JOB: usize = 20;
 
+/// How long a connection with nothing to send is kept open for new mail
+/// to its destination (Postfix's smtp_connection_cache_time_limit).
+const CONNECTION_IDLE: Duration = Duration::from_secs(2);
+
 /// Seconds to wait after the n-th failed attempt, for a first retry of
 /// `base` seconds (60 by default: 1m, 5m, 15m, 30m, 1h, then hourly).
 pub fn backoff(attempts: u32, base: u64) -> u64 {
@@ -42,6 +46,10 @@ pub fn backoff(attempts: u32, base: u64) -> u64 {
     };
     base.max(1).saturating_mul(factor)
 }
+
+/// A delivery thread holding an open connection with nothing to send: the
+/// channel it waits on for its next job, and until when it is kept.
+type IdleConnection = (crossbeam_channel::Sender<Option<Job>>, std::time::Instant);
 
 struct Entry {
     env: Envelope,
@@ -63,6 +71,21 @@ pub struct Scheduler {
     owed: crate::spool::Unsynced,
     /// When the oldest of them was made.
     owed_since: Option<std::time::Instant>,
+    /// Jobs (connections) in flight per route: a domain's MX hosts, a
+    /// smarthost, a Maildir action.
+    active: HashMap<Route, usize>,
+    /// The concurrency a route is held to now: `limit
+    /// destination-concurrency`, lowered while its servers refuse more
+    /// connections from us.
+    concurrency: HashMap<Route, usize>,
+    /// Messages held back while their route is at its concurrency; the
+    /// route's open connections take them (see [`Scheduler::next_job`]).
+    waiting: HashMap<Route, BTreeSet<String>>,
+    /// Open connections with nothing to send, per route, and until when
+    /// they are kept: new mail for the route goes over them. Only the
+    /// scheduler closes one (by sending None), so no job is ever sent to a
+    /// thread that stopped listening.
+    idle: HashMap<Route, Vec<IdleConnection>>,
 }
 
 impl Scheduler {
@@ -78,6 +101,10 @@ impl Scheduler {
             next_due: 0,
             owed: Default::default(),
             owed_since: None,
+            active: HashMap::new(),
+            concurrency: HashMap::new(),
+            waiting: HashMap::new(),
+            idle: HashMap::new(),
         };
         for id in s.spool.list().map_err(|e| format!("queue: {e}"))? {
             s.load(&id);
@@ -116,7 +143,7 @@ impl Scheduler {
     pub fn run(
         &mut self,
         new: Receiver<Envelope>,
-        mut results: Receiver<Vec<Outcome>>,
+        mut results: Receiver<Done>,
         mut ctl: Receiver<control::Message>,
         mut reloads: Receiver<Arc<Config>>,
     ) {
@@ -133,15 +160,18 @@ impl Scheduler {
             if self.owed.any() {
                 wait = wait.min(Duration::from_millis(100));
             }
+            if let Some(until) = self.close_idle() {
+                wait = wait.min(until.saturating_duration_since(std::time::Instant::now()));
+            }
             select! {
                 recv(new) -> env => match env {
                     Ok(env) => self.insert(env),
                     Err(_) => return,
                 },
                 recv(results) -> r => match r {
-                    Ok(outcomes) => {
-                        let done: Vec<String> = outcomes.into_iter().filter_map(|o| self.apply(o)).collect();
-                        self.remove(&done);
+                    Ok(done) => {
+                        let finished = self.job_done(done);
+                        self.remove(&finished);
                         // Bounded: under a steady stream of results the owed
                         // fsyncs still happen within about 100 ms.
                         let overdue = self.owed_since.is_some_and(|t| t.elapsed() >= OWED_MAX);
@@ -226,22 +256,248 @@ impl Scheduler {
             }
         }
         for (route, items) in groups {
+            let limit = self.concurrency_of(&route);
             for chunk in items.chunks(ITEMS_PER_JOB) {
-                for item in chunk {
-                    if let Some(e) = self.queue.get_mut(&item.id) {
-                        e.busy += 1;
-                    }
-                }
                 let job = Job {
                     route: route.clone(),
                     items: chunk.to_vec(),
                 };
-                if !self.jobs.send(&self.cfg, job) {
+                // An open connection to the route takes it first.
+                let Some(job) = self.give_to_idle(job) else {
+                    continue;
+                };
+                let active = self.active.get(&route).copied().unwrap_or(0);
+                if active >= limit {
+                    // The route's open connections take these when they
+                    // finish their job (next_job); none is opened for them.
+                    let w = self.waiting.entry(route.clone()).or_default();
+                    w.extend(chunk.iter().map(|i| i.id.clone()));
+                    continue;
+                }
+                for item in chunk {
+                    if let Some(e) = self.queue.get_mut(&item.id) {
+                        e.busy += 1;
+                    }
+                    if let Some(w) = self.waiting.get_mut(&route) {
+                        w.remove(&item.id);
+                    }
+                }
+                if self.jobs.send(&self.cfg, job) {
+                    self.active.insert(route.clone(), active + 1);
+                } else {
                     log::error!("scheduler: delivery threads are gone");
                 }
             }
         }
         (self.next_due != u64::MAX).then_some(self.next_due)
+    }
+
+    /// Hand `job` to an idle connection of its route; gives it back when
+    /// there is none.
+    fn give_to_idle(&mut self, job: Job) -> Option<Job> {
+        let mut job = job;
+        // Bounded by the idle connections of the route.
+        while let Some((tx, _)) = self.idle.get_mut(&job.route).and_then(Vec::pop) {
+            for item in &job.items {
+                if let Some(e) = self.queue.get_mut(&item.id) {
+                    e.busy += 1;
+                }
+                if let Some(w) = self.waiting.get_mut(&job.route) {
+                    w.remove(&item.id);
+                }
+            }
+            match tx.send(Some(job)) {
+                Ok(()) => return None,
+                Err(crossbeam_channel::SendError(back)) => {
+                    // The thread is gone; so is its slot.
+                    let back = back?;
+                    for item in &back.items {
+                        if let Some(e) = self.queue.get_mut(&item.id) {
+                            e.busy = e.busy.saturating_sub(1);
+                        }
+                    }
+                    let a = self.active.get(&back.route).copied().unwrap_or(1);
+                    self.active.insert(back.route.clone(), a.saturating_sub(1));
+                    job = back;
+                }
+            }
+        }
+        Some(job)
+    }
+
+    /// Close the idle connections whose time is up; returns when the next
+    /// one is due.
+    fn close_idle(&mut self) -> Option<std::time::Instant> {
+        let now = std::time::Instant::now();
+        let mut next: Option<std::time::Instant> = None;
+        let mut freed = Vec::new();
+        for (route, conns) in self.idle.iter_mut() {
+            conns.retain(|(tx, until)| {
+                if *until > now {
+                    next = Some(next.map_or(*until, |n| n.min(*until)));
+                    return true;
+                }
+                let _ = tx.send(None);
+                freed.push(route.clone());
+                false
+            });
+        }
+        for route in freed {
+            let a = self.active.get(&route).copied().unwrap_or(1);
+            self.active.insert(route.clone(), a.saturating_sub(1));
+            if let Some(w) = self.waiting.get(&route) {
+                self.dirty.extend(w.iter().cloned());
+            }
+        }
+        next
+    }
+
+    fn concurrency_of(&self, route: &Route) -> usize {
+        self.concurrency
+            .get(route)
+            .copied()
+            .unwrap_or(self.cfg.limits.destination_concurrency)
+            .max(1)
+    }
+
+    /// A delivery thread finished a job: record its results, and hand its
+    /// connection the route's next messages, or close the job's slot.
+    /// Returns the messages now finished.
+    fn job_done(&mut self, done: Done) -> Vec<String> {
+        let Done {
+            route,
+            outcomes,
+            refused,
+            more,
+        } = done;
+        let active = self.active.get(&route).copied().unwrap_or(1);
+        let finished = if refused && active > 1 {
+            // Its servers turn away one more connection while they serve
+            // our others: a limit on us, not a failure of these messages.
+            // Hold the route to what it takes, and let the open
+            // connections carry these, without counting an attempt.
+            let lower = (active - 1).max(1);
+            if self.concurrency_of(&route) > lower {
+                log::info!(
+                    "{} {}: connection refused while {} others are open; holding it to {lower} connections",
+                    route.action,
+                    route.domain,
+                    active - 1
+                );
+            }
+            self.concurrency.insert(route.clone(), lower);
+            for o in &outcomes {
+                if let Some(e) = self.queue.get_mut(&o.id) {
+                    e.busy = e.busy.saturating_sub(1);
+                    self.waiting
+                        .entry(route.clone())
+                        .or_default()
+                        .insert(o.id.clone());
+                }
+            }
+            Vec::new()
+        } else {
+            if !refused && self.concurrency.contains_key(&route) {
+                // Served well again: allow one more connection next time.
+                let c = self.concurrency_of(&route) + 1;
+                if c >= self.cfg.limits.destination_concurrency {
+                    self.concurrency.remove(&route);
+                } else {
+                    self.concurrency.insert(route.clone(), c);
+                }
+            }
+            outcomes.into_iter().filter_map(|o| self.apply(o)).collect()
+        };
+        let next = match &more {
+            Some(_) if !refused => self.next_job(&route),
+            _ => None,
+        };
+        match (more, next) {
+            (Some(tx), Some(job)) => {
+                if let Err(crossbeam_channel::SendError(Some(job))) = tx.send(Some(job)) {
+                    // The thread is gone: the messages are free again.
+                    self.release(&job);
+                }
+            }
+            // Nothing for it now: kept open a moment for new mail.
+            (Some(tx), None) if !refused => {
+                self.idle
+                    .entry(route)
+                    .or_default()
+                    .push((tx, std::time::Instant::now() + CONNECTION_IDLE));
+            }
+            (more, _) => {
+                if let Some(tx) = more {
+                    let _ = tx.send(None);
+                }
+                self.active.insert(route.clone(), active.saturating_sub(1));
+                // A slot is free: what waited for the route is looked at.
+                if let Some(w) = self.waiting.get(&route) {
+                    self.dirty.extend(w.iter().cloned());
+                }
+            }
+        }
+        finished
+    }
+
+    /// The route's next due messages for a connection that is open already
+    /// (Postfix's connection cache): up to a job's worth of those waiting.
+    fn next_job(&mut self, route: &Route) -> Option<Job> {
+        let now = crate::time::unix_now();
+        let ids: Vec<String> = self.waiting.get(route)?.iter().cloned().collect();
+        let mut items = Vec::new();
+        for id in ids {
+            if items.len() >= ITEMS_PER_JOB {
+                break;
+            }
+            if let Some(w) = self.waiting.get_mut(route) {
+                w.remove(&id);
+            }
+            let Some(e) = self.queue.get_mut(&id) else {
+                continue;
+            };
+            let rcpts: Vec<(usize, String)> = e
+                .env
+                .rcpts
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.state == RcptState::Pending
+                        && r.next_try <= now
+                        && route_of(&self.cfg, r) == *route
+                })
+                .map(|(i, r)| (i, r.addr.clone()))
+                .collect();
+            if rcpts.is_empty() {
+                continue;
+            }
+            e.busy += 1;
+            items.push(Item {
+                id: id.clone(),
+                from: e.env.from.clone(),
+                size: e.env.size,
+                eight_bit: e.env.eight_bit,
+                arrival: e.env.arrival,
+                rcpts,
+                body: self.spool.body_path(&id),
+            });
+        }
+        (!items.is_empty()).then(|| Job {
+            route: route.clone(),
+            items,
+        })
+    }
+
+    /// Undo a job that never reached a thread.
+    fn release(&mut self, job: &Job) {
+        for item in &job.items {
+            if let Some(e) = self.queue.get_mut(&item.id) {
+                e.busy = e.busy.saturating_sub(1);
+            }
+            self.dirty.push(item.id.clone());
+        }
+        let a = self.active.get(&job.route).copied().unwrap_or(1);
+        self.active.insert(job.route.clone(), a.saturating_sub(1));
     }
 
     /// Remove finished messages from disk, then from memory.

@@ -1293,3 +1293,79 @@ fn reload_rebuilds_delivery_and_names_what_needs_a_restart() {
         "{sent}"
     );
 }
+
+/// Submit `n` messages for alice@example.test over one session.
+fn burst(s: &Postern, n: usize) {
+    let mut c = crate::harness::Conn::connect(s.addrs[0], &s.cert.der);
+    c.expect("220");
+    c.ehlo();
+    for i in 0..n {
+        c.cmd("MAIL FROM:<carol@sender.test>", "250");
+        c.cmd("RCPT TO:<alice@example.test>", "250");
+        c.cmd("DATA", "354");
+        c.send_raw(msg(&format!("burst {i}")).as_bytes());
+        c.cmd(".", "250 2.0.0");
+    }
+    c.cmd("QUIT", "221");
+}
+
+/// A receiver whose own log counts the TLS sessions it served.
+fn tls_sessions(r: &Postern) -> usize {
+    r.log_text().matches(" smtp tls address=").count()
+}
+
+#[test]
+fn a_burst_to_one_destination_shares_connections() {
+    // INTEROP-2 F3: 200 messages took 200 connections and 200 handshakes.
+    let (_dns, r, s) = receiver_and_sender("");
+    burst(&s, 200);
+    wait_until(Duration::from_secs(60), "200 deliveries", || {
+        maildir_files(&maildir(&r, "alice")).len() == 200
+    });
+    let sessions = tls_sessions(&r);
+    assert!(sessions <= 20, "{sessions} TLS sessions for 200 messages");
+    assert!(
+        !s.log_text().contains("status=deferred"),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn a_receiver_that_takes_five_connections_gets_everything_in_the_first_pass() {
+    // The receiver turns away a sixth connection with 421; postern holds
+    // itself to what it takes instead of deferring the messages.
+    let dns = Dns::start();
+    let r = Postern::start_named(&["mx1.example.test"], |d| {
+        format!(
+            "hostname mx1.example.test\nqueue \"{d}/queue\"\npki mx1.example.test cert \"{d}/cert.pem\"\n\
+             pki mx1.example.test key \"{d}/key.pem\"\ntable locals {{ alice }}\n\
+             listen on 127.0.0.2 port 0 tls\naction \"local\" maildir \"{d}/mail/%{{user}}/Maildir\" users <locals>\n\
+             match from any for domain \"example.test\" action \"local\"\nlimit sessions 5\n",
+            d = d.display()
+        )
+    });
+    // The default retry interval (1m): a message deferred on the way would
+    // miss the deadline below. The queue is held while it fills, then
+    // released at once: ten jobs of twenty want ten connections.
+    let mut s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:{dns}\n\
+             action \"out\" relay port {port}\nmatch from local for any action \"out\"\n\
+             limit delivery-workers 0\n",
+            d = d.display(),
+            dns = dns.port,
+            port = r.addrs[0].port()
+        )
+    });
+    burst(&s, 200);
+    let held = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, held.replace("limit delivery-workers 0\n", "")).unwrap();
+    s.kill9_and_restart();
+    wait_until(Duration::from_secs(50), "200 deliveries in the first pass", || {
+        maildir_files(&maildir(&r, "alice")).len() == 200
+    });
+    let log = s.log_text();
+    assert!(tls_sessions(&r) <= 20, "{} TLS sessions", tls_sessions(&r));
+    assert!(log.contains("holding it to"), "{log}");
+}
