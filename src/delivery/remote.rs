@@ -98,7 +98,8 @@ pub fn deliver(ctx: &Context, job: Job, report: &mut super::Report<'_>) {
     // messages.
     loop {
         let (outcomes, refused, kept) = deliver_one(ctx, &job, live.take());
-        let next = report(job.route.clone(), outcomes, refused, true);
+        // Only a thread that holds a working connection asks for more.
+        let next = report(job.route.clone(), outcomes, refused, kept.is_some());
         match (next, kept) {
             (Some(next), Some(l)) if l.sent < ctx.cfg.limits.connection_reuse => {
                 live = Some(l);

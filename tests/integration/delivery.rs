@@ -1362,9 +1362,11 @@ fn a_receiver_that_takes_five_connections_gets_everything_in_the_first_pass() {
     let held = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(&s.config, held.replace("limit delivery-workers 0\n", "")).unwrap();
     s.kill9_and_restart();
-    wait_until(Duration::from_secs(50), "200 deliveries in the first pass", || {
-        maildir_files(&maildir(&r, "alice")).len() == 200
-    });
+    wait_until(
+        Duration::from_secs(50),
+        "200 deliveries in the first pass",
+        || maildir_files(&maildir(&r, "alice")).len() == 200,
+    );
     let log = s.log_text();
     assert!(tls_sessions(&r) <= 20, "{} TLS sessions", tls_sessions(&r));
     assert!(log.contains("holding it to"), "{log}");
