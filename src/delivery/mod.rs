@@ -268,13 +268,21 @@ pub struct Lanes {
 }
 
 impl Lanes {
-    /// Send `job` to its lane; false if that lane's threads are gone.
-    pub fn send(&self, cfg: &Config, job: Job) -> bool {
-        let lane = match cfg.actions.get(&job.route.action) {
+    fn lane(&self, cfg: &Config, route: &Route) -> &crossbeam_channel::Sender<Job> {
+        match cfg.actions.get(&route.action) {
             Some(Delivery::Maildir { .. }) => &self.local,
             _ => &self.remote,
-        };
-        lane.send(job).is_ok()
+        }
+    }
+
+    /// Send `job` to its lane; false if that lane's threads are gone.
+    pub fn send(&self, cfg: &Config, job: Job) -> bool {
+        self.lane(cfg, &job.route).send(job).is_ok()
+    }
+
+    /// Jobs waiting for a thread in the lane `route` goes to.
+    pub fn backlog(&self, cfg: &Config, route: &Route) -> usize {
+        self.lane(cfg, route).len()
     }
 }
 

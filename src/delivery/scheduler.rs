@@ -172,10 +172,14 @@ impl Scheduler {
                     Ok(done) => {
                         let finished = self.job_done(done);
                         self.remove(&finished);
-                        // Bounded: under a steady stream of results the owed
-                        // fsyncs still happen within about 100 ms.
+                        // The owed directory fsyncs wait for a quiet moment
+                        // (the default branch below, at most OWED_MAX away):
+                        // delivery threads that hold a connection wait for
+                        // this loop's answer, so it must not stop for them
+                        // after every job. Under a steady stream of results
+                        // they still happen within about 100 ms.
                         let overdue = self.owed_since.is_some_and(|t| t.elapsed() >= OWED_MAX);
-                        if results.is_empty() || overdue {
+                        if overdue {
                             self.sync_owed();
                         }
                     }
@@ -419,8 +423,10 @@ impl Scheduler {
                     self.release(&job);
                 }
             }
-            // Nothing for it now: kept open a moment for new mail.
-            (Some(tx), None) if !refused => {
+            // Nothing for it now: kept open a moment for new mail, unless
+            // jobs wait for a thread (the thread is worth more than the
+            // connection then).
+            (Some(tx), None) if !refused && self.jobs.backlog(&self.cfg, &route) == 0 => {
                 self.idle
                     .entry(route)
                     .or_default()
