@@ -248,15 +248,10 @@ impl Scheduler {
                     .push((idx, r.addr.clone()));
             }
             for (route, rcpts) in per_route {
-                groups.entry(route).or_default().push(Item {
-                    id: id.clone(),
-                    from: e.env.from.clone(),
-                    size: e.env.size,
-                    eight_bit: e.env.eight_bit,
-                    arrival: e.env.arrival,
-                    rcpts,
-                    body: self.spool.body_path(&id),
-                });
+                groups
+                    .entry(route)
+                    .or_default()
+                    .push(item(&self.spool, &e.env, rcpts));
             }
         }
         for (route, items) in groups {
@@ -478,15 +473,7 @@ impl Scheduler {
                 continue;
             }
             e.busy += 1;
-            items.push(Item {
-                id: id.clone(),
-                from: e.env.from.clone(),
-                size: e.env.size,
-                eight_bit: e.env.eight_bit,
-                arrival: e.env.arrival,
-                rcpts,
-                body: self.spool.body_path(&id),
-            });
+            items.push(item(&self.spool, &e.env, rcpts));
         }
         (!items.is_empty()).then(|| Job {
             route: route.clone(),
@@ -774,6 +761,19 @@ fn age(secs: u64) -> String {
 }
 
 /// The route of a recipient: MX relay routes are per domain.
+/// A message's part of a job: these recipients of `env`.
+fn item(spool: &Spool, env: &Envelope, rcpts: Vec<(usize, String)>) -> Item {
+    Item {
+        id: env.id.clone(),
+        from: env.from.clone(),
+        size: env.size,
+        eight_bit: env.eight_bit,
+        arrival: env.arrival,
+        rcpts,
+        body: spool.body_path(&env.id),
+    }
+}
+
 fn route_of(cfg: &Config, r: &EnvRcpt) -> Route {
     let domain = match cfg.actions.get(&r.action) {
         Some(Delivery::Relay { host: None, .. }) => r
