@@ -500,6 +500,8 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
             )),
         }
     };
+    // Counts kept as u32 (error and hop counters) saturate there.
+    let count32 = || count().map(|n| n.min(u32::MAX as usize) as u32);
     let dur = || {
         parse_duration(value)
             .ok_or_else(|| format!("limit {name}: bad duration '{value}' (use e.g. 30s, 5m, 1h)"))
@@ -519,18 +521,18 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "spare-files" if value == "0" => l.spare_files = 0,
         "spare-files" => l.spare_files = count()?,
         "command-timeout" => l.command_timeout = dur()?,
-        "max-errors" => l.max_errors = count()?.min(u32::MAX as usize) as u32,
-        "auth-failures" => l.auth_failures = count()?.min(u32::MAX as usize) as u32,
+        "max-errors" => l.max_errors = count32()?,
+        "auth-failures" => l.auth_failures = count32()?,
         "auth-delay" => l.auth_delay = dur()?,
         "shutdown-timeout" => l.shutdown_timeout = dur()?,
         "connect-timeout" => l.connect_timeout = dur()?,
         "delivery-timeout" => l.delivery_timeout = dur()?,
         "retry-interval" => l.retry_interval = dur()?,
-        "max-hops" => l.max_hops = count()?.min(u32::MAX as usize) as u32,
+        "max-hops" => l.max_hops = count32()?,
         "delivery-lifetime" => l.delivery_lifetime = dur()?,
         "session-lifetime" => l.session_lifetime = dur()?,
-        "junk-commands" => l.junk_commands = count()?.min(u32::MAX as usize) as u32,
-        "auth-failures-per-ip" => l.auth_failures_per_ip = count()?.min(u32::MAX as usize) as u32,
+        "junk-commands" => l.junk_commands = count32()?,
+        "auth-failures-per-ip" => l.auth_failures_per_ip = count32()?,
         "auth-lockout" => l.auth_lockout = dur()?,
         "destination-concurrency" => l.destination_concurrency = count()?,
         "connection-reuse" => l.connection_reuse = count()?,

@@ -133,8 +133,7 @@ fn deliver_one(ctx: &Context, job: &Job, live: Option<Live>) -> (Vec<Outcome>, b
         // Results recorded so far stand; the rest goes over a new connection.
         l.s.quit();
     }
-    let (outcomes, refused, kept) = deliver_fresh(ctx, job, res);
-    (outcomes, refused, kept)
+    deliver_fresh(ctx, job, res)
 }
 
 fn deliver_fresh(ctx: &Context, job: &Job, mut res: Results) -> (Vec<Outcome>, bool, Option<Live>) {
