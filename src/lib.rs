@@ -21,6 +21,5 @@ pub mod smtp;
 pub mod spool;
 pub mod stats;
 pub mod sys;
-pub mod table;
 pub mod time;
 pub mod tls;

@@ -6,6 +6,7 @@
 //! loaded here too, so a check catches an unreadable or too-open key.
 
 pub mod lexer;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -16,8 +17,8 @@ use std::time::Duration;
 use lexer::{Line, Token};
 
 use crate::smtp::server::TlsMode;
-use crate::table::Table;
 use crate::tls::pki::Pki;
+use table::Table;
 
 /// A configuration error with its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,20 +126,111 @@ pub enum Delivery {
         alias: Option<String>,
     },
     /// `relay [host URL] [auth <t>] [tls-policy <t>] [tls POLICY] [port N] [ca FILE]`.
-    Relay {
-        /// Smarthost URL (`smtp://`, `smtp+tls://`, `smtps://`).
-        host: Option<String>,
-        /// Secrets table for smarthost AUTH.
-        auth: Option<String>,
-        /// Per-domain TLS policy table.
-        tls_policy: Option<String>,
-        /// Default TLS policy.
-        tls: TlsPolicy,
-        /// Destination port (tests); 25 by default.
-        port: Option<u16>,
-        /// CA file for `verify`.
-        ca: Option<PathBuf>,
-    },
+    Relay(RelayAction),
+}
+
+/// A `relay` action, read and checked: delivery parses nothing again.
+#[derive(Debug, Clone)]
+pub struct RelayAction {
+    /// Smarthost; MX delivery when absent.
+    pub host: Option<Smarthost>,
+    /// Credentials for smarthost AUTH.
+    pub auth: Option<Secrets>,
+    /// Per-domain TLS policies.
+    pub tls_policy: Option<PolicyTable>,
+    /// Default TLS policy.
+    pub tls: TlsPolicy,
+    /// Destination port (tests); 25 by default.
+    pub port: Option<u16>,
+    /// CA file for `verify`, with its certificates.
+    pub ca: Option<CaFile>,
+}
+
+impl RelayAction {
+    /// The TLS policy for `domain`: its `tls-policy` entry, else `tls`.
+    pub fn policy_for(&self, domain: &str) -> TlsPolicy {
+        self.tls_policy
+            .as_ref()
+            .and_then(|t| t.by_domain.get(&domain.to_ascii_lowercase()))
+            .copied()
+            .unwrap_or(self.tls)
+    }
+}
+
+/// A `secrets` table for smarthost AUTH: `host user:password` entries.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    /// The table's name (for messages).
+    pub table: String,
+    /// By lower-cased host name.
+    pub by_host: BTreeMap<String, Secret>,
+}
+
+/// One smarthost login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub pass: String,
+}
+
+// Never print a password, whatever logs a configuration.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secrets <{}> for {:?}",
+            self.table,
+            self.by_host.keys().collect::<Vec<_>>()
+        )
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret {{ user: {:?}, pass: <hidden> }}", self.user)
+    }
+}
+
+/// A `tls-policy` table: `domain none|may|encrypt|verify` entries.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyTable {
+    /// The table's name (for messages).
+    pub table: String,
+    /// By lower-cased domain.
+    pub by_domain: BTreeMap<String, TlsPolicy>,
+}
+
+/// A CA file and the certificates read from it.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its certificates (read when the configuration is).
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// How a smarthost URL's scheme says to speak to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `smtp://`: port 25, STARTTLS per the action's policy.
+    Smtp,
+    /// `smtp+tls://`: port 587, STARTTLS required.
+    SmtpTls,
+    /// `smtps://`: port 465, TLS before the greeting (RFC 8314).
+    Smtps,
+}
+
+impl Scheme {
+    /// The port a URL without one means.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Smtp => 25,
+            Scheme::SmtpTls => 587,
+            Scheme::Smtps => 465,
+        }
+    }
 }
 
 /// A smarthost URL: `smtp://`, `smtp+tls://` or `smtps://`, a host name
@@ -146,7 +238,7 @@ pub enum Delivery {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smarthost {
     /// `smtp`, `smtp+tls` or `smtps`.
-    pub scheme: String,
+    pub scheme: Scheme,
     /// Host name or address, without brackets.
     pub host: String,
     /// The port given, if any.
@@ -198,8 +290,13 @@ impl Smarthost {
                     .ok_or_else(|| format!("relay host '{url}': bad port '{p}'"))?,
             ),
         };
+        let scheme = match scheme {
+            "smtps" => Scheme::Smtps,
+            "smtp+tls" => Scheme::SmtpTls,
+            _ => Scheme::Smtp,
+        };
         Ok(Smarthost {
-            scheme: scheme.to_string(),
+            scheme,
             host: host.to_string(),
             port,
         })
@@ -917,11 +1014,23 @@ impl Parser<'_> {
                     match t.text() {
                         Some("host") => {
                             let h = a.word("relay URL")?;
-                            Smarthost::parse(h).map_err(|e| format!("action {name}: {e}"))?;
-                            host = Some(h.to_string());
+                            host = Some(
+                                Smarthost::parse(h).map_err(|e| format!("action {name}: {e}"))?,
+                            );
                         }
-                        Some("auth") => auth = Some(a.table("auth")?),
-                        Some("tls-policy") => tls_policy = Some(a.table("tls-policy")?),
+                        // Filled from the tables once every table is read.
+                        Some("auth") => {
+                            auth = Some(Secrets {
+                                table: a.table("auth")?,
+                                ..Secrets::default()
+                            })
+                        }
+                        Some("tls-policy") => {
+                            tls_policy = Some(PolicyTable {
+                                table: a.table("tls-policy")?,
+                                ..PolicyTable::default()
+                            })
+                        }
                         Some("tls") => {
                             let p = a.word("TLS policy")?;
                             tls = Some(TlsPolicy::parse(p)
@@ -934,7 +1043,12 @@ impl Parser<'_> {
                                     .map_err(|_| format!("action {name}: bad port '{p}'"))?,
                             );
                         }
-                        Some("ca") => ca = Some(self.path(a.word("CA file")?)),
+                        Some("ca") => {
+                            ca = Some(CaFile {
+                                path: self.path(a.word("CA file")?),
+                                certs: Vec::new(),
+                            })
+                        }
                         _ => return Err(format!("action {name}: unexpected '{t}'")),
                     }
                 }
@@ -950,14 +1064,14 @@ impl Parser<'_> {
                     (_, Some(t)) => t,
                     (false, None) => TlsPolicy::May,
                 };
-                Delivery::Relay {
+                Delivery::Relay(RelayAction {
                     host,
                     auth,
                     tls_policy,
                     tls,
                     port,
                     ca,
-                }
+                })
             }
             w => {
                 return Err(format!(
@@ -1096,52 +1210,78 @@ impl Parser<'_> {
                 }
             }
         }
-        for (name, d) in &self.cfg.actions {
+        let tables = &self.cfg.tables;
+        for (name, d) in self.cfg.actions.iter_mut() {
             let line = self.action_lines.get(name).copied().unwrap_or(0);
             let used: Vec<&String> = match d {
                 Delivery::Maildir { users, alias, .. } => {
                     users.iter().chain(alias.iter()).collect()
                 }
-                Delivery::Relay {
-                    auth, tls_policy, ..
-                } => auth.iter().chain(tls_policy.iter()).collect(),
+                Delivery::Relay(r) => r
+                    .auth
+                    .iter()
+                    .map(|s| &s.table)
+                    .chain(r.tls_policy.iter().map(|p| &p.table))
+                    .collect(),
             };
             for t in used {
-                if !self.cfg.tables.contains_key(t) && missing(t) {
+                if !tables.contains_key(t) && missing(t) {
                     errors.push(err(line, format!("action {name}: no table named '{t}'")));
                 }
             }
-            if let Delivery::Relay {
-                tls_policy: Some(t),
-                ..
-            } = d
-                && let Some(table) = self.cfg.tables.get(t)
-                && let Err(e) = table.check_values("TLS policy", |v| TlsPolicy::parse(v).is_some())
+            let Delivery::Relay(r) = d else { continue };
+            if let Some(p) = &mut r.tls_policy
+                && let Some(table) = tables.get(&p.table)
             {
-                errors.push(err(
-                    line,
-                    format!(
-                        "action {name}: tls-policy <{t}>: {e} (use none, may, encrypt or verify)"
-                    ),
-                ));
+                match table.check_values("TLS policy", |v| TlsPolicy::parse(v).is_some()) {
+                    Err(e) => errors.push(err(
+                        line,
+                        format!(
+                            "action {name}: tls-policy <{}>: {e} (use none, may, encrypt or verify)",
+                            p.table
+                        ),
+                    )),
+                    Ok(()) => {
+                        p.by_domain = table
+                            .keys()
+                            .filter_map(|k| Some((k.to_string(), TlsPolicy::parse(table.get(k)?)?)))
+                            .collect()
+                    }
+                }
             }
-            if let Delivery::Relay { auth: Some(t), .. } = d
-                && let Some(table) = self.cfg.tables.get(t)
-                && let Err(e) = table.check_values("secret", |v| {
-                    v.split_once(':').is_some_and(|(u, _)| !u.is_empty())
-                })
+            if let Some(sec) = &mut r.auth
+                && let Some(table) = tables.get(&sec.table)
             {
-                errors.push(err(
-                    line,
-                    format!("action {name}: auth <{t}>: {e} (use 'host user:password')"),
-                ));
+                let secret = |v: &str| {
+                    v.split_once(':')
+                        .filter(|(u, _)| !u.is_empty())
+                        .map(|(user, pass)| Secret {
+                            user: user.to_string(),
+                            pass: pass.to_string(),
+                        })
+                };
+                match table.check_values("secret", |v| secret(v).is_some()) {
+                    Err(e) => errors.push(err(
+                        line,
+                        format!(
+                            "action {name}: auth <{}>: {e} (use 'host user:password')",
+                            sec.table
+                        ),
+                    )),
+                    Ok(()) => {
+                        sec.by_host = table
+                            .keys()
+                            .filter_map(|k| Some((k.to_string(), secret(table.get(k)?)?)))
+                            .collect()
+                    }
+                }
             }
             // Read now, so that `postern -n` sees a missing or broken file.
-            if let Delivery::Relay { ca: Some(ca), .. } = d
-                && let Err(e) =
-                    crate::tls::client::ClientTls::new(rustls::RootCertStore::empty(), Some(ca))
-            {
-                errors.push(err(line, format!("action {name}: {e}")));
+            if let Some(ca) = &mut r.ca {
+                match crate::tls::client::read_ca(&ca.path) {
+                    Ok(certs) => ca.certs = certs,
+                    Err(e) => errors.push(err(line, format!("action {name}: {e}"))),
+                }
             }
         }
         for r in &self.cfg.rules {

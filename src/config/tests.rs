@@ -107,19 +107,21 @@ fn actions_and_rules() {
     assert!(c.rules[0].auth);
     assert_eq!(c.rules[0].from, From::Src("n".into()));
     assert_eq!(c.rules[1].rcpt, For::Domain("b.example".into()));
-    let Some(Delivery::Relay {
-        host,
-        tls,
-        port,
-        ca,
-        ..
-    }) = c.actions.get("out")
-    else {
+    let Some(Delivery::Relay(r)) = c.actions.get("out") else {
         panic!("relay")
     };
-    assert_eq!(host.as_deref(), Some("smtp+tls://relay.example:587"));
-    assert_eq!((*tls, *port), (TlsPolicy::Verify, Some(2525)));
-    assert_eq!(ca.as_deref(), Some(base.path().join("ca.pem").as_path()));
+    let host = r.host.as_ref().expect("smarthost");
+    assert_eq!(
+        (host.scheme, host.host.as_str(), host.port),
+        (Scheme::SmtpTls, "relay.example", Some(587))
+    );
+    assert_eq!((r.tls, r.port), (TlsPolicy::Verify, Some(2525)));
+    let ca = r.ca.as_ref().expect("ca");
+    assert_eq!(ca.path, base.path().join("ca.pem"));
+    assert!(
+        !ca.certs.is_empty(),
+        "the CA file is read with the configuration"
+    );
     assert!(
         err("listen on 127.0.0.1\naction a maildir \"rel/path\"\n")
             .contains("t.conf:2: action a: maildir path must be absolute")
@@ -163,10 +165,19 @@ fn actions_and_rules() {
             "listen on 127.0.0.1\ntable s {{ h = \"u:p\" }}\naction a relay host smtp+tls://h auth <s> {given}\n"
         ))
         .unwrap();
-        let Some(Delivery::Relay { tls, .. }) = c.actions.get("a") else {
+        let Some(Delivery::Relay(r)) = c.actions.get("a") else {
             panic!("not a relay")
         };
-        assert_eq!(*tls, want, "{given}");
+        assert_eq!(r.tls, want, "{given}");
+        let secret = r.auth.as_ref().and_then(|s| s.by_host.get("h"));
+        assert_eq!(
+            secret.map(|s| (s.user.as_str(), s.pass.as_str())),
+            Some(("u", "p"))
+        );
+        assert!(
+            !format!("{r:?}").contains("\"p\""),
+            "the password never shows: {r:?}"
+        );
     }
 }
 

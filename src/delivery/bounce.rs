@@ -6,30 +6,16 @@
 use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 
+use super::outcome::{Relay, Status};
+
 /// One failed recipient.
 pub struct Failure<'a> {
     /// The address.
     pub rcpt: &'a str,
-    /// The reply that failed it (`550 5.1.1 ...`).
-    pub reply: &'a str,
-    /// The host that gave it, or `none`.
-    pub relay: &'a str,
-}
-
-/// RFC 3463 status from a reply: its enhanced code when it has one,
-/// otherwise the class alone.
-pub fn status_of(reply: &str) -> String {
-    let mut words = reply.split_whitespace();
-    let code = words.next().unwrap_or("");
-    match words.next() {
-        Some(esc)
-            if esc.split('.').count() == 3 && esc.split('.').all(|p| p.parse::<u16>().is_ok()) =>
-        {
-            esc.to_string()
-        }
-        _ if code.starts_with('4') => "4.0.0".into(),
-        _ => "5.0.0".into(),
-    }
+    /// The status that failed it.
+    pub status: &'a Status,
+    /// The host that gave it.
+    pub relay: &'a Relay,
 }
 
 /// At most this much of the original header is copied into a DSN.
@@ -130,7 +116,8 @@ pub fn build(
         // This part is us-ascii; the reply was made printable when it
         // was read, and anything else becomes `?` here.
         let reply: String = f
-            .reply
+            .status
+            .to_string()
             .chars()
             .map(|c| {
                 if c.is_ascii() && !c.is_ascii_control() {
@@ -154,13 +141,13 @@ pub fn build(
     for f in failures {
         m.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", f.rcpt));
         m.push_str("Action: failed\r\n");
-        m.push_str(&format!("Status: {}\r\n", status_of(f.reply)));
-        if f.relay != "none" && f.relay != "maildir" {
-            let host = f.relay.split('[').next().unwrap_or(f.relay);
-            m.push_str(&format!("Remote-MTA: dns; {host}\r\n"));
+        m.push_str(&format!("Status: {}\r\n", f.status.enhanced));
+        if let Relay::Host { name, .. } = f.relay {
+            m.push_str(&format!("Remote-MTA: dns; {name}\r\n"));
         }
         let reply: String = f
-            .reply
+            .status
+            .to_string()
             .chars()
             .filter(|c| c.is_ascii() && !c.is_ascii_control())
             .collect();
@@ -179,24 +166,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_codes() {
-        assert_eq!(status_of("550 5.1.1 no such user"), "5.1.1");
-        assert_eq!(status_of("554 no enhanced code"), "5.0.0");
-        assert_eq!(status_of("451 later"), "4.0.0");
-        assert_eq!(status_of(""), "5.0.0");
-    }
-
-    #[test]
     fn report_structure() {
         let d = tempfile::tempdir().unwrap();
         let body = crate::spool::sample_message(
             d.path(),
             b"Received: x\r\nSubject: hi\r\n\r\nsecret body\r\n",
         );
+        let (status, relay) = (
+            Status::parse("550 5.1.1 unknown"),
+            Relay::Host {
+                name: "mx.example.org".into(),
+                addr: "192.0.2.1:25".parse().unwrap(),
+            },
+        );
         let f = [Failure {
             rcpt: "bob@example.org",
-            reply: "550 5.1.1 unknown",
-            relay: "mx.example.org[192.0.2.1]:25",
+            status: &status,
+            relay: &relay,
         }];
         let m =
             String::from_utf8(build("mx.test", "ID1", "alice@example.com", 0, &f, &body)).unwrap();
@@ -217,10 +203,11 @@ mod tests {
         }
         text.push_str("\r\nbody\r\n");
         let body = crate::spool::sample_message(d.path(), text.as_bytes());
+        let status = Status::parse("550 5.1.1 unknown \u{1b}[2J");
         let f = [Failure {
             rcpt: "bob@example.org",
-            reply: "550 5.1.1 unknown \u{1b}[2J",
-            relay: "none",
+            status: &status,
+            relay: &Relay::None,
         }];
         let m = String::from_utf8(build("mx.test", "ID1", "a@example.com", 0, &f, &body)).unwrap();
         assert!(m.len() < 70_000, "DSN of {} bytes", m.len());

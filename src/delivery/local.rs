@@ -12,9 +12,10 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::{Item, Outcome, RcptOutcome, Status, log_result};
+use super::outcome::Enhanced;
+use super::{Disposition, Item, Outcome, RcptOutcome, Relay, Status, log_result};
+use crate::config::table::Table;
 use crate::smtp::address::parse_mailbox;
-use crate::table::Table;
 
 /// Local part as `%{user}` sees it.
 fn user_of(addr: &str) -> String {
@@ -167,17 +168,16 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
         let users = expand(&user_of(addr), alias);
         if users.is_empty() {
             // Never "sent" to nobody.
-            let r = RcptOutcome {
-                idx: *idx,
-                status: Status::Bounced,
-                reply: format!(
-                    "550 5.4.6 alias loop: {} expands only to itself",
-                    user_of(addr)
+            let r = RcptOutcome::ours(
+                *idx,
+                Disposition::Bounced,
+                Status::new(
+                    550,
+                    Enhanced(5, 4, 6),
+                    format!("alias loop: {} expands only to itself", user_of(addr)),
                 ),
-                relay: "maildir".into(),
-                tls: "none".into(),
-                verified: false,
-            };
+                Relay::Maildir,
+            );
             log_result(item, addr, &r);
             results.push(r);
             continue;
@@ -196,25 +196,26 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
         }
         // With several alias targets a partial failure defers all; the retry
         // finds the copies that succeeded already in new/ and skips them.
-        let (status, reply) = if errors.is_empty() {
+        let (disposition, status) = if errors.is_empty() {
             (
-                Status::Sent,
-                format!("delivered to maildir {}", paths.join(", ")),
+                Disposition::Sent,
+                Status::new(
+                    250,
+                    Enhanced(2, 0, 0),
+                    format!("delivered to maildir {}", paths.join(", ")),
+                ),
             )
         } else {
             (
-                Status::Deferred,
-                format!("451 4.3.0 maildir delivery failed: {}", errors.join("; ")),
+                Disposition::Deferred,
+                Status::new(
+                    451,
+                    Enhanced(4, 3, 0),
+                    format!("maildir delivery failed: {}", errors.join("; ")),
+                ),
             )
         };
-        let r = RcptOutcome {
-            idx: *idx,
-            status,
-            reply,
-            relay: "maildir".into(),
-            tls: "none".into(),
-            verified: false,
-        };
+        let r = RcptOutcome::ours(*idx, disposition, status, Relay::Maildir);
         log_result(item, addr, &r);
         results.push(r);
     }

@@ -8,6 +8,7 @@
 
 pub mod bounce;
 pub mod local;
+pub mod outcome;
 pub mod remote;
 pub mod scheduler;
 pub mod tls_decision;
@@ -21,52 +22,7 @@ use crate::dns::Resolver;
 use crate::spool::Spool;
 use crate::tls::client::ClientTls;
 
-/// How a recipient fared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Delivered.
-    Sent,
-    /// Try again later.
-    Deferred,
-    /// Failed for good: bounce.
-    Bounced,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Sent => "sent",
-            Status::Deferred => "deferred",
-            Status::Bounced => "bounced",
-        }
-    }
-
-    /// From a reply code: 2xx sent, 5xx bounced, anything else deferred.
-    pub fn from_code(code: u16) -> Status {
-        match code {
-            200..=299 => Status::Sent,
-            500..=599 => Status::Bounced,
-            _ => Status::Deferred,
-        }
-    }
-}
-
-/// One recipient's result.
-#[derive(Clone, Debug)]
-pub struct RcptOutcome {
-    /// Index into the envelope's recipients.
-    pub idx: usize,
-    /// Result.
-    pub status: Status,
-    /// The remote reply or our own explanation, one line.
-    pub reply: String,
-    /// `HOST[ADDR]:PORT`, `maildir`, or `none`.
-    pub relay: String,
-    /// `TLSv1.3/CIPHER` or `none`.
-    pub tls: String,
-    /// Whether the server certificate verified.
-    pub verified: bool,
-}
+pub use outcome::{Disposition, Fault, PeerAuth, RcptOutcome, Relay, Status};
 
 /// One message's part of a job.
 #[derive(Clone, Debug)]
@@ -179,25 +135,19 @@ impl Context {
             rustls::RootCertStore::empty()
         };
         for (name, a) in &cfg.actions {
-            if let Delivery::Relay {
-                auth: Some(_),
-                tls: TlsPolicy::Encrypt,
-                ..
-            } = a
-            {
+            let Delivery::Relay(a) = a else { continue };
+            if a.auth.is_some() && a.tls == TlsPolicy::Encrypt {
                 log::warn!(
                     "action {name}: 'auth' with 'tls encrypt': the relay's certificate is not verified, \
                      so anyone on the path can pose as it and collect the password; use 'tls verify' \
                      (with 'ca FILE' for a private CA) unless the path is trusted (postern.conf(5))"
                 );
             }
-            if let Delivery::Relay { ca, .. } = a {
-                tls.insert(
-                    name.clone(),
-                    ClientTls::new(roots.clone(), ca.as_deref())
-                        .map_err(|e| format!("action {name}: {e}"))?,
-                );
-            }
+            tls.insert(
+                name.clone(),
+                ClientTls::new(roots.clone(), a.ca.as_ref())
+                    .map_err(|e| format!("action {name}: {e}"))?,
+            );
         }
         let local_ips = nix::ifaddrs::getifaddrs()
             .map(|ifs| {
@@ -243,14 +193,15 @@ impl Context {
                     .map(|item| local::deliver(item, path, alias))
                     .collect()
             }
-            Some(Delivery::Relay { .. }) => return remote::deliver(self, job, report),
+            Some(Delivery::Relay(action)) => return remote::deliver(self, action, job, report),
             None => remote::fail_all(
                 &job,
-                Status::Deferred,
-                &format!(
-                    "451 4.3.0 no action named '{}' in the configuration",
-                    job.route.action
-                ),
+                &Fault::Config {
+                    what: format!(
+                        "no action named '{}' in the configuration",
+                        job.route.action
+                    ),
+                },
             ),
         };
         report(job.route, outcomes, false, false);
@@ -396,31 +347,34 @@ pub fn start(
 /// The per-recipient log line (postern(8) LOGGING, after Postfix's log_adhoc).
 pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
     let delay = crate::time::unix_now().saturating_sub(item.arrival);
+    let tls = match &r.tls {
+        Some(t) => format!("{}/{}", t.version, t.cipher),
+        None => "none".into(),
+    };
     let line = format!(
-        "{}: to=<{addr}> relay={} delay={delay}s tls={} verified={} status={} ({})",
+        "{}: to=<{addr}> relay={} delay={delay}s tls={tls} verified={} status={} ({})",
         item.id,
         r.relay,
-        r.tls,
-        if r.verified { "yes" } else { "no" },
-        r.status.as_str(),
-        r.reply
+        r.auth.as_str(),
+        r.disposition.as_str(),
+        r.status
     );
-    match r.status {
-        Status::Sent => {
+    match r.disposition {
+        Disposition::Sent => {
             crate::stats::DELIVERED.inc();
-            if r.relay != "maildir" {
+            if let Relay::Host { .. } = r.relay {
                 crate::stats::DELIVERED_REMOTE.inc();
-                if r.tls != "none" {
+                if r.tls.is_some() {
                     crate::stats::DELIVERED_TLS.inc();
                 }
             }
             log::info!("{line}")
         }
-        Status::Deferred => {
+        Disposition::Deferred => {
             crate::stats::DEFERRED.inc();
             log::warn!("{line}")
         }
-        Status::Bounced => {
+        Disposition::Bounced => {
             crate::stats::BOUNCED.inc();
             log::warn!("{line}")
         }

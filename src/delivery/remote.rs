@@ -15,19 +15,20 @@
 //! capabilities (RFC 3207 §4.2); bytes a server sends after its 220 are an
 //! error, not commands to read inside TLS.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 
-use base64::Engine as _;
-
+use super::outcome::{AuthFault, Disposition, Fault, PeerAuth, Relay, Status};
 use super::tls_decision::{self, Event, Next, Why, decide};
-use super::{Context, Item, Job, Outcome, RcptOutcome, Status, log_result};
-use crate::config::{Delivery, TlsPolicy};
+use super::{Context, Item, Job, Outcome, RcptOutcome, log_result};
+use crate::config::{RelayAction, Scheme, TlsPolicy};
 use crate::dns::Lookup;
-use crate::net::stream::Stream;
 use crate::net::watchdog;
+use crate::smtp::client::{self, Hello, Wire};
 use crate::smtp::response::{self, Capabilities, Response};
+use crate::tls::TlsInfo;
 use crate::tls::client::ClientTls;
+use crate::tls::stream::Stream;
 
 /// A destination host to try.
 #[derive(Clone, Debug)]
@@ -40,10 +41,11 @@ struct Host {
 
 /// Why an attempt on one address ended early.
 enum Fail {
-    /// Try the next address or MX; the text is the reason.
-    Next(String),
-    /// `may`: the handshake failed; retry this address in plaintext.
-    Downgrade(String),
+    /// Try the next address or MX.
+    Next(Fault),
+    /// `may`: the handshake failed; retry this address in plaintext
+    /// (`detail` says what failed, for the log).
+    Downgrade { fault: Fault, detail: String },
 }
 
 /// Results gathered so far, per (item, rcpt index).
@@ -87,17 +89,18 @@ struct Live {
 }
 
 /// Deliver a relay job and then, for as long as `report` hands out more
-/// jobs for the same route, the next ones over the same connection (up to
-/// `limit connection-reuse` messages). `report` gets each job's outcomes
-/// and whether the destination refused us (see [`super::Report`]).
-pub fn deliver(ctx: &Context, job: Job, report: &mut super::Report<'_>) {
+/// jobs for the same route (and so the same `action`), the next ones over
+/// the same connection (up to `limit connection-reuse` messages). `report`
+/// gets each job's outcomes and whether the destination refused us (see
+/// [`super::Report`]).
+pub fn deliver(ctx: &Context, action: &RelayAction, job: Job, report: &mut super::Report<'_>) {
     let mut job = job;
     let mut live: Option<Live> = None;
     // Bounded: `report` hands out jobs only while the queue has them for
     // this route, and a connection carries at most connection-reuse
     // messages.
     loop {
-        let (outcomes, refused, kept) = deliver_one(ctx, &job, live.take());
+        let (outcomes, refused, kept) = deliver_one(ctx, action, &job, live.take());
         // Only a thread that holds a working connection asks for more.
         let next = report(job.route.clone(), outcomes, refused, kept.is_some());
         match (next, kept) {
@@ -122,75 +125,88 @@ pub fn deliver(ctx: &Context, job: Job, report: &mut super::Report<'_>) {
 /// over a new connection to the route's hosts. Returns the outcomes,
 /// whether the destination refused every connection, and the session to
 /// keep (when every message was handed over on it).
-fn deliver_one(ctx: &Context, job: &Job, live: Option<Live>) -> (Vec<Outcome>, bool, Option<Live>) {
+fn deliver_one(
+    ctx: &Context,
+    action: &RelayAction,
+    job: &Job,
+    live: Option<Live>,
+) -> (Vec<Outcome>, bool, Option<Live>) {
     let mut res = Results::empty(job);
     if let Some(mut l) = live {
-        let reset = l.s.cmd("RSET").is_ok_and(|r| r.is_ok());
-        if reset && send_all(&mut l.s, &l.caps, job, &mut res).is_ok() && !res.any_pending() {
+        if client::rset(&mut l.s)
+            && send_all(&mut l.s, &l.caps, job, &mut res).is_ok()
+            && !res.any_pending()
+        {
             l.sent += job.items.len();
-            return (finish(job, res, Status::Deferred, ""), false, Some(l));
+            return (finish(job, res, &Fault::NoUsableMx), false, Some(l));
         }
         // Results recorded so far stand; the rest goes over a new connection.
         l.s.quit();
     }
-    deliver_fresh(ctx, job, res)
+    deliver_fresh(ctx, action, job, res)
 }
 
-fn deliver_fresh(ctx: &Context, job: &Job, mut res: Results) -> (Vec<Outcome>, bool, Option<Live>) {
-    let (hosts, policy, tls) = match plan(ctx, job) {
+fn deliver_fresh(
+    ctx: &Context,
+    action: &RelayAction,
+    job: &Job,
+    mut res: Results,
+) -> (Vec<Outcome>, bool, Option<Live>) {
+    let plan = match plan(ctx, action, job) {
         Ok(p) => p,
-        Err((status, reply)) => {
-            return (finish(job, res, status, &reply), false, None);
-        }
+        Err(fault) => return (finish(job, res, &fault), false, None),
     };
     let mut kept = None;
-    let mut last = "451 4.4.0 no usable MX host".to_string();
-    'hosts: for host in &hosts {
+    let mut last = Fault::NoUsableMx;
+    'hosts: for host in &plan.hosts {
         let addrs = match host.name.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => match ctx.resolver.addrs(&host.name) {
                 Ok(Lookup::Found(a)) if !a.is_empty() => a,
                 Ok(_) => {
-                    last = format!("451 4.4.4 MX host {} has no address", host.name);
+                    last = Fault::NoAddress {
+                        host: host.name.clone(),
+                    };
                     continue;
                 }
                 Err(e) => {
-                    last = format!("451 4.4.3 DNS lookup of {} failed: {e}", host.name);
+                    last = Fault::AddressLookup {
+                        host: host.name.clone(),
+                        error: e.to_string(),
+                    };
                     continue;
                 }
             },
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, host.port);
+            let relay = Relay::Host {
+                name: host.name.clone(),
+                addr,
+            };
             if ctx.is_self(addr) {
                 // Deferred, not bounced: a fixed MX record or configuration
                 // then delivers it; it bounces after bounce-after otherwise.
-                last = format!(
-                    "554 5.4.6 mail for {} loops back to myself ({}[{}]:{} is one of our listeners)",
-                    job.route.domain,
-                    host.name,
-                    addr.ip(),
-                    addr.port()
-                );
+                last = Fault::LoopsBack {
+                    domain: job.route.domain.clone(),
+                    relay,
+                };
                 continue;
             }
             let mut plaintext = false;
             // At most two passes: the normal one and a `may` downgrade.
             for _ in 0..2 {
-                match attempt(ctx, job, &mut res, host, addr, policy, tls, plaintext) {
+                match attempt(ctx, action, job, &mut res, host, &relay, &plan, plaintext) {
                     Ok(live) => kept = Some(live),
-                    Err(Fail::Next(why)) => last = why,
-                    Err(Fail::Downgrade(why)) if !plaintext => {
+                    Err(Fail::Next(fault)) => last = fault,
+                    Err(Fail::Downgrade { detail, .. }) if !plaintext => {
                         log::warn!(
-                            "{}[{}]:{}: TLS handshake failed ({why}); retrying once without TLS (policy may)",
-                            host.name,
-                            addr.ip(),
-                            addr.port()
+                            "{relay}: TLS handshake failed ({detail}); retrying once without TLS (policy may)"
                         );
                         plaintext = true;
                         continue;
                     }
-                    Err(Fail::Downgrade(why)) => last = why,
+                    Err(Fail::Downgrade { fault, .. }) => last = fault,
                 }
                 break;
             }
@@ -201,16 +217,17 @@ fn deliver_fresh(ctx: &Context, job: &Job, mut res: Results) -> (Vec<Outcome>, b
     }
     let refused = res.refused && !res.contact;
     let kept = kept.filter(|_| !res.any_pending());
-    (finish(job, res, Status::Deferred, &last), refused, kept)
+    (finish(job, res, &last), refused, kept)
 }
 
-/// The same answer, logged, for every recipient of a job.
-pub(super) fn fail_all(job: &Job, status: Status, reply: &str) -> Vec<Outcome> {
-    finish(job, Results::empty(job), status, reply)
+/// The same fault, logged, for every recipient of a job.
+pub(super) fn fail_all(job: &Job, fault: &Fault) -> Vec<Outcome> {
+    finish(job, Results::empty(job), fault)
 }
 
-/// Fill every pending recipient with `status`/`reply`, log, and report.
-fn finish(job: &Job, mut res: Results, status: Status, reply: &str) -> Vec<Outcome> {
+/// Give every recipient still pending `fault`'s status, log, and report.
+fn finish(job: &Job, mut res: Results, fault: &Fault) -> Vec<Outcome> {
+    let (disposition, status) = (fault.disposition(), fault.status());
     job.items
         .iter()
         .enumerate()
@@ -222,14 +239,7 @@ fn finish(job: &Job, mut res: Results, status: Status, reply: &str) -> Vec<Outco
                 .map(|(pos, (idx, addr))| match res.per_item[i][pos].take() {
                     Some(r) => r,
                     None => {
-                        let r = RcptOutcome {
-                            idx: *idx,
-                            status,
-                            reply: reply.to_string(),
-                            relay: "none".into(),
-                            tls: "none".into(),
-                            verified: false,
-                        };
+                        let r = RcptOutcome::ours(*idx, disposition, status.clone(), Relay::None);
                         log_result(item, addr, &r);
                         r
                     }
@@ -243,95 +253,72 @@ fn finish(job: &Job, mut res: Results, status: Status, reply: &str) -> Vec<Outco
         .collect()
 }
 
-type Plan<'a> = (Vec<Host>, TlsPolicy, &'a ClientTls);
+/// Where a job goes and how TLS is decided there.
+struct Plan<'a> {
+    hosts: Vec<Host>,
+    policy: TlsPolicy,
+    tls: &'a ClientTls,
+}
 
-/// Hosts to try, the TLS policy and the TLS configs; or a final answer for
-/// every recipient (DNS says the domain cannot take mail).
-fn plan<'a>(ctx: &'a Context, job: &Job) -> Result<Plan<'a>, (Status, String)> {
-    let Some(Delivery::Relay {
-        host,
-        tls_policy,
-        tls,
-        port,
-        ..
-    }) = ctx.cfg.actions.get(&job.route.action)
-    else {
-        return Err((Status::Deferred, "451 4.3.0 action is not a relay".into()));
-    };
-    let client = ctx.tls.get(&job.route.action).ok_or((
-        Status::Deferred,
-        "451 4.3.0 no TLS setup for this action".to_string(),
-    ))?;
-    let mut policy = *tls;
-    if let Some(url) = host {
-        // Checked when the configuration was read.
-        let smart = crate::config::Smarthost::parse(url)
-            .map_err(|e| (Status::Deferred, format!("451 4.3.0 {e}")))?;
-        let (scheme, name, p) = (smart.scheme.as_str(), smart.host.clone(), smart.port);
-        let implicit_tls = scheme == "smtps";
-        if scheme == "smtp+tls" && matches!(policy, TlsPolicy::None | TlsPolicy::May) {
-            policy = TlsPolicy::Encrypt;
-        }
-        let default_port = match scheme {
-            "smtps" => 465,
-            "smtp+tls" => 587,
-            _ => 25,
+/// Hosts to try, the TLS policy and the TLS configs; or the fault that
+/// answers every recipient (DNS says the domain cannot take mail).
+fn plan<'a>(ctx: &'a Context, action: &RelayAction, job: &Job) -> Result<Plan<'a>, Fault> {
+    let tls = ctx.tls.get(&job.route.action).ok_or(Fault::Config {
+        what: format!("no TLS setup for action '{}'", job.route.action),
+    })?;
+    if let Some(smart) = &action.host {
+        let policy = match (smart.scheme, action.tls) {
+            // smtp+tls:// means STARTTLS is required.
+            (Scheme::SmtpTls, TlsPolicy::None | TlsPolicy::May) => TlsPolicy::Encrypt,
+            (_, p) => p,
         };
-        return Ok((
-            vec![Host {
-                name,
-                port: p.or(*port).unwrap_or(default_port),
-                implicit_tls,
-            }],
+        let host = Host {
+            name: smart.host.clone(),
+            port: smart
+                .port
+                .or(action.port)
+                .unwrap_or(smart.scheme.default_port()),
+            implicit_tls: smart.scheme == Scheme::Smtps,
+        };
+        return Ok(Plan {
+            hosts: vec![host],
             policy,
-            client,
-        ));
+            tls,
+        });
     }
     let domain = &job.route.domain;
-    if let Some(p) = tls_policy
-        .as_ref()
-        .and_then(|t| ctx.cfg.tables.get(t))
-        .and_then(|t| t.get(domain))
-        .and_then(TlsPolicy::parse)
-    {
-        policy = p;
-    }
-    let port = port.unwrap_or(25);
+    let policy = action.policy_for(domain);
+    let port = action.port.unwrap_or(25);
     let host = |name: String| Host {
         name,
         port,
         implicit_tls: false,
     };
+    let plan = |hosts| Ok(Plan { hosts, policy, tls });
     // Address literals go straight to the address (RFC 5321 §5.1).
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        return Ok((
-            vec![host(lit.trim_start_matches("ipv6:").to_string())],
-            policy,
-            client,
-        ));
+        return plan(vec![host(lit.trim_start_matches("ipv6:").to_string())]);
     }
     match ctx.resolver.mx(domain) {
-        Ok(Lookup::NxDomain) => Err((
-            Status::Bounced,
-            format!("550 5.1.2 domain {domain} does not exist"),
-        )),
-        Ok(Lookup::Found(mx)) if mx.len() == 1 && (mx[0].1 == "." || mx[0].1.is_empty()) => Err((
-            Status::Bounced,
-            format!("556 5.1.10 domain {domain} does not accept mail (null MX, RFC 7505)"),
-        )),
-        Ok(Lookup::Found(mx)) if mx.is_empty() => Ok((vec![host(domain.clone())], policy, client)),
-        Ok(Lookup::Found(mx)) => Ok((
+        Ok(Lookup::NxDomain) => Err(Fault::NoSuchDomain {
+            domain: domain.clone(),
+        }),
+        Ok(Lookup::Found(mx)) if mx.len() == 1 && (mx[0].1 == "." || mx[0].1.is_empty()) => {
+            Err(Fault::NullMx {
+                domain: domain.clone(),
+            })
+        }
+        Ok(Lookup::Found(mx)) if mx.is_empty() => plan(vec![host(domain.clone())]),
+        Ok(Lookup::Found(mx)) => plan(
             mx.into_iter()
                 .filter(|(_, h)| h != ".")
                 .map(|(_, h)| host(h.trim_end_matches('.').to_string()))
                 .collect(),
-            policy,
-            client,
-        )),
-        Err(e) => Err((
-            Status::Deferred,
-            format!("451 4.4.3 MX lookup for {domain} failed: {e}"),
-        )),
+        ),
+        Err(e) => Err(Fault::MxLookup {
+            domain: domain.clone(),
+            error: e.to_string(),
+        }),
     }
 }
 
@@ -339,9 +326,9 @@ fn plan<'a>(ctx: &'a Context, job: &Job) -> Result<Plan<'a>, (Status, String)> {
 struct Session {
     stream: Stream,
     buf: Vec<u8>,
-    relay: String,
-    tls: String,
-    verified: bool,
+    relay: Relay,
+    tls: Option<TlsInfo>,
+    auth: PeerAuth,
     /// Each reply and each write within `limit delivery-timeout`, the
     /// connection within `limit delivery-lifetime`, however a server
     /// drips its bytes.
@@ -349,26 +336,17 @@ struct Session {
     step: std::time::Duration,
 }
 
-impl Session {
-    fn arm(&self) {
-        if let Some(g) = &self.guard {
-            g.arm(self.step);
-        }
+impl Wire for Session {
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.arm();
+        let r = self
+            .stream
+            .write_all(bytes)
+            .and_then(|_| self.stream.flush());
+        r.map_err(|e| self.io_error(&e))
     }
 
-    fn io_error(&self, e: &io::Error) -> String {
-        if self.guard.as_ref().is_some_and(watchdog::Guard::fired) {
-            format!(
-                "{}: timed out (limit delivery-timeout {}s per reply, delivery-lifetime per connection)",
-                self.relay,
-                self.step.as_secs()
-            )
-        } else {
-            format!("{}: {}", self.relay, io_text(e))
-        }
-    }
-
-    fn read(&mut self) -> Result<Response, String> {
+    fn reply(&mut self) -> Result<Response, String> {
         let mut chunk = [0u8; 4096];
         self.arm();
         // Bounded by the watchdog's deadline and response::MAX_LINES/MAX_LINE.
@@ -392,42 +370,47 @@ impl Session {
             }
         }
     }
+}
 
-    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.arm();
-        let r = self
-            .stream
-            .write_all(bytes)
-            .and_then(|_| self.stream.flush());
-        r.map_err(|e| self.io_error(&e))
+/// The connection broke, timed out or spoke nonsense.
+fn lost(detail: String) -> Fail {
+    Fail::Next(Fault::Lost { detail })
+}
+
+impl Session {
+    fn arm(&self) {
+        if let Some(g) = &self.guard {
+            g.arm(self.step);
+        }
+    }
+
+    fn io_error(&self, e: &io::Error) -> String {
+        if self.guard.as_ref().is_some_and(watchdog::Guard::fired) {
+            format!(
+                "{}: timed out (limit delivery-timeout {}s per reply, delivery-lifetime per connection)",
+                self.relay,
+                self.step.as_secs()
+            )
+        } else {
+            format!("{}: {}", self.relay, io_text(e))
+        }
     }
 
     /// End the session politely: QUIT (so the server logs a clean end,
     /// not "lost connection"), then TLS close_notify. Errors are moot.
     fn quit(&mut self) {
-        let _ = self.cmd("QUIT");
+        client::quit(self);
         let _ = self.stream.close_notify();
     }
 
-    fn cmd(&mut self, line: &str) -> Result<Response, String> {
-        self.send(format!("{line}\r\n").as_bytes())?;
-        self.read()
-    }
-
-    fn ehlo(&mut self, me: &str) -> Result<Capabilities, String> {
-        let r = self.cmd(&format!("EHLO {me}"))?;
-        if r.is_ok() {
-            return Ok(Capabilities::from_ehlo(&r));
-        }
-        let r = self.cmd(&format!("HELO {me}"))?;
-        if r.is_ok() {
-            Ok(Capabilities::default())
-        } else {
-            Err(format!(
-                "451 4.4.0 {} refused EHLO and HELO: {}",
-                self.relay,
-                r.one_line()
-            ))
+    fn hello(&mut self, me: &str) -> Result<Capabilities, Fail> {
+        match client::hello(self, me).map_err(lost)? {
+            Hello::Ehlo(caps) => Ok(caps),
+            Hello::Helo => Ok(Capabilities::default()),
+            Hello::Refused(r) => Err(Fail::Next(Fault::HeloRefused {
+                relay: self.relay.clone(),
+                reply: r.one_line(),
+            })),
         }
     }
 
@@ -451,9 +434,7 @@ impl Session {
             Next::StartTls { verify } => verify,
             other => return Err(self.give_up(other, "")),
         };
-        let r = self
-            .cmd("STARTTLS")
-            .map_err(|e| Fail::Next(format!("451 4.4.2 {e}")))?;
+        let r = client::command(self, "STARTTLS").map_err(lost)?;
         match decide(host, Event::StartTlsReply { ok: r.is_ok() }) {
             Next::Secured => {}
             Next::Plaintext => {
@@ -467,10 +448,11 @@ impl Session {
             other => return Err(self.give_up(other, &r.one_line())),
         }
         if !self.buf.is_empty() {
-            return Err(self.give_up(decide(host, Event::BytesAfter220), ""));
+            let n = self.buf.len().to_string();
+            return Err(self.give_up(decide(host, Event::BytesAfter220), &n));
         }
         self.handshake(host, tls, verify, name)?;
-        self.ehlo(me).map_err(Fail::Next)
+        self.hello(me)
     }
 
     /// A TLS handshake as [`tls_decision::decide`] asked for it.
@@ -489,39 +471,37 @@ impl Session {
         self.arm();
         match self.stream.upgrade_client(cfg, name) {
             Ok(info) => {
-                self.verified = verify || tls.chain_verifies(&info.chain, name);
-                self.tls = format!("{}/{}", info.info.version, info.info.cipher);
+                if verify || tls.chain_verifies(&info.chain, name) {
+                    self.auth = PeerAuth::Ca;
+                }
+                self.tls = Some(info.info);
                 Ok(())
             }
             Err(e) => Err(self.give_up(decide(host, Event::Handshake { ok: false }), &io_text(&e))),
         }
     }
 
-    /// Word a decision to give up on this host (`detail`: the server's
-    /// reply or the handshake error).
+    /// A decision to give up on this host (`detail`: the server's reply,
+    /// the handshake error, or how many bytes followed the 220).
     fn give_up(&self, next: Next, detail: &str) -> Fail {
-        let relay = &self.relay;
-        let text = |why| match why {
-            Why::NotOffered => {
-                format!("451 4.7.5 TLS is required, but {relay} did not offer STARTTLS")
-            }
-            Why::Refused => {
-                format!("451 4.7.5 TLS is required, but {relay} refused STARTTLS: {detail}")
-            }
-            Why::BytesAfter220 => format!(
-                "451 4.7.0 {relay} sent {} bytes after its 220 to STARTTLS; refusing to read them inside TLS",
-                self.buf.len()
-            ),
-            Why::HandshakeFailed => {
-                format!("451 4.7.5 TLS handshake with {relay} failed: {detail}")
-            }
+        let fault = |why: Why| Fault::Tls {
+            relay: self.relay.clone(),
+            why,
+            detail: detail.to_string(),
         };
         match next {
-            // The downgrade's log line says what failed in its own words.
-            Next::Downgrade(Why::HandshakeFailed) => Fail::Downgrade(detail.to_string()),
-            Next::Downgrade(why) => Fail::Downgrade(text(why)),
-            Next::NextHost(why) => Fail::Next(text(why)),
-            other => Fail::Next(format!("451 4.3.0 {relay}: unexpected TLS step {other:?}")),
+            Next::Downgrade(why) => Fail::Downgrade {
+                fault: fault(why),
+                detail: match why {
+                    // The downgrade's log line says what failed in its own words.
+                    Why::HandshakeFailed => detail.to_string(),
+                    _ => fault(why).status().text,
+                },
+            },
+            Next::NextHost(why) => Fail::Next(fault(why)),
+            other => Fail::Next(Fault::Config {
+                what: format!("{}: unexpected TLS step {other:?}", self.relay),
+            }),
         }
     }
 }
@@ -536,70 +516,76 @@ fn io_text(e: &io::Error) -> String {
 #[allow(clippy::too_many_arguments)]
 fn attempt(
     ctx: &Context,
+    action: &RelayAction,
     job: &Job,
     res: &mut Results,
     host: &Host,
-    addr: SocketAddr,
-    policy: TlsPolicy,
-    tls: &ClientTls,
+    relay: &Relay,
+    plan: &Plan<'_>,
     plaintext: bool,
 ) -> Result<Live, Fail> {
     let lim = &ctx.cfg.limits;
-    let relay = format!("{}[{}]:{}", host.name, addr.ip(), addr.port());
-    let tcp = TcpStream::connect_timeout(&addr, lim.connect_timeout).map_err(|e| {
+    let Relay::Host { addr, .. } = relay else {
+        return Err(Fail::Next(Fault::NoUsableMx));
+    };
+    let connect_fault = |e: &io::Error| {
+        Fail::Next(Fault::Connect {
+            relay: relay.clone(),
+            error: io_text(e),
+        })
+    };
+    let tcp = TcpStream::connect_timeout(addr, lim.connect_timeout).map_err(|e| {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             res.refused = true;
         }
-        Fail::Next(format!("451 4.4.1 connect to {relay}: {}", io_text(&e)))
+        connect_fault(&e)
     })?;
     let setup = tcp
         .set_nodelay(true)
         .and_then(|_| tcp.set_read_timeout(Some(lim.delivery_timeout)))
         .and_then(|_| tcp.set_write_timeout(Some(lim.delivery_timeout)));
-    setup.map_err(|e| Fail::Next(format!("451 4.4.1 {relay}: {e}")))?;
-    let guard = watchdog::watch(&tcp, lim.delivery_lifetime)
-        .map_err(|e| Fail::Next(format!("451 4.4.1 {relay}: {e}")))?;
+    setup.map_err(|e| connect_fault(&e))?;
+    let guard = watchdog::watch(&tcp, lim.delivery_lifetime).map_err(|e| connect_fault(&e))?;
     let mut s = Session {
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
         relay: relay.clone(),
-        tls: "none".into(),
-        verified: false,
+        tls: None,
+        auth: PeerAuth::No,
         guard: Some(guard),
         step: lim.delivery_timeout,
     };
-    let next = |e: String| Fail::Next(format!("451 4.4.2 {e}"));
     let facts = tls_decision::Host {
-        policy,
+        policy: plan.policy,
         implicit: host.implicit_tls,
         plaintext_retry: plaintext,
     };
     if let Next::ImplicitTls { verify } = decide(facts, Event::Connected) {
-        s.handshake(facts, tls, verify, &host.name)?;
+        s.handshake(facts, plan.tls, verify, &host.name)?;
     }
-    let greeting = s.read().map_err(next)?;
+    let greeting = s.reply().map_err(lost)?;
     if !greeting.is_ok() {
         // 421 at the greeting: "too many connections", typically.
         res.refused |= greeting.code == 421;
-        return Err(Fail::Next(format!(
-            "{} (greeting from {relay})",
-            greeting.one_line()
-        )));
+        return Err(Fail::Next(Fault::Greeting {
+            relay: relay.clone(),
+            reply: Status::from_response(&greeting),
+        }));
     }
     res.contact = true;
-    let caps = s.ehlo(&ctx.hostname).map_err(Fail::Next)?;
+    let caps = s.hello(&ctx.hostname)?;
     // A session given up here (no STARTTLS under encrypt, credentials
     // refused) still ends with QUIT.
     let caps = s
-        .negotiate_tls(caps, facts, tls, &host.name, &ctx.hostname)
+        .negotiate_tls(caps, facts, plan.tls, &host.name, &ctx.hostname)
         .inspect_err(|_| s.quit())?;
-    smarthost_auth(ctx, job, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
+    smarthost_auth(action, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
     send_all(&mut s, &caps, job, res)?;
     let sent = job.items.len();
     Ok(Live { s, caps, sent })
 }
 
-/// MAIL, RCPT, DATA for every item with recipients still pending.
+/// One transaction for every item with recipients still pending.
 fn send_all(
     s: &mut Session,
     caps: &Capabilities,
@@ -607,68 +593,47 @@ fn send_all(
     res: &mut Results,
 ) -> Result<(), Fail> {
     for (i, item) in job.items.iter().enumerate() {
-        if !(0..item.rcpts.len()).any(|p| res.pending(i, p)) {
-            continue;
+        if (0..item.rcpts.len()).any(|p| res.pending(i, p)) {
+            send_item(s, caps, item, i, res).map_err(lost)?;
         }
-        send_item(s, caps, item, i, res).map_err(|e| Fail::Next(format!("451 4.4.2 {e}")))?;
     }
     Ok(())
 }
 
+/// AUTH PLAIN to a smarthost, only over TLS and (unless the action says
+/// `tls encrypt`) to a verified certificate (RFC 4954 §4).
 fn smarthost_auth(
-    ctx: &Context,
-    job: &Job,
+    action: &RelayAction,
     s: &mut Session,
     caps: &Capabilities,
     host: &str,
 ) -> Result<(), Fail> {
-    let Some(Delivery::Relay {
-        auth: Some(table), ..
-    }) = ctx.cfg.actions.get(&job.route.action)
-    else {
+    let Some(secrets) = &action.auth else {
         return Ok(());
     };
-    let Some(secret) = ctx.cfg.tables.get(table).and_then(|t| t.get(host)) else {
-        return Err(Fail::Next(format!(
-            "451 4.7.0 no secret for {host} in table <{table}>"
-        )));
-    };
-    if s.tls == "none" {
-        return Err(Fail::Next(format!(
-            "451 4.7.0 refusing to send credentials to {} without TLS",
-            s.relay
-        )));
-    }
-    let opted_out = matches!(
-        ctx.cfg.actions.get(&job.route.action),
-        Some(Delivery::Relay {
-            tls: TlsPolicy::Encrypt,
-            ..
+    let fail = |s: &Session, why| {
+        Fail::Next(Fault::Auth {
+            relay: s.relay.clone(),
+            why,
         })
-    );
-    if !s.verified && !opted_out {
-        return Err(Fail::Next(format!(
-            "451 4.7.0 refusing to send credentials to {}: its certificate was not verified",
-            s.relay
-        )));
+    };
+    let Some(secret) = secrets.by_host.get(&host.to_ascii_lowercase()) else {
+        let table = secrets.table.clone();
+        return Err(fail(s, AuthFault::NoSecret { table }));
+    };
+    if s.tls.is_none() {
+        return Err(fail(s, AuthFault::NoTls));
+    }
+    if s.auth == PeerAuth::No && action.tls != TlsPolicy::Encrypt {
+        return Err(fail(s, AuthFault::NotVerified));
     }
     if !caps.auth.iter().any(|m| m == "PLAIN") {
-        return Err(Fail::Next(format!(
-            "451 4.7.0 {} offers no AUTH PLAIN",
-            s.relay
-        )));
+        return Err(fail(s, AuthFault::NoPlain));
     }
-    let (user, pass) = secret.split_once(':').unwrap_or((secret, ""));
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-    let r = s
-        .cmd(&format!("AUTH PLAIN {token}"))
-        .map_err(|e| Fail::Next(format!("451 4.4.2 {e}")))?;
+    let r = client::auth_plain(s, &secret.user, &secret.pass).map_err(lost)?;
     if !r.is_ok() {
-        return Err(Fail::Next(format!(
-            "451 4.7.0 {} refused our credentials: {}",
-            s.relay,
-            r.one_line()
-        )));
+        let reply = r.one_line();
+        return Err(fail(s, AuthFault::Refused { reply }));
     }
     Ok(())
 }
@@ -676,16 +641,16 @@ fn smarthost_auth(
 fn outcome(s: &Session, idx: usize, r: &Response) -> RcptOutcome {
     RcptOutcome {
         idx,
-        status: Status::from_code(r.code),
-        reply: r.one_line(),
+        disposition: Disposition::of(r.code),
+        status: Status::from_response(r),
         relay: s.relay.clone(),
         tls: s.tls.clone(),
-        verified: s.verified,
+        auth: s.auth,
     }
 }
 
-/// MAIL, RCPTs (pipelined when offered), DATA for one message. An error
-/// return means the connection is unusable; results recorded so far stand.
+/// One message to its pending recipients. An error return means the
+/// connection is unusable; results recorded so far stand.
 fn send_item(
     s: &mut Session,
     caps: &Capabilities,
@@ -693,110 +658,29 @@ fn send_item(
     i: usize,
     res: &mut Results,
 ) -> Result<(), String> {
-    let mut mail = format!("MAIL FROM:<{}>", item.from);
-    if caps.size.is_some() {
-        mail.push_str(&format!(" SIZE={}", item.size));
-    }
-    if caps.eight_bit && item.eight_bit {
-        mail.push_str(" BODY=8BITMIME");
-    }
     let pending: Vec<usize> = (0..item.rcpts.len())
         .filter(|&p| res.pending(i, p))
         .collect();
-    let rcpt_lines: Vec<String> = pending
-        .iter()
-        .map(|&p| format!("RCPT TO:<{}>", item.rcpts[p].1))
-        .collect();
-    let (mail_reply, rcpt_replies) = if caps.pipelining {
-        let mut batch = format!("{mail}\r\n");
-        for l in &rcpt_lines {
-            batch.push_str(l);
-            batch.push_str("\r\n");
-        }
-        s.send(batch.as_bytes())?;
-        let m = s.read()?;
-        let mut rs = Vec::new();
-        for _ in &rcpt_lines {
-            rs.push(s.read()?);
-        }
-        (m, rs)
-    } else {
-        let m = s.cmd(&mail)?;
-        let mut rs = Vec::new();
-        if m.is_ok() {
-            for l in &rcpt_lines {
-                rs.push(s.cmd(l)?);
-            }
-        }
-        (m, rs)
+    let rcpts: Vec<&str> = pending.iter().map(|&p| item.rcpts[p].1.as_str()).collect();
+    let env = client::Envelope {
+        from: &item.from,
+        size: item.size,
+        eight_bit: item.eight_bit,
+        rcpts: &rcpts,
     };
-    let record = |res: &mut Results, p: usize, r: RcptOutcome| {
+    let mut body =
+        crate::spool::open_body(&item.body).map_err(|e| format!("{}: {e}", item.body.display()))?;
+    let replies = client::send_message(s, caps, &env, &mut body)?;
+    for (k, &p) in pending.iter().enumerate() {
+        let r = outcome(s, item.rcpts[p].0, replies.for_rcpt(k));
         log_result(item, &item.rcpts[p].1, &r);
         res.per_item[i][p] = Some(r);
-    };
-    if !mail_reply.is_ok() {
-        for &p in &pending {
-            record(res, p, outcome(s, item.rcpts[p].0, &mail_reply));
-        }
-        if !rcpt_replies.is_empty() || !caps.pipelining {
-            let _ = s.cmd("RSET");
-        }
-        return Ok(());
     }
-    let mut accepted = Vec::new();
-    for (&p, r) in pending.iter().zip(&rcpt_replies) {
-        if r.is_ok() {
-            accepted.push(p);
-        } else {
-            record(res, p, outcome(s, item.rcpts[p].0, r));
-        }
-    }
-    if accepted.is_empty() {
-        s.cmd("RSET")?;
-        return Ok(());
-    }
-    let data = s.cmd("DATA")?;
-    if !data.is_intermediate() {
-        for &p in &accepted {
-            record(res, p, outcome(s, item.rcpts[p].0, &data));
-        }
-        return Ok(());
-    }
-    send_body(s, item)?;
-    let end = s.read()?;
-    for &p in &accepted {
-        record(res, p, outcome(s, item.rcpts[p].0, &end));
+    if !replies.reusable {
+        return Err(format!(
+            "{}: RSET after a refused transaction failed",
+            s.relay
+        ));
     }
     Ok(())
-}
-
-/// Stream the spooled body with dot-stuffing and the final `.`.
-fn send_body(s: &mut Session, item: &Item) -> Result<(), String> {
-    let f = crate::spool::open_body(&item.body).map_err(|e| e.to_string())?;
-    let mut r = BufReader::with_capacity(64 * 1024, f);
-    let mut out = Vec::with_capacity(64 * 1024 + 2);
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut at_line_start = true;
-    loop {
-        let n = r
-            .read(&mut chunk)
-            .map_err(|e| format!("{}: {e}", item.body.display()))?;
-        if n == 0 {
-            break;
-        }
-        for &b in &chunk[..n] {
-            if at_line_start && b == b'.' {
-                out.push(b'.');
-            }
-            out.push(b);
-            at_line_start = b == b'\n';
-        }
-        s.send(&out)?;
-        out.clear();
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    s.send(&out)
 }

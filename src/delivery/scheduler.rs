@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, select};
 
 use super::bounce::{self, Failure};
-use super::{Done, Item, Job, Outcome, Route, Status};
+use super::{Disposition, Done, Item, Job, Outcome, Relay, Route, Status};
 use crate::config::{Config, Delivery};
 use crate::control;
 use crate::rules::ListenerPolicy;
@@ -542,29 +542,31 @@ impl Scheduler {
         let retry = self.cfg.limits.retry_interval.as_secs();
         let e = self.queue.get_mut(&o.id)?;
         e.busy = e.busy.saturating_sub(1);
-        let mut failures: Vec<(String, String, String)> = Vec::new();
-        for r in &o.results {
+        let mut failures: Vec<(String, Status, Relay)> = Vec::new();
+        for r in o.results {
             let Some(rc) = e.env.rcpts.get_mut(r.idx) else {
                 continue;
             };
-            rc.error = r.reply.clone();
-            match r.status {
-                Status::Sent => rc.state = RcptState::Sent,
-                Status::Bounced => {
+            rc.error = r.status.to_string();
+            match r.disposition {
+                Disposition::Sent => rc.state = RcptState::Sent,
+                Disposition::Bounced => {
                     rc.state = RcptState::Bounced;
-                    failures.push((rc.addr.clone(), r.reply.clone(), r.relay.clone()));
+                    failures.push((rc.addr.clone(), r.status, r.relay));
                 }
-                Status::Deferred => {
+                Disposition::Deferred => {
                     rc.attempts += 1;
                     if now.saturating_sub(e.env.arrival) >= bounce_after {
                         rc.state = RcptState::Bounced;
-                        let reply = format!("{} (gave up after {} attempts)", r.reply, rc.attempts);
+                        let status = r
+                            .status
+                            .with_note(&format!(" (gave up after {} attempts)", rc.attempts));
                         log::warn!(
-                            "{}: to=<{}> status=bounced (expired: {reply})",
+                            "{}: to=<{}> status=bounced (expired: {status})",
                             o.id,
                             rc.addr
                         );
-                        failures.push((rc.addr.clone(), reply, r.relay.clone()));
+                        failures.push((rc.addr.clone(), status, r.relay));
                     } else {
                         rc.next_try = now + backoff(rc.attempts, retry);
                     }
@@ -606,11 +608,15 @@ impl Scheduler {
     fn send_bounce(
         &mut self,
         env: &Envelope,
-        failures: &[(String, String, String)],
+        failures: &[(String, Status, Relay)],
     ) -> Result<(), String> {
         let list: Vec<Failure> = failures
             .iter()
-            .map(|(rcpt, reply, relay)| Failure { rcpt, reply, relay })
+            .map(|(rcpt, status, relay)| Failure {
+                rcpt,
+                status,
+                relay,
+            })
             .collect();
         let text = bounce::build(
             &self.cfg.hostname,
@@ -776,7 +782,7 @@ fn item(spool: &Spool, env: &Envelope, rcpts: Vec<(usize, String)>) -> Item {
 
 fn route_of(cfg: &Config, r: &EnvRcpt) -> Route {
     let domain = match cfg.actions.get(&r.action) {
-        Some(Delivery::Relay { host: None, .. }) => r
+        Some(Delivery::Relay(a)) if a.host.is_none() => r
             .addr
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())

@@ -1,11 +1,10 @@
 //! Sockets: the mio acceptor ([`listener`]), the session driver
-//! ([`driver`]), the plain/TLS transport ([`stream`]), deadlines a peer
+//! ([`driver`]), deadlines a peer
 //! cannot stretch ([`watchdog`], used by delivery too) and AUTH failures
 //! per client address ([`throttle`]).
 
 pub mod driver;
 pub mod listener;
-pub mod stream;
 pub mod throttle;
 pub mod watchdog;
 

@@ -27,6 +27,8 @@ use base64::Engine as _;
 use super::address::Mailbox;
 use super::command::{self, Body, Command};
 use super::reply::{self, Reply};
+/// Part of the session's API: what the driver reports after a handshake.
+pub use crate::tls::TlsInfo;
 
 /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 allows 512;
 /// AUTH responses need more).
@@ -58,17 +60,6 @@ pub enum TlsMode {
     Required,
     /// Implicit TLS (`smtps`): the driver handshakes before the greeting.
     Implicit,
-}
-
-/// What the TLS layer tells the session once a handshake is done.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.2` or `TLSv1.3`.
-    pub version: String,
-    /// IANA-style suite name, e.g. `TLS13_AES_128_GCM_SHA256`.
-    pub cipher: String,
-    /// Server name the client asked for, if any.
-    pub sni: Option<String>,
 }
 
 /// Decisions the session needs from configuration.

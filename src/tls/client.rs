@@ -88,21 +88,39 @@ pub fn system_roots() -> RootCertStore {
     roots
 }
 
+/// The certificates of a CA file; the error names the file and what is
+/// wrong with it.
+pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM in CA file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in CA file {}", path.display()));
+    }
+    // The same check the verifier makes, so a certificate it would
+    // refuse fails the configuration check.
+    let mut roots = RootCertStore::empty();
+    for c in &certs {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+    }
+    Ok(certs)
+}
+
 impl ClientTls {
-    /// Build the configs; `ca` adds the action's own CA file to `roots`.
-    pub fn new(mut roots: RootCertStore, ca: Option<&Path>) -> Result<ClientTls, String> {
+    /// Build the configs; `ca` (an action's own CA file, read by the
+    /// configuration) is added to `roots`.
+    pub fn new(
+        mut roots: RootCertStore,
+        ca: Option<&crate::config::CaFile>,
+    ) -> Result<ClientTls, String> {
         if let Some(ca) = ca {
-            let certs = CertificateDer::pem_file_iter(ca)
-                .map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("bad PEM in CA file {}: {e}", ca.display()))?;
-            if certs.is_empty() {
-                return Err(format!("no certificate in CA file {}", ca.display()));
-            }
-            for c in certs {
+            for c in &ca.certs {
                 roots
-                    .add(c)
-                    .map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+                    .add(c.clone())
+                    .map_err(|e| format!("CA file {}: {e}", ca.path.display()))?;
             }
         }
         let provider = super::provider();

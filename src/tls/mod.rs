@@ -4,8 +4,20 @@
 pub mod client;
 pub mod pki;
 pub mod server;
+pub mod stream;
 
 use std::sync::Arc;
+
+/// What a finished handshake negotiated (either side).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub version: String,
+    /// IANA-style suite name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    /// Server name the client asked for, if any.
+    pub sni: Option<String>,
+}
 
 /// The crypto provider every config is built with (aws-lc-rs).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

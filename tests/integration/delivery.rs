@@ -192,7 +192,7 @@ fn verify_needs_a_trusted_chain() {
     let id = carol_to_alice(&trusted, "v2");
     let line = trusted.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
-        line.contains("status=sent") && line.contains("verified=yes"),
+        line.contains("status=sent") && line.contains("verified=ca"),
         "{line}"
     );
 }
@@ -757,7 +757,7 @@ fn smarthost_smtps_with_auth() {
         line.contains("status=sent")
             && line.contains("relay=127.0.0.2[127.0.0.2]")
             && line.contains("tls=TLSv1.3")
-            && line.contains("verified=yes"),
+            && line.contains("verified=ca"),
         "{line}"
     );
     let got = r.wait_log("from=<carol@sender.test>", WAIT);
@@ -890,7 +890,9 @@ fn hostile_server_drops_mid_data() {
             }
         },
         "",
-        "connection closed by the server",
+        // "connection closed by the server", or a reset when the close
+        // leaves some of our body unread: either way, the connection.
+        "451 4.4.2 mx1.example.test[127.0.0.2]",
     );
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 
-use crate::smtp::server::TlsInfo;
+use super::TlsInfo;
 
 /// A session's transport.
 #[derive(Debug)]
