@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::{Dns, Postern, maildir_files, need, submit, wait_until};
+use crate::peer::{Hostile, Script, ScriptedPeer, StartTls, Turn, read_cmd};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -562,68 +563,22 @@ fn transient_failure_then_success_on_retry() {
     s.wait_log(&format!("{id}: removed"), WAIT);
 }
 
-/// A receiving server that advertises STARTTLS and then answers the
-/// ClientHello with garbage, and on the next connection behaves. Records
-/// whether the message arrived on the second, plaintext, connection.
-fn broken_tls_peer(ip: &str) -> (u16, std::thread::JoinHandle<Vec<String>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        for conn in 0..2 {
-            let (s, _) = l.accept().unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            w.write_all(b"220 broken.test ESMTP\r\n").unwrap();
-            let mut line = String::new();
-            // Bounded: the client sends a handful of commands per connection.
-            for _ in 0..50 {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let cmd = line.trim_end().to_ascii_uppercase();
-                seen.push(format!("{conn}: {cmd}"));
-                let reply: &[u8] = if cmd.starts_with("EHLO") {
-                    b"250-broken.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n"
-                } else if cmd == "STARTTLS" {
-                    w.write_all(b"220 go ahead\r\n").unwrap();
-                    // Wait for the ClientHello, then answer with something
-                    // that is not a ServerHello: the handshake must fail.
-                    let mut hello = [0u8; 512];
-                    let _ = std::io::Read::read(&mut r, &mut hello);
-                    let _ = w.write_all(b"this is not TLS\r\n\r\n");
-                    break;
-                } else if cmd == "DATA" {
-                    b"354 go\r\n"
-                } else if cmd == "." {
-                    b"250 2.0.0 accepted in plaintext\r\n"
-                } else if cmd == "QUIT" {
-                    w.write_all(b"221 bye\r\n").unwrap();
-                    break;
-                } else if cmd.starts_with("MAIL")
-                    || cmd.starts_with("RCPT")
-                    || cmd.starts_with("RSET")
-                {
-                    b"250 ok\r\n"
-                } else {
-                    continue;
-                };
-                w.write_all(reply).unwrap();
-            }
-        }
-        seen
-    });
-    (port, h)
-}
-
 #[test]
 fn may_falls_back_to_plaintext_after_a_failed_handshake() {
     let dns = Dns::start();
-    let (port, peer) = broken_tls_peer("127.0.0.2");
-    let s = sender(&dns, port, "tls may");
+    // STARTTLS offered, the handshake answered with garbage; the same on
+    // the second connection, which must not try TLS again.
+    let broken = Script {
+        ehlo: "250-broken.test\r\n250-PIPELINING\r\n250 STARTTLS",
+        starttls: StartTls::NotTls,
+        end: "250 2.0.0 accepted in plaintext",
+        ..Script::default()
+    };
+    let peer = ScriptedPeer::start(
+        "127.0.0.2",
+        vec![Turn::Script(broken), Turn::Script(broken)],
+    );
+    let s = sender(&dns, peer.port, "tls may");
     let id = carol_to_alice(&s, "fallback");
     let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(
@@ -635,7 +590,12 @@ fn may_falls_back_to_plaintext_after_a_failed_handshake() {
         "{}",
         s.log_text()
     );
-    let seen = peer.join().unwrap();
+    let seen: Vec<String> = peer
+        .join()
+        .iter()
+        .enumerate()
+        .flat_map(|(n, c)| c.commands.iter().map(move |cmd| format!("{n}: {cmd}")))
+        .collect();
     assert!(seen.contains(&"0: STARTTLS".to_string()), "{seen:?}");
     assert!(
         !seen.iter().any(|c| c.starts_with("0: MAIL")),
@@ -767,61 +727,17 @@ fn smarthost_smtps_with_auth() {
     );
 }
 
-type Hostile = fn(&mut std::net::TcpStream, &mut std::io::BufReader<std::net::TcpStream>);
-
-fn read_cmd(r: &mut std::io::BufReader<std::net::TcpStream>) -> String {
-    use std::io::BufRead;
-    let mut l = String::new();
-    let _ = r.read_line(&mut l);
-    l.trim_end().to_ascii_uppercase()
+/// One hostile connection, then one well-behaved one.
+fn hostile_then_good(ip: &str, hostile: Hostile) -> ScriptedPeer {
+    ScriptedPeer::start(
+        ip,
+        vec![Turn::Raw(hostile), Turn::Script(Script::default())],
+    )
 }
 
-/// Serve one hostile connection, then one well-behaved one; returns the
-/// message the good connection received, if any.
-fn hostile_then_good(ip: &str, hostile: Hostile) -> (u16, std::thread::JoinHandle<Option<String>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).unwrap();
-    let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        let (s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        hostile(&mut w, &mut BufReader::new(s));
-        drop(w);
-        let (s, _) = l.accept().ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        w.write_all(b"220 good.test ESMTP\r\n").ok()?;
-        // Bounded: a handful of commands, then the body.
-        for _ in 0..20 {
-            let cmd = read_cmd(&mut r);
-            let reply: &[u8] = match cmd.as_str() {
-                c if c.starts_with("EHLO") => b"250-good.test\r\n250 8BITMIME\r\n",
-                c if c.starts_with("MAIL") || c.starts_with("RCPT") => b"250 ok\r\n",
-                "DATA" => {
-                    w.write_all(b"354 go\r\n").ok()?;
-                    let mut body = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).ok()? == 0 {
-                            return None;
-                        }
-                        if line == ".\r\n" {
-                            break;
-                        }
-                        body.push_str(&line);
-                    }
-                    w.write_all(b"250 2.0.0 got it\r\n").ok()?;
-                    return Some(body);
-                }
-                _ => b"500 what\r\n",
-            };
-            w.write_all(reply).ok()?;
-        }
-        None
-    });
-    (port, h)
+/// The message the well-behaved connection received, if any.
+fn good_body(peer: ScriptedPeer) -> Option<String> {
+    peer.join().get(1).and_then(|c| c.bodies.first().cloned())
 }
 
 fn hostile_sender(dns: &Dns, port: u16, tls: &str) -> Postern {
@@ -842,7 +758,8 @@ fn hostile_sender(dns: &Dns, port: u16, tls: &str) -> Postern {
 /// no STARTTLS) deferred again with no MAIL sent.
 fn survives(hostile: Hostile, tls: &str, why: &str) {
     let dns = Dns::start();
-    let (port, peer) = hostile_then_good("127.0.0.2", hostile);
+    let peer = hostile_then_good("127.0.0.2", hostile);
+    let port = peer.port;
     let s = hostile_sender(&dns, port, tls);
     let id = carol_to_alice(&s, "hostile");
     let first = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
@@ -855,15 +772,12 @@ fn survives(hostile: Hostile, tls: &str, why: &str) {
             s.envelope(&id).contains("state=pending attempts=2")
         });
         assert!(
-            peer.join().unwrap().is_none(),
+            good_body(peer).is_none(),
             "mail sent without TLS under encrypt"
         );
         return;
     }
-    let body = peer
-        .join()
-        .unwrap()
-        .expect("the retry reached the good connection");
+    let body = good_body(peer).expect("the retry reached the good connection");
     assert!(body.contains("Subject: hostile"), "{body}");
     s.wait_log(&format!("{id}: removed"), WAIT);
     assert!(s.log_text().contains("status=sent (250 2.0.0 got it)"));
@@ -980,7 +894,15 @@ fn starttls_refused_with_454() {
     );
     // may: carries on in plaintext on the same connection.
     let dns = Dns::start();
-    let (port, peer) = broken_454_peer();
+    let peer = ScriptedPeer::start(
+        "127.0.0.2",
+        vec![Turn::Script(Script {
+            ehlo: "250-x\r\n250 STARTTLS",
+            starttls: StartTls::Reply("454 4.7.0 TLS not available"),
+            ..Script::default()
+        })],
+    );
+    let port = peer.port;
     let s = hostile_sender(&dns, port, "tls may");
     let id = carol_to_alice(&s, "454may");
     let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
@@ -988,49 +910,11 @@ fn starttls_refused_with_454() {
         line.contains("status=sent") && line.contains("tls=none"),
         "{line}"
     );
-    assert!(peer.join().unwrap(), "no mail after 454 under may");
-}
-
-fn broken_454_peer() -> (u16, std::thread::JoinHandle<bool>) {
-    use std::io::{BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        let (s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        let _ = w.write_all(b"220 x\r\n");
-        let mut got_data = false;
-        let mut in_data = false;
-        // Bounded: the dialogue plus a short body.
-        for _ in 0..200 {
-            let c = read_cmd(&mut r);
-            if in_data && c != "." {
-                continue;
-            }
-            let reply: &[u8] = match c.as_str() {
-                c if c.starts_with("EHLO") => b"250-x\r\n250 STARTTLS\r\n",
-                "STARTTLS" => b"454 4.7.0 TLS not available\r\n",
-                "DATA" => {
-                    in_data = true;
-                    b"354 go\r\n"
-                }
-                "." => {
-                    in_data = false;
-                    got_data = true;
-                    b"250 2.0.0 ok\r\n"
-                }
-                "QUIT" => return got_data,
-                c if c.starts_with("MAIL") || c.starts_with("RCPT") => b"250 ok\r\n",
-                "" => return got_data,
-                _ => continue,
-            };
-            let _ = w.write_all(reply);
-        }
-        got_data
-    });
-    (port, h)
+    assert_eq!(
+        peer.join()[0].bodies.len(),
+        1,
+        "no mail after 454 under may"
+    );
 }
 
 #[test]
@@ -1053,50 +937,21 @@ fn hostile_server_drips_its_greeting() {
     );
 }
 
-/// A server that answers every command correctly, each after `pause`.
-fn slow_server(pause: Duration) -> (u16, std::thread::JoinHandle<()>) {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let h = std::thread::spawn(move || {
-        let Ok((s, _)) = l.accept() else { return };
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        std::thread::sleep(pause);
-        let _ = w.write_all(b"220 slow.test ESMTP\r\n");
-        // Bounded: a handful of commands.
-        for _ in 0..10 {
-            let cmd = read_cmd(&mut r);
-            std::thread::sleep(pause);
-            let reply: &[u8] = match cmd.as_str() {
-                "" => return,
-                "DATA" => {
-                    let _ = w.write_all(b"354 go\r\n");
-                    let mut line = String::new();
-                    while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != ".\r\n" {
-                        line.clear();
-                    }
-                    std::thread::sleep(pause);
-                    b"250 2.0.0 slowly\r\n"
-                }
-                "QUIT" => b"221 bye\r\n",
-                _ => b"250 ok\r\n",
-            };
-            if w.write_all(reply).is_err() {
-                return;
-            }
-        }
-    });
-    (port, h)
-}
-
 #[test]
 fn local_delivery_never_waits_behind_a_slow_remote_server() {
     // With one delivery thread, a remote server that takes
     // 1.5 s per reply (within delivery-timeout) held local mail back.
     let dns = Dns::start();
-    let (port, peer) = slow_server(Duration::from_millis(1500));
+    // Every reply right, each after 1.5 s.
+    let peer = ScriptedPeer::start(
+        "127.0.0.2",
+        vec![Turn::Script(Script {
+            end: "250 2.0.0 slowly",
+            pause: Duration::from_millis(1500),
+            ..Script::default()
+        })],
+    );
+    let port = peer.port;
     let s = Postern::start_with(|d| {
         format!(
             "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\nresolver 127.0.0.1:{dns}\n\
@@ -1129,7 +984,11 @@ fn local_delivery_never_waits_behind_a_slow_remote_server() {
     );
     let line = s.wait_log(&format!("{remote}: to=<alice@example.test>"), WAIT);
     assert!(line.contains("status=sent (250 2.0.0 slowly)"), "{line}");
-    peer.join().unwrap();
+    assert_eq!(
+        peer.join()[0].bodies.len(),
+        1,
+        "the slow server got the message"
+    );
 }
 
 #[test]
@@ -1137,7 +996,7 @@ fn remote_reply_text_is_made_printable_everywhere() {
     // A reply that sets the terminal title, clears the
     // screen and forges a status line, with NUL and a bare CR.
     let dns = Dns::start();
-    let (port, _peer) = hostile_then_good("127.0.0.2", |w, r| {
+    let peer = hostile_then_good("127.0.0.2", |w, r| {
         use std::io::Write;
         let _ = w.write_all(b"220 x\r\n");
         for _ in 0..4 {
@@ -1153,7 +1012,7 @@ fn remote_reply_text_is_made_printable_everywhere() {
             }
         }
     });
-    let s = hostile_sender(&dns, port, "");
+    let s = hostile_sender(&dns, peer.port, "");
     let id = carol_to_alice(&s, "escapes");
     let line = s.wait_log(&format!("{id}: to=<alice@example.test>"), WAIT);
     assert!(

@@ -10,5 +10,6 @@ mod harness;
 mod hostile;
 mod inbound;
 mod ops;
+mod peer;
 mod privilege;
 mod security;
