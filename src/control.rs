@@ -32,8 +32,85 @@ pub enum Request {
 pub struct Message {
     /// What is asked.
     pub req: Request,
-    /// Answer text (starting `ok` or `error:`).
-    pub reply: Sender<String>,
+    /// The scheduler's answer, or what was wrong with the request.
+    pub reply: Sender<Result<Answer, String>>,
+}
+
+/// What the scheduler answers: data, formatted here.
+#[derive(Debug)]
+pub enum Answer {
+    /// One row per recipient of every queued message.
+    Queue(Vec<QueueRow>),
+    /// The counters, and how many messages are queued.
+    Stats {
+        /// Messages in the queue.
+        queued: usize,
+    },
+    /// How many messages were scheduled for now.
+    Scheduled(usize),
+    /// How many messages were removed.
+    Removed(usize),
+}
+
+/// One recipient in the queue.
+#[derive(Debug)]
+pub struct QueueRow {
+    /// Queue id.
+    pub id: String,
+    /// Seconds since arrival.
+    pub age: u64,
+    /// Envelope sender (empty for `<>`).
+    pub from: String,
+    /// The recipient.
+    pub rcpt: String,
+    /// `active`, `deferred`, `queued`, `sent` or `bounced`.
+    pub state: &'static str,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The last failure, as stored.
+    pub error: String,
+}
+
+/// The text posternctl prints for an answer.
+fn render(answer: Result<Answer, String>) -> String {
+    match answer {
+        Err(e) => format!("error: {e}\n"),
+        Ok(Answer::Queue(rows)) => {
+            let mut out = String::from("ok\n");
+            out.push_str(&format!(
+                "{:<16}  {:>6}  {:<28}  {:<28}  {:<8}  {:>3}  {}\n",
+                "ID", "AGE", "SENDER", "RECIPIENT", "STATE", "TRY", "LAST ERROR"
+            ));
+            for r in rows {
+                out.push_str(&format!(
+                    "{:<16}  {:>6}  {:<28}  {:<28}  {:<8}  {:>3}  {}\n",
+                    r.id,
+                    age(r.age),
+                    format!("<{}>", r.from),
+                    r.rcpt,
+                    r.state,
+                    r.attempts,
+                    // Already printable when read; an envelope from an
+                    // older postern may not be.
+                    crate::smtp::response::printable(&r.error)
+                ));
+            }
+            out
+        }
+        Ok(Answer::Stats { queued }) => format!("ok\n{}", crate::stats::report(queued)),
+        Ok(Answer::Scheduled(n)) => format!("ok\n{n} messages scheduled\n"),
+        Ok(Answer::Removed(n)) => format!("ok\n{n} messages removed\n"),
+    }
+}
+
+/// `42s`, `7m`, `3h`, `2d`.
+fn age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
 }
 
 /// The socket's path for a queue directory.
@@ -124,22 +201,26 @@ fn handle(
         }
         Err(e) => return format!("error: cannot identify the client: {e}\n"),
     }
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let late = || "error: no answer from the daemon within 30s\n".to_string();
     match parse(line.trim()) {
-        Err(e) => return format!("error: {e}\n"),
+        Err(e) => format!("error: {e}\n"),
         Ok(Parsed::Queue(req)) => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
             if sched.send(Message { req, reply: tx }).is_err() {
                 return "error: the scheduler is not running\n".into();
             }
+            rx.recv_timeout(Duration::from_secs(30))
+                .map_or_else(|_| late(), render)
         }
         Ok(Parsed::Reload) => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
             if reload.send(tx).is_err() || waker.wake().is_err() {
                 return "error: the acceptor is not running\n".into();
             }
+            rx.recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| late())
         }
     }
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| "error: no answer from the daemon within 30s\n".into())
 }
 
 trait TakeRef {

@@ -1,9 +1,26 @@
 //! postern: a mail transfer agent built around STARTTLS.
 //!
-//! The layout follows the path of a message:
-//! [`net`] accepts connections and runs sessions, [`smtp`] is the dialogue
-//! (no I/O), [`spool`] makes messages durable, [`config`] reads
-//! postern.conf(5).
+//! The modules in the order a message meets them:
+//!
+//! - [`net`]: the mio acceptor hands each connection to a worker thread
+//!   (`listener`), which runs the session (`driver`) under deadlines a
+//!   peer cannot stretch (`watchdog`) and per-address AUTH limits
+//!   (`throttle`).
+//! - [`tls`]: certificates (`pki`), the server and client configurations,
+//!   and the [`tls::stream::Stream`] a session upgrades in place.
+//! - [`smtp`]: the protocol without I/O: commands, the reply table, the
+//!   inbound state machine (`server`), paths, replies from servers
+//!   (`response`) and the client dialogue (`client`).
+//! - [`rules`]: `match` rules, which action takes a recipient.
+//! - [`spool`]: the durable queue; "250" means it is on disk.
+//! - [`delivery`]: the scheduler and per-destination queues, Maildir
+//!   (`local`), SMTP (`remote`) with its one TLS decision
+//!   (`tls_decision`), typed results (`outcome`) and DSNs (`bounce`).
+//! - [`dns`]: MX and address lookups for delivery.
+//! - [`config`]: postern.conf(5) and its tables, read once into values.
+//! - Around them: [`control`] (posternctl's socket), [`stats`],
+//!   [`logging`], [`passwd`] (crypt(3) hashes), [`sys`] (privileges, the
+//!   pid file), [`time`].
 
 // One exception, `sys::keep_pid_file`'s fork(2), allowed where it stands.
 #![deny(unsafe_code)]

@@ -75,52 +75,44 @@ pub fn user_part(m: &Mailbox) -> String {
     l.replace('\\', "").to_ascii_lowercase()
 }
 
+/// Where mail being routed comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An SMTP client.
+    Client {
+        /// Its address.
+        addr: IpAddr,
+        /// It authenticated (AUTH).
+        authenticated: bool,
+    },
+    /// postern itself (bounces): routed as mail from an authenticated
+    /// client on 127.0.0.1 (postern(8) says so).
+    MailSystem,
+}
+
+impl Origin {
+    fn addr(self) -> IpAddr {
+        match self {
+            Origin::Client { addr, .. } => addr,
+            Origin::MailSystem => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        }
+    }
+
+    fn authenticated(self) -> bool {
+        match self {
+            Origin::Client { authenticated, .. } => authenticated,
+            Origin::MailSystem => true,
+        }
+    }
+}
+
 impl Policy for ListenerPolicy {
     fn check_rcpt(&self, client: &Client, rcpt: &Mailbox) -> Result<String, Reply> {
-        let cfg = &self.cfg;
-        let domain = if rcpt.domain.is_empty() {
-            cfg.hostname.to_ascii_lowercase()
-        } else {
-            rcpt.domain_lc()
+        let origin = Origin::Client {
+            addr: client.addr,
+            authenticated: client.auth.is_some(),
         };
-        let is_local_domain = domain == cfg.hostname.to_ascii_lowercase() || domain == "localhost";
-        let rule = cfg.rules.iter().find(|r| {
-            let from_ok = match &r.from {
-                From::Any => true,
-                From::Local => is_local_client(client.addr),
-                From::Src(t) => cfg
-                    .tables
-                    .get(t)
-                    .is_some_and(|t| t.contains_ip(client.addr)),
-            };
-            let for_ok = match &r.rcpt {
-                For::Any => true,
-                For::Local => is_local_domain,
-                For::Domain(d) => &domain == d,
-                For::DomainTable(t) => cfg.tables.get(t).is_some_and(|t| t.contains(&domain)),
-            };
-            (!r.auth || client.auth.is_some()) && from_ok && for_ok
-        });
-        let Some(rule) = rule else {
-            return Err(reply::RELAY_DENIED);
-        };
-        if let Some(Delivery::Maildir { users, alias, .. }) = cfg.actions.get(&rule.action) {
-            let user = user_part(rcpt);
-            if !safe_user(&user) {
-                return Err(reply::BAD_RECIPIENT);
-            }
-            if let Some(users) = users {
-                let full = format!("{user}@{domain}");
-                let known = |t: Option<&String>| {
-                    t.and_then(|t| cfg.tables.get(t))
-                        .is_some_and(|t| t.contains(&user) || t.contains(&full))
-                };
-                if !known(Some(users)) && !known(alias.as_ref()) {
-                    return Err(reply::USER_UNKNOWN);
-                }
-            }
-        }
-        Ok(rule.action.clone())
+        route(&self.cfg, origin, rcpt)
     }
 
     fn check_auth(&self, user: &str, password: &[u8]) -> bool {
@@ -160,6 +152,54 @@ impl Policy for ListenerPolicy {
             );
         }
     }
+}
+
+/// Which action takes `rcpt` from `origin`: the first matching rule, or
+/// the refusal to send.
+pub fn route(cfg: &Config, origin: Origin, rcpt: &Mailbox) -> Result<String, Reply> {
+    let domain = if rcpt.domain.is_empty() {
+        cfg.hostname.to_ascii_lowercase()
+    } else {
+        rcpt.domain_lc()
+    };
+    let is_local_domain = domain == cfg.hostname.to_ascii_lowercase() || domain == "localhost";
+    let rule = cfg.rules.iter().find(|r| {
+        let from_ok = match &r.from {
+            From::Any => true,
+            From::Local => is_local_client(origin.addr()),
+            From::Src(t) => cfg
+                .tables
+                .get(t)
+                .is_some_and(|t| t.contains_ip(origin.addr())),
+        };
+        let for_ok = match &r.rcpt {
+            For::Any => true,
+            For::Local => is_local_domain,
+            For::Domain(d) => &domain == d,
+            For::DomainTable(t) => cfg.tables.get(t).is_some_and(|t| t.contains(&domain)),
+        };
+        (!r.auth || origin.authenticated()) && from_ok && for_ok
+    });
+    let Some(rule) = rule else {
+        return Err(reply::RELAY_DENIED);
+    };
+    if let Some(Delivery::Maildir { users, alias, .. }) = cfg.actions.get(&rule.action) {
+        let user = user_part(rcpt);
+        if !safe_user(&user) {
+            return Err(reply::BAD_RECIPIENT);
+        }
+        if let Some(users) = users {
+            let full = format!("{user}@{domain}");
+            let known = |t: Option<&String>| {
+                t.and_then(|t| cfg.tables.get(t))
+                    .is_some_and(|t| t.contains(&user) || t.contains(&full))
+            };
+            if !known(Some(users)) && !known(alias.as_ref()) {
+                return Err(reply::USER_UNKNOWN);
+            }
+        }
+    }
+    Ok(rule.action.clone())
 }
 
 #[cfg(test)]
@@ -207,6 +247,26 @@ match from local for local action "open"
         let m = parse_mailbox("\u{212A}IM@example.com").unwrap();
         assert_eq!(user_part(&m), "\u{212A}im");
         assert_eq!(user_part(&parse_mailbox("KIM@example.com").unwrap()), "kim");
+    }
+
+    #[test]
+    fn bounces_route_as_an_authenticated_local_client() {
+        let cfg = Config::parse("t.conf", CONF, std::path::Path::new("/")).unwrap();
+        let via = |rcpt: &str| {
+            route(&cfg, Origin::MailSystem, &parse_mailbox(rcpt).unwrap()).map_err(|r| r.code)
+        };
+        assert_eq!(via("alice@example.com").as_deref(), Ok("local"));
+        // Remote senders get their bounce through the `auth` relay rule.
+        assert_eq!(via("someone@far.example").as_deref(), Ok("out"));
+        // An unknown local user is refused as for any client.
+        assert_eq!(via("nobody@example.com").map_err(|c| c / 100), Err(5));
+        // A client that is not authenticated, not local, not listed: refused.
+        let stranger = Origin::Client {
+            addr: "198.51.100.1".parse().unwrap(),
+            authenticated: false,
+        };
+        let m = parse_mailbox("someone@far.example").unwrap();
+        assert!(route(&cfg, stranger, &m).is_err());
     }
 
     fn policy() -> ListenerPolicy {

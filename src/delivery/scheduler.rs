@@ -17,9 +17,7 @@ use super::bounce::{self, Failure};
 use super::{Disposition, Done, Item, Job, Outcome, Relay, Route, Status};
 use crate::config::{Config, Delivery};
 use crate::control;
-use crate::rules::ListenerPolicy;
 use crate::smtp::address::parse_mailbox;
-use crate::smtp::server::{Client, Policy};
 use crate::spool::Spool;
 use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
 
@@ -626,17 +624,10 @@ impl Scheduler {
             &list,
             &self.spool.body_path(&env.id),
         );
-        // Bounces are routed like mail from a trusted local client.
-        let policy = ListenerPolicy::new(self.cfg.clone(), None);
-        let client = Client {
-            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            auth: Some("MAILER-DAEMON".into()),
-        };
         let action = parse_mailbox(&env.from)
             .ok_or_else(|| format!("sender <{}> cannot be parsed", env.from))
             .and_then(|m| {
-                policy
-                    .check_rcpt(&client, &m)
+                crate::rules::route(&self.cfg, crate::rules::Origin::MailSystem, &m)
                     .map_err(|r| format!("no rule routes a bounce to <{}>: {r}", env.from))
             });
         let action = match action {
@@ -676,46 +667,38 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Answer a posternctl request.
-    fn control(&mut self, req: control::Request) -> String {
-        use control::Request;
+    /// Answer a posternctl request with data (control formats it).
+    fn control(&mut self, req: control::Request) -> Result<control::Answer, String> {
+        use control::{Answer, QueueRow, Request};
         let now = crate::time::unix_now();
-        match req {
-            Request::ShowQueue => {
-                let mut out = String::from("ok\n");
-                out.push_str(&format!(
-                    "{:<16}  {:>6}  {:<28}  {:<28}  {:<8}  {:>3}  {}\n",
-                    "ID", "AGE", "SENDER", "RECIPIENT", "STATE", "TRY", "LAST ERROR"
-                ));
-                for (id, e) in &self.queue {
-                    for r in &e.env.rcpts {
-                        let state = match (r.state, e.busy > 0) {
-                            (RcptState::Pending, true) => "active",
-                            (RcptState::Pending, false) if r.next_try > now => "deferred",
-                            (RcptState::Pending, false) => "queued",
-                            (RcptState::Sent, _) => "sent",
-                            (RcptState::Bounced, _) => "bounced",
-                        };
-                        out.push_str(&format!(
-                            "{id:<16}  {:>6}  {:<28}  {:<28}  {state:<8}  {:>3}  {}\n",
-                            age(now.saturating_sub(e.env.arrival)),
-                            format!("<{}>", e.env.from),
-                            r.addr,
-                            r.attempts,
-                            // Already printable when read; an envelope
-                            // from an older postern may not be.
-                            crate::smtp::response::printable(&r.error)
-                        ));
-                    }
-                }
-                out
-            }
-            Request::ShowStats => format!("ok\n{}", crate::stats::report(self.queue.len())),
+        Ok(match req {
+            Request::ShowQueue => Answer::Queue(
+                self.queue
+                    .iter()
+                    .flat_map(|(id, e)| {
+                        e.env.rcpts.iter().map(move |r| QueueRow {
+                            id: id.clone(),
+                            age: now.saturating_sub(e.env.arrival),
+                            from: e.env.from.clone(),
+                            rcpt: r.addr.clone(),
+                            state: match (r.state, e.busy > 0) {
+                                (RcptState::Pending, true) => "active",
+                                (RcptState::Pending, false) if r.next_try > now => "deferred",
+                                (RcptState::Pending, false) => "queued",
+                                (RcptState::Sent, _) => "sent",
+                                (RcptState::Bounced, _) => "bounced",
+                            },
+                            attempts: r.attempts,
+                            error: r.error.clone(),
+                        })
+                    })
+                    .collect(),
+            ),
+            Request::ShowStats => Answer::Stats {
+                queued: self.queue.len(),
+            },
             Request::Schedule(which) => {
-                let ids = match self.select(&which) {
-                    Ok(ids) => ids,
-                    Err(e) => return e,
-                };
+                let ids = self.select(&which)?;
                 for id in &ids {
                     if let Some(e) = self.queue.get_mut(id) {
                         for r in e
@@ -729,20 +712,17 @@ impl Scheduler {
                     }
                 }
                 self.dirty.extend(ids.iter().cloned());
-                format!("ok\n{} messages scheduled\n", ids.len())
+                Answer::Scheduled(ids.len())
             }
             Request::Remove(which) => {
-                let ids = match self.select(&which) {
-                    Ok(ids) => ids,
-                    Err(e) => return e,
-                };
+                let ids = self.select(&which)?;
                 self.remove(&ids);
                 for id in &ids {
                     log::info!("{id}: removed by posternctl");
                 }
-                format!("ok\n{} messages removed\n", ids.len())
+                Answer::Removed(ids.len())
             }
-        }
+        })
     }
 
     fn select(&self, which: &str) -> Result<Vec<String>, String> {
@@ -751,18 +731,8 @@ impl Scheduler {
         } else if self.queue.contains_key(which) {
             Ok(vec![which.to_string()])
         } else {
-            Err(format!("error: no message {which} in the queue\n"))
+            Err(format!("no message {which} in the queue"))
         }
-    }
-}
-
-/// `42s`, `7m`, `3h`, `2d`.
-fn age(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m", secs / 60),
-        3600..86400 => format!("{}h", secs / 3600),
-        _ => format!("{}d", secs / 86400),
     }
 }
 
