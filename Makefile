@@ -113,6 +113,8 @@ bench:
 	$(SETTLE)
 	$(CARGO) bench --bench delivery
 	$(SETTLE)
+	$(CARGO) bench --bench versus_postfix
+	$(SETTLE)
 	$(CARGO) bench --bench spool
 
 # Slow hardening runs: kill -9 under load, a full disk, testssl.sh.

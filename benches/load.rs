@@ -544,6 +544,7 @@ fn main() {
     md.push_str(&format!(
         "\n(e) {held} idle TLS sessions: RSS {:.1} MiB, peak {:.1} MiB.\n\n\
          (f) outbound: see the `delivery:` line of `make bench`.\n\n\
+         (j) outbound vs Postfix: see the `versus postfix:` line of `make bench`.\n\n\
          {relay}.\n\n\
          (i) spool steady state: see the `spool` line of `make bench`.\n\n\
          (g) ceilings: {fsync1:.0} durable commits/s from 1 thread, {fsync16:.0}/s from 16 threads \

@@ -1232,3 +1232,41 @@ fn a_receiver_that_takes_five_connections_gets_everything_in_the_first_pass() {
     assert!(tls_sessions(&r) <= 20, "{} TLS sessions", tls_sessions(&r));
     assert!(log.contains("holding it to"), "{log}");
 }
+
+#[test]
+fn a_burst_into_a_postfix_sink_shares_connections() {
+    // The same check against Postfix as the receiver: 200 messages to one
+    // destination over at most 20 TLS sessions, never more than 20 at once.
+    need("postfix", "postfix");
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: running a Postfix instance needs root (CI runs as root)");
+        return;
+    }
+    let sink = crate::peer::PostfixSink::start();
+    let s = Postern::start_with(|d| {
+        format!(
+            "hostname sender.test\nqueue \"{d}/queue\"\nlisten on 127.0.0.1 port 0\n\
+             action \"out\" relay host smtp://127.0.0.1:{port} tls encrypt\n\
+             match from local for any action \"out\"\n",
+            d = d.display(),
+            port = sink.port
+        )
+    });
+    burst(&s, 200);
+    wait_until(
+        Duration::from_secs(60),
+        "200 messages in Postfix's Maildir",
+        || sink.delivered() == 200,
+    );
+    let (sessions, most, tls) = sink.sessions();
+    assert!(
+        (1..=20).contains(&sessions) && most <= 20 && tls == sessions,
+        "{sessions} sessions, {most} at once, {tls} with TLS:\n{}",
+        sink.log()
+    );
+    assert!(
+        !s.log_text().contains("status=deferred"),
+        "{}",
+        s.log_text()
+    );
+}

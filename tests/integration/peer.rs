@@ -177,3 +177,90 @@ pub fn read_cmd(r: &mut BufReader<TcpStream>) -> String {
     let _ = r.read_line(&mut l);
     l.trim_end().to_ascii_uppercase()
 }
+
+/// A private Postfix sink (`../shared/peers/postfix.sh ... sink`, Maildir
+/// delivery) on 127.0.0.1, stopped when dropped. Needs root and Postfix
+/// (installed with debconf "No configuration", as .ci/run does).
+pub struct PostfixSink {
+    pub port: u16,
+    base: std::path::PathBuf,
+}
+
+fn postfix_sh(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/peers/postfix.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run postfix.sh");
+    assert!(
+        out.status.success() || args[0] == "stop",
+        "postfix.sh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl PostfixSink {
+    pub fn start() -> PostfixSink {
+        use std::sync::atomic::{AtomicU16, Ordering};
+        // postfix.sh takes ports 10000-10999; tests run in parallel.
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let port = (0..1000)
+            .map(|_| {
+                10000
+                    + (std::process::id() as u16 % 500 + NEXT.fetch_add(1, Ordering::Relaxed))
+                        % 1000
+            })
+            .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port in 10000-10999");
+        // Its daemons run as `postfix`: the base must be reachable by it.
+        let base = std::path::PathBuf::from(format!("/tmp/postern-tests/postfix-{port}"));
+        std::fs::create_dir_all(&base).unwrap();
+        for d in ["/tmp/postern-tests", base.to_str().unwrap()] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        postfix_sh(&["start", base.to_str().unwrap(), &port.to_string(), "sink"]);
+        PostfixSink { port, base }
+    }
+
+    /// Messages in the sink's Maildir.
+    pub fn delivered(&self) -> usize {
+        postfix_sh(&["delivered", self.base.to_str().unwrap()])
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Its log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.base.join("maillog")).unwrap_or_default()
+    }
+
+    /// (SMTP sessions served, most at once, of them with TLS), from the
+    /// log's `connect from` / `disconnect from` lines.
+    pub fn sessions(&self) -> (usize, usize, usize) {
+        let log = self.log();
+        let (mut total, mut now, mut most) = (0, 0usize, 0);
+        for l in log.lines().filter(|l| l.contains("postfix/smtpd[")) {
+            if l.contains(": connect from ") {
+                total += 1;
+                now += 1;
+                most = most.max(now);
+            } else if l.contains(": disconnect from ") {
+                now = now.saturating_sub(1);
+            }
+        }
+        let tls = log.matches("TLS connection established from").count();
+        (total, most, tls)
+    }
+}
+
+impl Drop for PostfixSink {
+    fn drop(&mut self) {
+        postfix_sh(&["stop", self.base.to_str().unwrap()]);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}

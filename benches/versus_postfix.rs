@@ -1,0 +1,483 @@
+//! `make bench` (versus Postfix): the same 2,000 queued 4 KiB messages
+//! delivered over STARTTLS into one Postfix sink (discard transport; it
+//! still fsyncs each queue file before its 250), once by postern and once
+//! by a Postfix relay, with the relay's messages held until the clock
+//! starts (`../shared/peers/postfix.sh`). Postfix runs with its defaults:
+//! one TLS session per message, as Debian ships it; then again with
+//! `smtp_tls_connection_reuse = yes` (tlsproxy), for the record.
+//!
+//! Skips, saying why, where Postfix or the peer script is missing. Ports
+//! 10000-10999 on 127.0.0.1 (the script's range); bounded in time.
+
+mod common;
+
+use common::{set_result_line, wait_port, write};
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use postern::spool::Spool;
+
+const N: usize = 2000;
+const LIMIT: Duration = Duration::from_secs(600);
+const ROW: &str = "(j) outbound vs Postfix";
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/postfix.sh")
+}
+
+fn skip(why: &str) {
+    println!("versus postfix: skipped: {why}");
+    set_result_line(ROW, &format!("{ROW}: skipped ({why})."));
+}
+
+/// Run postfix.sh with `args`; its output, or why it failed.
+fn postfix_sh(env: &[(&str, &str)], args: &[&str]) -> Result<String, String> {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| format!("postfix.sh: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "postfix.sh {}: {}{}",
+            args.join(" "),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A port in the script's range that nothing listens on.
+fn free_port(from: u16) -> u16 {
+    (from..11000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 10000-10999")
+}
+
+fn body() -> String {
+    let line = format!("{}\r\n", "x".repeat(78));
+    let mut body = String::from(
+        "Received: from bench ([127.0.0.1])\r\n\tby snd.bench with ESMTP id X;\r\n\tTue, 1 Dec 2026 00:00:00 +0000\r\nSubject: bench\r\n\r\n",
+    );
+    while body.len() < 4096 {
+        body.push_str(&line);
+    }
+    body
+}
+
+/// Fields of /proc/PID/stat after the command name, numeric ones only
+/// (the state letter dropped): ppid is [0], utime [10], stime [11],
+/// cutime [12], cstime [13].
+fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        st.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+    )
+}
+
+/// CPU milliseconds used by `root` and everything under it: the live
+/// descendants' own time, and the root's own and reaped children's time
+/// (so a process that ends between two readings still counts). Clock
+/// ticks are 10 ms on Linux.
+fn tree_cpu_ms(root: u32) -> f64 {
+    if root == 0 {
+        return 0.0;
+    }
+    let mut parent = std::collections::HashMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+            && let Some(f) = proc_stat(pid)
+            && let Some(&pp) = f.first()
+        {
+            parent.insert(pid, (pp as u32, f));
+        }
+    }
+    let under = |mut p: u32| {
+        // Bounded: a parent chain is at most as long as the process list.
+        for _ in 0..parent.len() {
+            match parent.get(&p) {
+                Some((pp, _)) if *pp == root => return true,
+                Some((pp, _)) if *pp > 1 => p = *pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut ticks = 0;
+    for (pid, (_, f)) in &parent {
+        let own = f.get(10).unwrap_or(&0) + f.get(11).unwrap_or(&0);
+        if *pid == root {
+            ticks += own + f.get(12).unwrap_or(&0) + f.get(13).unwrap_or(&0);
+        } else if under(*pid) {
+            ticks += own;
+        }
+    }
+    ticks as f64 * 10.0
+}
+
+/// A Postfix instance's master process.
+fn master_pid(base: &Path) -> u32 {
+    std::fs::read_to_string(base.join("queue/pid/master.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// How busy the machine was between two readings, in percent.
+fn busy_since(start: (u64, u64)) -> f64 {
+    let now = cpu_jiffies();
+    let (b, t) = (now.0 - start.0, now.1 - start.1);
+    if t == 0 {
+        0.0
+    } else {
+        100.0 * b as f64 / t as f64
+    }
+}
+
+/// Messages still queued in a Postfix instance.
+fn postfix_queue(base: &Path) -> usize {
+    postfix_sh(&[], &["queue", &base.display().to_string()])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(usize::MAX)
+}
+
+/// Submit `n` messages to the relay over plain SMTP, 100 per connection
+/// (not timed: they are held until released).
+fn submit(port: u16, n: usize, body: &str) -> Result<(), String> {
+    let mut sent = 0;
+    // Bounded: n / 100 connections.
+    while sent < n {
+        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut w = s.try_clone().map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s);
+        let reply = |r: &mut BufReader<TcpStream>, want: char| -> Result<(), String> {
+            // A reply: lines until one with a space after the code.
+            for _ in 0..100 {
+                let mut l = String::new();
+                if r.read_line(&mut l).map_err(|e| e.to_string())? == 0 {
+                    return Err("relay closed the connection".into());
+                }
+                if l.len() >= 4 && l.as_bytes()[3] == b' ' {
+                    return if l.starts_with(want) {
+                        Ok(())
+                    } else {
+                        Err(format!("relay said {}", l.trim_end()))
+                    };
+                }
+            }
+            Err("endless reply".into())
+        };
+        reply(&mut r, '2')?;
+        w.write_all(b"EHLO snd.bench\r\n")
+            .map_err(|e| e.to_string())?;
+        reply(&mut r, '2')?;
+        for _ in 0..100.min(n - sent) {
+            w.write_all(b"MAIL FROM:<load@snd.bench>\r\nRCPT TO:<user@bench.test>\r\nDATA\r\n")
+                .map_err(|e| e.to_string())?;
+            reply(&mut r, '2')?;
+            reply(&mut r, '2')?;
+            reply(&mut r, '3')?;
+            w.write_all(body.as_bytes()).map_err(|e| e.to_string())?;
+            w.write_all(b".\r\n").map_err(|e| e.to_string())?;
+            reply(&mut r, '2')?;
+            sent += 1;
+        }
+        let _ = w.write_all(b"QUIT\r\n");
+    }
+    Ok(())
+}
+
+/// One timed delivery of the N messages.
+struct Phase {
+    /// Messages per second.
+    rate: f64,
+    /// How busy the whole machine was, percent of all cores.
+    busy: f64,
+    /// CPU milliseconds per message of the delivering MTA.
+    sender: f64,
+    /// CPU milliseconds per message of the sink.
+    sink: f64,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} msgs/s ({:.2} ms CPU/msg; the sink {:.2} ms; machine {:.0}% busy)",
+            self.rate, self.sender, self.sink, self.busy
+        )
+    }
+}
+
+/// Time `deliver` (which returns when all N are delivered, or an error),
+/// measuring the sender's process tree and the sink's.
+fn timed(
+    sender: impl Fn() -> u32,
+    sink: u32,
+    deliver: impl FnOnce() -> Result<(), String>,
+) -> Result<Phase, String> {
+    let cpu = cpu_jiffies();
+    let sink0 = tree_cpu_ms(sink);
+    let sender0 = tree_cpu_ms(sender());
+    let t0 = Instant::now();
+    deliver()?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let busy = busy_since(cpu);
+    let n = N as f64;
+    Ok(Phase {
+        rate: n / elapsed,
+        busy,
+        sender: (tree_cpu_ms(sender()) - sender0) / n,
+        sink: (tree_cpu_ms(sink) - sink0) / n,
+    })
+}
+
+/// Release the relay's held messages and wait until its queue is empty.
+fn release(base: &Path) -> Result<(), String> {
+    let t0 = Instant::now();
+    postfix_sh(&[], &["release", &base.display().to_string()])?;
+    while postfix_queue(base) > 0 {
+        if t0.elapsed() > LIMIT {
+            return Err(format!(
+                "the Postfix relay did not empty its queue in {LIMIT:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Wait until the relay holds `n` messages.
+fn wait_held(base: &Path, n: usize) -> Result<(), String> {
+    let t0 = Instant::now();
+    while postfix_queue(base) < n {
+        if t0.elapsed() > LIMIT {
+            return Err(format!("only {} of {n} messages held", postfix_queue(base)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn postern_phase(d: &Path, sink: u16, sink_pid: u32) -> Result<Phase, String> {
+    std::fs::create_dir_all(d.join("s")).map_err(|e| e.to_string())?;
+    let mut conf = format!(
+        "hostname snd.bench\nqueue \"{d}/s/q\"\nlisten on 127.0.0.1 port 0\n\
+         action \"out\" relay host smtp://127.0.0.1:{sink} tls encrypt\n\
+         match from local for any action \"out\"\n",
+        d = d.display()
+    );
+    if nix::unistd::Uid::effective().is_root() {
+        conf.push_str("user root\n");
+    }
+    write(&d.join("s/postern.conf"), &conf, 0o644);
+    let spool = Spool::open(&d.join("s/q")).map_err(|e| e.to_string())?;
+    let body = body();
+    for _ in 0..N {
+        let mut env = common::envelope("load@snd.bench", "user@bench.test", "out");
+        spool
+            .submit(body.as_bytes(), &mut env)
+            .map_err(|e| e.to_string())?;
+    }
+    nix::unistd::sync();
+    std::thread::sleep(Duration::from_secs(2));
+    let mail = d.join("s/q/mail");
+    // Messages still queued: files in the spool's bucket directories.
+    let left = || -> usize {
+        std::fs::read_dir(&mail)
+            .map(|r| {
+                r.flatten()
+                    .map(|b| std::fs::read_dir(b.path()).map(|f| f.count()).unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let child = std::cell::RefCell::new(None::<Child>);
+    let pid = || child.borrow().as_ref().map_or(0, Child::id);
+    let phase = timed(pid, sink_pid, || {
+        let s = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(["-d", "-f"])
+            .arg(d.join("s/postern.conf"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        *child.borrow_mut() = Some(s);
+        let t0 = Instant::now();
+        while left() > 0 && t0.elapsed() < LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        match left() {
+            0 => Ok(()),
+            n => Err(format!(
+                "postern left {n} messages undelivered after {LIMIT:?}"
+            )),
+        }
+    });
+    if let Some(mut s) = child.borrow_mut().take() {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    phase
+}
+
+fn main() {
+    if !script().exists() {
+        return skip("../shared/peers/postfix.sh not found");
+    }
+    if Command::new("postfix").arg("-h").output().is_err()
+        && !Path::new("/usr/sbin/postfix").exists()
+    {
+        return skip(
+            "Postfix is not installed (Debian: debconf postfix/main_mailer_type = No configuration, then apt-get install postfix)",
+        );
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        return skip("running Postfix instances needs root");
+    }
+    // Postfix's daemons run as `postfix`: the base must be reachable.
+    let base = PathBuf::from(format!(
+        "/tmp/bench/postern-vs-postfix-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::create_dir_all(&base);
+    let _ = Command::new("chmod").args(["755", "/tmp/bench"]).status();
+    let _ = Command::new("chmod").arg("755").arg(&base).status();
+    let (sink_base, relay_base) = (base.join("sink"), base.join("relay"));
+    let sink = free_port(10200);
+    let relay = free_port(sink + 1);
+    let result = run(&base, &sink_base, &relay_base, sink, relay);
+    for b in [&relay_base, &sink_base] {
+        let _ = postfix_sh(&[], &["stop", &b.display().to_string()]);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    match result {
+        Ok(line) => {
+            println!("versus postfix: {line}");
+            set_result_line(ROW, &format!("{ROW}: {line}"));
+        }
+        Err(e) => {
+            println!("versus postfix: failed: {e}");
+            set_result_line(ROW, &format!("{ROW}: failed ({e})."));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(
+    base: &Path,
+    sink_base: &Path,
+    relay_base: &Path,
+    sink: u16,
+    relay: u16,
+) -> Result<String, String> {
+    let (sb, rb) = (
+        sink_base.display().to_string(),
+        relay_base.display().to_string(),
+    );
+    postfix_sh(
+        &[("DELIVERY", "discard"), ("IN_FLOW_DELAY", "0")],
+        &["start", &sb, &sink.to_string(), "sink"],
+    )?;
+    wait_port(("127.0.0.1", sink));
+    let sink_pid = master_pid(sink_base);
+    // postern first, on its own.
+    let ours = postern_phase(&base.join("postern"), sink, sink_pid)?;
+    println!("versus postfix: postern {ours}");
+    // The Postfix relay: the same messages, held, then released.
+    postfix_sh(
+        &[("IN_FLOW_DELAY", "0")],
+        &[
+            "start",
+            &rb,
+            &relay.to_string(),
+            "relay",
+            &format!("127.0.0.1:{sink}"),
+        ],
+    )?;
+    wait_port(("127.0.0.1", relay));
+    let relay_pid = || master_pid(relay_base);
+    let body = body();
+    submit(relay, N, &body)?;
+    wait_held(relay_base, N)?;
+    nix::unistd::sync();
+    std::thread::sleep(Duration::from_secs(2));
+    let theirs = timed(relay_pid, sink_pid, || release(relay_base))?;
+    println!("versus postfix: Postfix {theirs}");
+    // Again with Postfix's TLS connection reuse, which goes through
+    // tlsproxy(8): commented out in Debian's master.cf.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(relay_base.join("etc/master.cf"))
+        .and_then(|mut f| f.write_all(b"tlsproxy unix - - n - 0 tlsproxy\n"))
+        .map_err(|e| format!("enabling tlsproxy in the relay's master.cf: {e}"))?;
+    let postconf = Command::new("postconf")
+        .args([
+            "-c",
+            &format!("{rb}/etc"),
+            "-e",
+            "smtp_tls_connection_reuse = yes",
+        ])
+        .status()
+        .map_err(|e| format!("postconf: {e}"))?;
+    if !postconf.success() {
+        return Err("postconf -e smtp_tls_connection_reuse failed".into());
+    }
+    let reload = Command::new("postfix")
+        .args(["-c", &format!("{rb}/etc"), "reload"])
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("postfix reload: {e}"))?;
+    if !reload.success() {
+        return Err("postfix reload failed".into());
+    }
+    submit(relay, N, &body)?;
+    wait_held(relay_base, N)?;
+    nix::unistd::sync();
+    std::thread::sleep(Duration::from_secs(2));
+    let reused = timed(relay_pid, sink_pid, || release(relay_base))?;
+    println!("versus postfix: Postfix with TLS connection reuse {reused}");
+    Ok(format!(
+        "{N} queued 4 KiB messages over STARTTLS into one Postfix sink (discard): \
+         postern {ours}; Postfix relay with its defaults, one TLS session per message, {theirs}: \
+         postern {:.1}x the rate at {:.1}x less CPU per message; Postfix with \
+         smtp_tls_connection_reuse {reused}: {:.1}x the rate, {:.1}x less CPU.",
+        ours.rate / theirs.rate,
+        theirs.sender / ours.sender,
+        ours.rate / reused.rate,
+        reused.sender / ours.sender
+    ))
+}
