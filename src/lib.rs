@@ -3,9 +3,9 @@
 //! The modules in the order a message meets them:
 //!
 //! - [`net`]: the mio acceptor hands each connection to a worker thread
-//!   (`listener`), which runs the session (`driver`) under deadlines a
-//!   peer cannot stretch (`watchdog`) and per-address AUTH limits
-//!   (`throttle`).
+//!   (`listener`), which runs the session (`driver`) with per-address
+//!   AUTH limits (`throttle`); [`watchdog`] gives every socket, inbound
+//!   and outbound, deadlines a peer cannot stretch.
 //! - [`tls`]: certificates (`pki`), the server and client configurations,
 //!   and the [`tls::stream::Stream`] a session upgrades in place.
 //! - [`smtp`]: the protocol without I/O: commands, the reply table, the
@@ -40,3 +40,4 @@ pub mod stats;
 pub mod sys;
 pub mod time;
 pub mod tls;
+pub mod watchdog;

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::{Config, Delivery, For, From};
-use crate::smtp::address::Mailbox;
+use crate::smtp::address::{Mailbox, safe_user, user_part};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::server::{Client, Policy};
 
@@ -55,24 +55,6 @@ fn is_local_client(ip: IpAddr) -> bool {
             .unwrap_or(v6.is_loopback()),
         IpAddr::V4(v4) => v4.is_loopback(),
     }
-}
-
-/// Whether a `%{user}` value is safe as a path component: no `/`, no
-/// leading `.` (which could climb out of the Maildir root), not empty.
-pub fn safe_user(user: &str) -> bool {
-    !user.is_empty() && !user.contains('/') && !user.starts_with('.')
-}
-
-/// The local part as `%{user}` would see it: unquoted and lower-cased.
-pub fn user_part(m: &Mailbox) -> String {
-    let l = m
-        .local
-        .strip_prefix('"')
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap_or(&m.local);
-    // ASCII only, as tables fold case: Unicode rules would send the
-    // Kelvin sign's "\u{212A}im" to kim.
-    l.replace('\\', "").to_ascii_lowercase()
 }
 
 /// Where mail being routed comes from.

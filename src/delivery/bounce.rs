@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 
 use super::outcome::{Relay, Status};
+use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
 
 /// One failed recipient.
 pub struct Failure<'a> {
@@ -16,6 +17,25 @@ pub struct Failure<'a> {
     pub status: &'a Status,
     /// The host that gave it.
     pub relay: &'a Relay,
+}
+
+/// The envelope of a bounce: from `<>`, to the original sender, routed
+/// to `action`, as if submitted by this host (`hostname`) now.
+pub fn envelope(hostname: &str, to: &str, action: String) -> Envelope {
+    Envelope {
+        arrival: crate::time::unix_now(),
+        helo: hostname.to_string(),
+        client: "127.0.0.1".into(),
+        rcpts: vec![EnvRcpt {
+            addr: to.to_string(),
+            action,
+            state: RcptState::Pending,
+            attempts: 0,
+            next_try: 0,
+            error: String::new(),
+        }],
+        ..Envelope::default()
+    }
 }
 
 /// At most this much of the original header is copied into a DSN.

@@ -20,7 +20,7 @@ use crate::smtp::address::parse_mailbox;
 /// Local part as `%{user}` sees it.
 fn user_of(addr: &str) -> String {
     match parse_mailbox(addr) {
-        Some(m) => crate::rules::user_part(&m),
+        Some(m) => crate::smtp::address::user_part(&m),
         None => addr.split('@').next().unwrap_or(addr).to_ascii_lowercase(),
     }
 }
@@ -184,7 +184,7 @@ pub fn deliver(item: &Item, template: &str, alias: Option<&Table>) -> Outcome {
         }
         for user in users {
             // Re-checked here, not only at RCPT: aliases can produce names.
-            if !crate::rules::safe_user(&user) {
+            if !crate::smtp::address::safe_user(&user) {
                 errors.push(format!("refusing unsafe user name '{user}'"));
                 continue;
             }

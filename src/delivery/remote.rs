@@ -23,12 +23,12 @@ use super::tls_decision::{self, Event, Next, Why, decide};
 use super::{Context, Item, Job, Outcome, RcptOutcome, log_result};
 use crate::config::{RelayAction, Scheme, TlsPolicy};
 use crate::dns::Lookup;
-use crate::net::watchdog;
 use crate::smtp::client::{self, Hello, Wire};
 use crate::smtp::response::{self, Capabilities, Response};
 use crate::tls::TlsInfo;
 use crate::tls::client::ClientTls;
 use crate::tls::stream::Stream;
+use crate::watchdog;
 
 /// A destination host to try.
 #[derive(Clone, Debug)]

@@ -637,20 +637,7 @@ impl Scheduler {
                 return Ok(());
             }
         };
-        let mut bounce_env = Envelope {
-            arrival: crate::time::unix_now(),
-            helo: self.cfg.hostname.clone(),
-            client: "127.0.0.1".into(),
-            rcpts: vec![EnvRcpt {
-                addr: env.from.clone(),
-                action,
-                state: RcptState::Pending,
-                attempts: 0,
-                next_try: 0,
-                error: String::new(),
-            }],
-            ..Envelope::default()
-        };
+        let mut bounce_env = bounce::envelope(&self.cfg.hostname, &env.from, action);
         let id = self
             .spool
             .submit(&text, &mut bounce_env)

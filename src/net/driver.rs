@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::Endpoint;
-use super::watchdog;
 use crate::smtp::server::{Action, Session, TlsMode};
 use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
 use crate::spool::{Incoming, Spool};
 use crate::tls::TlsInfo;
 use crate::tls::stream::Stream;
+use crate::watchdog;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 

@@ -1,12 +1,10 @@
-//! Sockets: the mio acceptor ([`listener`]), the session driver
-//! ([`driver`]), deadlines a peer
-//! cannot stretch ([`watchdog`], used by delivery too) and AUTH failures
-//! per client address ([`throttle`]).
+//! The inbound side's sockets: the mio acceptor ([`listener`]), the
+//! session driver ([`driver`]) and AUTH failures per client address
+//! ([`throttle`]). Delivery never imports this module.
 
 pub mod driver;
 pub mod listener;
 pub mod throttle;
-pub mod watchdog;
 
 use std::sync::Arc;
 

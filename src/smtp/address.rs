@@ -176,6 +176,24 @@ pub fn is_address_literal(s: &str) -> bool {
     inner.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
+/// Whether a `%{user}` value is safe as a path component: no `/`, no
+/// leading `.` (which could climb out of the Maildir root), not empty.
+pub fn safe_user(user: &str) -> bool {
+    !user.is_empty() && !user.contains('/') && !user.starts_with('.')
+}
+
+/// The local part as `%{user}` would see it: unquoted and lower-cased.
+pub fn user_part(m: &Mailbox) -> String {
+    let l = m
+        .local
+        .strip_prefix('"')
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap_or(&m.local);
+    // ASCII only, as tables fold case: Unicode rules would send the
+    // Kelvin sign's "\u{212A}im" to kim.
+    l.replace('\\', "").to_ascii_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
