@@ -124,9 +124,7 @@ fn key_not_matching_certificate_refused() {
 #[test]
 fn sigterm_lets_open_session_finish() {
     let mut p = Postern::start();
-    let mut c = Conn::connect(p.plain(), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = Conn::open(p.plain(), &p.cert.der);
     p.signal("TERM");
     p.wait_log("postern stopping on signal", Duration::from_secs(5));
     // New connections are no longer accepted...

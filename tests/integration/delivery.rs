@@ -1157,15 +1157,13 @@ fn reload_rebuilds_delivery_and_names_what_needs_a_restart() {
 
 /// Submit `n` messages for alice@example.test over one session.
 fn burst(s: &Postern, n: usize) {
-    let mut c = crate::harness::Conn::connect(s.addrs[0], &s.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = crate::harness::Conn::open(s.addrs[0], &s.cert.der);
     for i in 0..n {
-        c.cmd("MAIL FROM:<carol@sender.test>", "250");
-        c.cmd("RCPT TO:<alice@example.test>", "250");
-        c.cmd("DATA", "354");
-        c.send_raw(msg(&format!("burst {i}")).as_bytes());
-        c.cmd(".", "250 2.0.0");
+        c.send_message(
+            "carol@sender.test",
+            &["alice@example.test"],
+            &msg(&format!("burst {i}")),
+        );
     }
     c.cmd("QUIT", "221");
 }

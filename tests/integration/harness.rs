@@ -397,6 +397,15 @@ impl Conn {
         }
     }
 
+    /// Connect, read the greeting and say EHLO: a plaintext session ready
+    /// for MAIL or STARTTLS.
+    pub fn open(addr: SocketAddr, cert: &CertificateDer<'static>) -> Conn {
+        let mut c = Self::connect(addr, cert);
+        c.expect("220");
+        c.ehlo();
+        c
+    }
+
     /// Connect to an smtps port: handshake first.
     pub fn connect_tls(addr: SocketAddr, cert: &CertificateDer<'static>) -> Conn {
         let mut c = Self::connect(addr, cert);
@@ -517,6 +526,19 @@ impl Conn {
         self.starttls();
         self.ehlo();
         self
+    }
+
+    /// MAIL, RCPTs, DATA, the message (CRLF, dot-stuffed by the caller)
+    /// and the final dot; the queue id from the 250.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        self.cmd(&format!("MAIL FROM:<{from}>"), "250");
+        for t in to {
+            self.cmd(&format!("RCPT TO:<{t}>"), "250");
+        }
+        self.cmd("DATA", "354");
+        self.send_raw(body.as_bytes());
+        let r = self.cmd(".", "250 2.0.0 Ok: queued as ");
+        r.rsplit(' ').next().unwrap_or_default().to_string()
     }
 
     pub fn auth_alice(&mut self) {
@@ -662,16 +684,8 @@ pub fn maildir_files(dir: &Path) -> Vec<PathBuf> {
 /// Send one message over plain SMTP and return its queue id.
 pub fn submit(addr: SocketAddr, from: &str, to: &[&str], body: &str) -> String {
     let cert = make_cert(&["unused.test"]);
-    let mut c = Conn::connect(addr, &cert.der);
-    c.expect("220");
-    c.ehlo();
-    c.cmd(&format!("MAIL FROM:<{from}>"), "250");
-    for t in to {
-        c.cmd(&format!("RCPT TO:<{t}>"), "250");
-    }
-    c.cmd("DATA", "354");
-    c.send_raw(body.as_bytes());
-    let r = c.cmd(".", "250 2.0.0 Ok: queued as ");
+    let mut c = Conn::open(addr, &cert.der);
+    let id = c.send_message(from, to, body);
     c.cmd("QUIT", "221");
-    r.rsplit(' ').next().unwrap().to_string()
+    id
 }

@@ -41,9 +41,7 @@ fn starttls_advertised_once_and_session_reset() {
 #[test]
 fn starttls_injection_is_discarded() {
     let p = Postern::start();
-    let mut c = Conn::connect(p.tls(), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = Conn::open(p.tls(), &p.cert.der);
     c.send_raw(b"STARTTLS\r\nRSET\r\n");
     c.expect("220 2.0.0 Ready to start TLS");
     c.tls("mx.test").unwrap();
@@ -122,9 +120,7 @@ fn auth_replies() {
             "listen on 127.0.0.1 port 0 tls pki mx.test auth <users>\n",
         )
     });
-    let mut c = Conn::connect(p2.tls(), &p2.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = Conn::open(p2.tls(), &p2.cert.der);
     c.cmd(
         "AUTH PLAIN AGFsaWNlAHNlY3JldA==",
         "538 5.7.11 Encryption required",
@@ -378,9 +374,7 @@ fn ten_kilobyte_line_answered_500() {
 fn disconnect_mid_data_leaves_nothing() {
     let p = Postern::start();
     {
-        let mut c = Conn::connect(p.plain(), &p.cert.der);
-        c.expect("220");
-        c.ehlo();
+        let mut c = Conn::open(p.plain(), &p.cert.der);
         c.cmd("MAIL FROM:<a@sender.test>", "250");
         c.cmd("RCPT TO:<alice@example.com>", "250");
         c.cmd("DATA", "354");
@@ -429,9 +423,7 @@ fn too_many_errors_disconnects() {
 fn idle_timeout_421() {
     let p =
         Postern::start_with(|d| crate::harness::standard_config(d) + "limit command-timeout 1s\n");
-    let mut c = Conn::connect(p.plain(), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = Conn::open(p.plain(), &p.cert.der);
     c.expect("421 4.4.2 Timeout, closing connection");
     assert!(c.closed());
 }

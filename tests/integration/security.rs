@@ -50,9 +50,7 @@ fn relaying_to_our_own_listener_defers_instead_of_looping() {
 #[test]
 fn too_many_received_headers_are_refused_at_end_of_data() {
     let p = Postern::start();
-    let mut c = Conn::connect(p.plain(), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = Conn::open(p.plain(), &p.cert.der);
     for (hops, want) in [(51, "554 5.4.6 Too many hops"), (50, "250 2.0.0")] {
         c.cmd("MAIL FROM:<a@sender.test>", "250");
         c.cmd("RCPT TO:<alice@example.com>", "250");
@@ -148,9 +146,7 @@ fn a_chatty_idle_client_is_closed_by_the_junk_limit_and_the_lifetime() {
 fn a_spool_below_its_free_space_floor_takes_no_new_mail() {
     // Postfix's queue_minfree, OpenSMTPD's 5 %.
     let p = Postern::start_with(|d| standard_config(d) + "limit queue-minfree 1000000G\n");
-    let mut c = Conn::connect(p.plain(), &p.cert.der);
-    c.expect("220");
-    c.ehlo();
+    let mut c = Conn::open(p.plain(), &p.cert.der);
     c.cmd("MAIL FROM:<a@sender.test>", "250");
     c.cmd("RCPT TO:<alice@example.com>", "250");
     c.cmd("DATA", "452 4.3.1");

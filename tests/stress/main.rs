@@ -59,9 +59,7 @@ fn send_one(
     let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     drop(s);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut c = Conn::connect(addr, cert);
-        c.expect("220");
-        c.ehlo();
+        let mut c = Conn::open(addr, cert);
         c.starttls();
         c.ehlo();
         c.cmd("MAIL FROM:<load@sender.test>", "250");
@@ -226,9 +224,7 @@ fn full_disk_answers_452_and_recovers() {
     let mut refused = None;
     // Bounded: 1 MiB fills within a few 200 KiB messages.
     for _ in 0..40 {
-        let mut c = Conn::connect(p.plain(), &p.cert.der);
-        c.expect("220");
-        c.ehlo();
+        let mut c = Conn::open(p.plain(), &p.cert.der);
         c.cmd("MAIL FROM:<a@sender.test>", "250");
         c.cmd("RCPT TO:<alice@example.com>", "250");
         c.cmd("DATA", "354");
