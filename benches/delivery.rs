@@ -86,16 +86,7 @@ fn main() {
     let t0 = Instant::now();
     let mut s = postern(&d.join("s/postern.conf"));
     let mail = d.join("s/q/mail");
-    // Messages still queued: files in the spool's bucket directories.
-    let left = || {
-        std::fs::read_dir(&mail)
-            .map(|r| {
-                r.flatten()
-                    .map(|b| std::fs::read_dir(b.path()).map(|f| f.count()).unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
+    let left = || common::queued(&mail);
     while left() > 0 && t0.elapsed() < LIMIT {
         std::thread::sleep(Duration::from_millis(10));
     }

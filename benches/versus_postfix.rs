@@ -314,16 +314,7 @@ fn postern_phase(d: &Path, sink: u16, sink_pid: u32) -> Result<Phase, String> {
     nix::unistd::sync();
     std::thread::sleep(Duration::from_secs(2));
     let mail = d.join("s/q/mail");
-    // Messages still queued: files in the spool's bucket directories.
-    let left = || -> usize {
-        std::fs::read_dir(&mail)
-            .map(|r| {
-                r.flatten()
-                    .map(|b| std::fs::read_dir(b.path()).map(|f| f.count()).unwrap_or(0))
-                    .sum()
-            })
-            .unwrap_or(0)
-    };
+    let left = || common::queued(&mail);
     let child = std::cell::RefCell::new(None::<Child>);
     let pid = || child.borrow().as_ref().map_or(0, Child::id);
     let phase = timed(pid, sink_pid, || {

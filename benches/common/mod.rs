@@ -43,6 +43,18 @@ pub fn set_result_line(prefix: &str, line: &str) {
     let _ = std::fs::write(&results, md.join("\n") + "\n");
 }
 
+/// Messages still queued in a spool's `mail` directory (files in its
+/// bucket directories).
+pub fn queued(mail: &Path) -> usize {
+    std::fs::read_dir(mail)
+        .map(|r| {
+            r.flatten()
+                .map(|b| std::fs::read_dir(b.path()).map(|f| f.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Write `text` to `path` with `mode`.
 pub fn write(path: &Path, text: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
