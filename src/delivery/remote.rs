@@ -82,7 +82,7 @@ impl Results {
 /// A session kept open after a job, for the next job of the same route
 /// (as Postfix's connection cache): RSET, then the next messages.
 struct Live {
-    s: Session,
+    s: Connection,
     caps: Capabilities,
     /// Messages sent over it so far.
     sent: usize,
@@ -323,7 +323,7 @@ fn plan<'a>(ctx: &'a Context, action: &RelayAction, job: &Job) -> Result<Plan<'a
 }
 
 /// One SMTP connection.
-struct Session {
+struct Connection {
     stream: Stream,
     buf: Vec<u8>,
     relay: Relay,
@@ -336,7 +336,7 @@ struct Session {
     step: std::time::Duration,
 }
 
-impl Wire for Session {
+impl Wire for Connection {
     fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.arm();
         let r = self
@@ -377,7 +377,7 @@ fn lost(detail: String) -> Fail {
     Fail::Next(Fault::Lost { detail })
 }
 
-impl Session {
+impl Connection {
     fn arm(&self) {
         if let Some(g) = &self.guard {
             g.arm(self.step);
@@ -546,7 +546,7 @@ fn attempt(
         .and_then(|_| tcp.set_write_timeout(Some(lim.delivery_timeout)));
     setup.map_err(|e| connect_fault(&e))?;
     let guard = watchdog::watch(&tcp, lim.delivery_lifetime).map_err(|e| connect_fault(&e))?;
-    let mut s = Session {
+    let mut s = Connection {
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
         relay: relay.clone(),
@@ -587,7 +587,7 @@ fn attempt(
 
 /// One transaction for every item with recipients still pending.
 fn send_all(
-    s: &mut Session,
+    s: &mut Connection,
     caps: &Capabilities,
     job: &Job,
     res: &mut Results,
@@ -604,14 +604,14 @@ fn send_all(
 /// `tls encrypt`) to a verified certificate (RFC 4954 §4).
 fn smarthost_auth(
     action: &RelayAction,
-    s: &mut Session,
+    s: &mut Connection,
     caps: &Capabilities,
     host: &str,
 ) -> Result<(), Fail> {
     let Some(secrets) = &action.auth else {
         return Ok(());
     };
-    let fail = |s: &Session, why| {
+    let fail = |s: &Connection, why| {
         Fail::Next(Fault::Auth {
             relay: s.relay.clone(),
             why,
@@ -638,7 +638,7 @@ fn smarthost_auth(
     Ok(())
 }
 
-fn outcome(s: &Session, idx: usize, r: &Response) -> RcptOutcome {
+fn outcome(s: &Connection, idx: usize, r: &Response) -> RcptOutcome {
     RcptOutcome {
         idx,
         disposition: Disposition::of(r.code),
@@ -652,7 +652,7 @@ fn outcome(s: &Session, idx: usize, r: &Response) -> RcptOutcome {
 /// One message to its pending recipients. An error return means the
 /// connection is unusable; results recorded so far stand.
 fn send_item(
-    s: &mut Session,
+    s: &mut Connection,
     caps: &Capabilities,
     item: &Item,
     i: usize,
