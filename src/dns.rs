@@ -8,6 +8,13 @@
 //! qualified names and takes the records of the type it asked for.
 //! NXDOMAIN is told apart from SERVFAIL and timeouts, because the first
 //! bounces and the others defer.
+//!
+//! DNSSEC: queries set the AD bit (RFC 6840 §5.7), and an answer counts as
+//! secure only when the server that gave it is trusted to validate: a
+//! loopback address, or one the administrator marks `trust-ad` (the rule of
+//! glibc's and OpenBSD's resolv.conf option of that name). TLSA records
+//! (RFC 6698) are looked up for DANE (RFC 7672), and a failed TLSA lookup is
+//! never taken for "no TLSA".
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
@@ -15,6 +22,79 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+
+/// A DNS server and whether its AD bit is believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server {
+    /// Where it answers.
+    pub addr: SocketAddr,
+    /// It validates DNSSEC and the path to it is trusted: loopback, or
+    /// `trust-ad` in postern.conf(5).
+    pub trust_ad: bool,
+}
+
+impl Server {
+    /// A server whose AD bit is believed only on loopback.
+    pub fn new(addr: SocketAddr) -> Server {
+        Server {
+            addr,
+            trust_ad: addr.ip().to_canonical().is_loopback(),
+        }
+    }
+}
+
+/// A TLSA record (RFC 6698 §2.1), as its four fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    /// Certificate usage: 2 DANE-TA, 3 DANE-EE (0 and 1 are not for SMTP,
+    /// RFC 7672 §3.1.3).
+    pub usage: u8,
+    /// 0: the whole certificate, 1: its SubjectPublicKeyInfo.
+    pub selector: u8,
+    /// 0: the data itself, 1: SHA2-256, 2: SHA2-512.
+    pub matching: u8,
+    /// Certificate association data.
+    pub data: Vec<u8>,
+}
+
+impl Tlsa {
+    /// Usable for SMTP (RFC 7672 §3.1): usage 2 or 3, selector 0 or 1,
+    /// matching 0, 1 or 2 with a digest of the right length.
+    pub fn usable(&self) -> bool {
+        matches!(self.usage, 2 | 3)
+            && matches!(self.selector, 0 | 1)
+            && match self.matching {
+                0 => !self.data.is_empty(),
+                1 => self.data.len() == 32,
+                2 => self.data.len() == 64,
+                _ => false,
+            }
+    }
+}
+
+impl std::fmt::Display for Tlsa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} ", self.usage, self.selector, self.matching)?;
+        self.data.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+/// What a TLSA lookup means for DANE (RFC 7672 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsaAnswer {
+    /// Secure records, at least one usable: these.
+    Usable(Vec<Tlsa>),
+    /// Secure records, none usable: TLS without authentication.
+    Unusable,
+    /// No secure records (NXDOMAIN, NODATA, or an insecure answer): no DANE.
+    None,
+}
+
+/// An answer and whether it is DNSSEC-secure for us.
+struct Answer {
+    msg: Message,
+    secure: bool,
+}
 
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +118,7 @@ impl std::fmt::Display for TempFail {
 /// The resolver.
 #[derive(Debug, Clone)]
 pub struct Resolver {
-    servers: Vec<SocketAddr>,
+    servers: Vec<Server>,
     timeout: Duration,
     attempts: usize,
 }
@@ -58,7 +138,7 @@ fn random_u16() -> u16 {
 
 impl Resolver {
     /// Resolver with explicit servers (the `resolver` directive).
-    pub fn with_servers(servers: Vec<SocketAddr>) -> Resolver {
+    pub fn with_servers(servers: Vec<Server>) -> Resolver {
         Resolver {
             servers,
             timeout: Duration::from_secs(5),
@@ -71,10 +151,10 @@ impl Resolver {
         let text = std::fs::read("/etc/resolv.conf")?;
         let c = resolv_conf::Config::parse(text)
             .map_err(|e| io::Error::other(format!("/etc/resolv.conf: {e}")))?;
-        let servers: Vec<SocketAddr> = c
+        let servers: Vec<Server> = c
             .nameservers
             .iter()
-            .map(|ns| SocketAddr::new(ns.into(), 53))
+            .map(|ns| Server::new(SocketAddr::new(ns.into(), 53)))
             .collect();
         if servers.is_empty() {
             return Err(io::Error::other("/etc/resolv.conf names no nameserver"));
@@ -86,15 +166,23 @@ impl Resolver {
         })
     }
 
-    fn query(&self, name: &str, rtype: RecordType) -> Result<Message, TempFail> {
+    fn query(&self, name: &str, rtype: RecordType) -> Result<Answer, TempFail> {
         let mut qname =
             Name::from_utf8(name).map_err(|e| TempFail(format!("bad name {name}: {e}")))?;
         qname.set_fqdn(true);
         let mut last = String::from("no nameservers");
         for _ in 0..self.attempts {
-            for &server in &self.servers {
+            for &Server {
+                addr: server,
+                trust_ad,
+            } in &self.servers
+            {
                 let mut q = Message::new(random_u16(), MessageType::Query, OpCode::Query);
                 q.metadata.recursion_desired = true;
+                // Ask for the AD bit without DO (RFC 6840 §5.7): the
+                // validating server says whether it validated, and sends
+                // no signatures we would not check.
+                q.metadata.authentic_data = true;
                 q.add_query(Query::query(qname.clone(), rtype));
                 let mut edns = Edns::new();
                 edns.set_max_payload(1232);
@@ -108,7 +196,10 @@ impl Resolver {
                 });
                 match r {
                     Ok(r) => match r.metadata.response_code {
-                        ResponseCode::NoError | ResponseCode::NXDomain => return Ok(r),
+                        ResponseCode::NoError | ResponseCode::NXDomain => {
+                            let secure = trust_ad && r.metadata.authentic_data;
+                            return Ok(Answer { msg: r, secure });
+                        }
                         rc => last = format!("{server} answered {rc} for {name} {rtype}"),
                     },
                     Err(e) => last = format!("{server}: {e} for {name} {rtype}"),
@@ -120,7 +211,7 @@ impl Resolver {
 
     /// MX records, sorted by preference, with equal preferences shuffled.
     pub fn mx(&self, domain: &str) -> Result<Lookup<(u16, String)>, TempFail> {
-        let r = self.query(domain, RecordType::MX)?;
+        let r = self.query(domain, RecordType::MX)?.msg;
         if r.metadata.response_code == ResponseCode::NXDomain {
             return Ok(Lookup::NxDomain);
         }
@@ -143,9 +234,15 @@ impl Resolver {
     /// other, as in Postfix; only when no address could be found and a
     /// lookup failed is that a temporary failure.
     pub fn addrs(&self, host: &str) -> Result<Lookup<IpAddr>, TempFail> {
+        self.addrs_secure(host).map(|(l, _)| l)
+    }
+
+    /// As [`Resolver::addrs`], and whether every answer was secure.
+    pub fn addrs_secure(&self, host: &str) -> Result<(Lookup<IpAddr>, bool), TempFail> {
         let mut out = Vec::new();
         let mut nx = 0;
         let mut failed = None;
+        let mut secure = true;
         for rtype in [RecordType::AAAA, RecordType::A] {
             let r = match self.query(host, rtype) {
                 Ok(r) => r,
@@ -154,6 +251,8 @@ impl Resolver {
                     continue;
                 }
             };
+            secure &= r.secure;
+            let r = r.msg;
             if r.metadata.response_code == ResponseCode::NXDomain {
                 nx += 1;
                 continue;
@@ -168,11 +267,47 @@ impl Resolver {
             Some(e) if out.is_empty() => Err(e),
             Some(e) => {
                 log::info!("DNS: {e}; using the other address family of {host}");
-                Ok(Lookup::Found(out))
+                // One family's answer is unknown: not secure as a whole.
+                Ok((Lookup::Found(out), false))
             }
-            None if nx == 2 => Ok(Lookup::NxDomain),
-            None => Ok(Lookup::Found(out)),
+            None if nx == 2 => Ok((Lookup::NxDomain, secure)),
+            None => Ok((Lookup::Found(out), secure)),
         }
+    }
+
+    /// The TLSA records of `_PORT._tcp.HOST` (RFC 7672 §2.2). SERVFAIL (a
+    /// bogus answer among them), REFUSED or a timeout is an error, which
+    /// defers the host, never "no TLSA". Only ask when the host's address
+    /// answer was secure: insecure zones' broken nameservers stall here.
+    pub fn tlsa(&self, port: u16, host: &str) -> Result<TlsaAnswer, TempFail> {
+        let name = format!("_{port}._tcp.{}", host.trim_end_matches('.'));
+        let r = self.query(&name, RecordType::TLSA)?;
+        if !r.secure || r.msg.metadata.response_code == ResponseCode::NXDomain {
+            return Ok(TlsaAnswer::None);
+        }
+        let all: Vec<Tlsa> = r
+            .msg
+            .answers
+            .iter()
+            .filter_map(|rr| match &rr.data {
+                RData::TLSA(t) => Some(Tlsa {
+                    usage: t.cert_usage.into(),
+                    selector: t.selector.into(),
+                    matching: t.matching.into(),
+                    data: t.cert_data.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if all.is_empty() {
+            return Ok(TlsaAnswer::None);
+        }
+        let usable: Vec<Tlsa> = all.into_iter().filter(Tlsa::usable).collect();
+        Ok(if usable.is_empty() {
+            TlsaAnswer::Unusable
+        } else {
+            TlsaAnswer::Usable(usable)
+        })
     }
 
     fn check(q: &Message, r: Message) -> io::Result<Message> {
@@ -237,5 +372,63 @@ fn shuffle<T>(v: &mut [T]) {
     for i in (1..v.len()).rev() {
         let j = random_u16() as usize % (i + 1);
         v.swap(i, j);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usable_tlsa_records_as_a_table() {
+        // (usage, selector, matching, data length, usable) per RFC 7672 §3.1.
+        let cases = [
+            (3, 1, 1, 32, true),
+            (3, 0, 2, 64, true),
+            (2, 1, 1, 32, true),
+            (3, 1, 0, 91, true),
+            (3, 1, 1, 31, false),
+            (3, 1, 2, 32, false),
+            (3, 1, 0, 0, false),
+            (1, 1, 1, 32, false),
+            (0, 0, 1, 32, false),
+            (4, 1, 1, 32, false),
+            (3, 2, 1, 32, false),
+            (3, 1, 3, 32, false),
+        ];
+        for (usage, selector, matching, len, want) in cases {
+            let t = Tlsa {
+                usage,
+                selector,
+                matching,
+                data: vec![0xab; len],
+            };
+            assert_eq!(t.usable(), want, "{usage} {selector} {matching} len {len}");
+        }
+        let t = Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![0, 0x0f, 0xff],
+        };
+        assert_eq!(t.to_string(), "3 1 1 000fff");
+    }
+
+    #[test]
+    fn ad_is_believed_only_from_loopback_by_default() {
+        for (addr, trusted) in [
+            ("127.0.0.1:53", true),
+            ("127.0.0.53:53", true),
+            ("[::1]:53", true),
+            ("[::ffff:127.0.0.1]:53", true),
+            ("192.0.2.53:53", false),
+            ("[2001:db8::53]:53", false),
+        ] {
+            assert_eq!(
+                Server::new(addr.parse().unwrap()).trust_ad,
+                trusted,
+                "{addr}"
+            );
+        }
     }
 }

@@ -499,7 +499,7 @@ pub struct Config {
     /// `bounce-after`.
     pub bounce_after: Duration,
     /// `resolver`: DNS servers to use instead of /etc/resolv.conf.
-    pub resolvers: Vec<SocketAddr>,
+    pub resolvers: Vec<crate::dns::Server>,
     /// `log`.
     pub log: LogTarget,
     /// `smtp bare-newline`.
@@ -922,7 +922,12 @@ impl Parser<'_> {
                             "resolver: '{v}' is not an address or address:port ([v6]:port for IPv6)"
                         )
                     })?;
-                self.cfg.resolvers.push(addr);
+                let mut server = crate::dns::Server::new(addr);
+                if a.peek().and_then(Token::text) == Some("trust-ad") {
+                    a.next();
+                    server.trust_ad = true;
+                }
+                self.cfg.resolvers.push(server);
             }
             other => return Err(format!("unknown keyword '{other}'")),
         }

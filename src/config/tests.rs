@@ -305,3 +305,27 @@ fn smarthost_urls_and_ca_files_are_checked() {
         .contains("t.conf:2: action a: no certificate in CA file")
     );
 }
+
+#[test]
+fn resolvers_are_trusted_on_loopback_or_when_marked() {
+    let c = parse(
+        "listen on 127.0.0.1\nresolver 192.0.2.53 trust-ad\nresolver 127.0.0.1:5353\n\
+         resolver 192.0.2.54\nresolver [::1]:53\n",
+    )
+    .unwrap();
+    let trust: Vec<(String, bool)> = c
+        .resolvers
+        .iter()
+        .map(|s| (s.addr.to_string(), s.trust_ad))
+        .collect();
+    assert_eq!(
+        trust,
+        [
+            ("192.0.2.53:53".to_string(), true),
+            ("127.0.0.1:5353".to_string(), true),
+            ("192.0.2.54:53".to_string(), false),
+            ("[::1]:53".to_string(), true),
+        ]
+    );
+    assert!(err("listen on 127.0.0.1\nresolver 192.0.2.53 trust-it\n").contains("t.conf:2:"));
+}

@@ -5,6 +5,7 @@
 mod clients;
 mod daemon;
 mod delivery;
+mod dnssec;
 mod docs;
 mod harness;
 mod hostile;
