@@ -1238,7 +1238,7 @@ impl Parser<'_> {
             if let Some(p) = &mut r.tls_policy
                 && let Some(table) = tables.get(&p.table)
             {
-                match table.check_values("TLS policy", |v| TlsPolicy::parse(v).is_some()) {
+                match table.parse_values("TLS policy", TlsPolicy::parse) {
                     Err(e) => errors.push(err(
                         line,
                         format!(
@@ -1246,12 +1246,7 @@ impl Parser<'_> {
                             p.table
                         ),
                     )),
-                    Ok(()) => {
-                        p.by_domain = table
-                            .keys()
-                            .filter_map(|k| Some((k.to_string(), TlsPolicy::parse(table.get(k)?)?)))
-                            .collect()
-                    }
+                    Ok(m) => p.by_domain = m,
                 }
             }
             if let Some(sec) = &mut r.auth
@@ -1265,7 +1260,7 @@ impl Parser<'_> {
                             pass: pass.to_string(),
                         })
                 };
-                match table.check_values("secret", |v| secret(v).is_some()) {
+                match table.parse_values("secret", secret) {
                     Err(e) => errors.push(err(
                         line,
                         format!(
@@ -1273,12 +1268,7 @@ impl Parser<'_> {
                             sec.table
                         ),
                     )),
-                    Ok(()) => {
-                        sec.by_host = table
-                            .keys()
-                            .filter_map(|k| Some((k.to_string(), secret(table.get(k)?)?)))
-                            .collect()
-                    }
+                    Ok(m) => sec.by_host = m,
                 }
             }
             // Read now, so that `postern -n` sees a missing or broken file.

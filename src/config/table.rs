@@ -127,15 +127,21 @@ impl Table {
         Ok(())
     }
 
-    /// Check every value passes `ok`; the error names the entry.
-    pub fn check_values(&self, what: &str, ok: impl Fn(&str) -> bool) -> Result<(), String> {
-        for (k, (v, line)) in &self.entries {
-            if !ok(v) {
+    /// Every value read with `parse`, by (lower-cased) key; the error
+    /// names the first entry `parse` refuses.
+    pub fn parse_values<T>(
+        &self,
+        what: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<BTreeMap<String, T>, String> {
+        self.entries
+            .iter()
+            .map(|(k, (v, line))| match parse(v) {
+                Some(t) => Ok((k.clone(), t)),
                 // The value is not echoed: in a secrets table it is a password.
-                return Err(format!("{}: '{k}' has a bad {what}", self.where_(*line)));
-            }
-        }
-        Ok(())
+                None => Err(format!("{}: '{k}' has a bad {what}", self.where_(*line))),
+            })
+            .collect()
     }
 
     /// Check every key is an address or CIDR network.
