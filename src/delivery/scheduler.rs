@@ -271,14 +271,7 @@ impl Scheduler {
                     w.extend(chunk.iter().map(|i| i.id.clone()));
                     continue;
                 }
-                for item in chunk {
-                    if let Some(e) = self.queue.get_mut(&item.id) {
-                        e.busy += 1;
-                    }
-                    if let Some(w) = self.waiting.get_mut(&route) {
-                        w.remove(&item.id);
-                    }
-                }
+                self.take(&job);
                 if self.jobs.send(&self.cfg, job) {
                     self.active.insert(route.clone(), active + 1);
                 } else {
@@ -295,26 +288,14 @@ impl Scheduler {
         let mut job = job;
         // Bounded by the idle connections of the route.
         while let Some((tx, _)) = self.idle.get_mut(&job.route).and_then(Vec::pop) {
-            for item in &job.items {
-                if let Some(e) = self.queue.get_mut(&item.id) {
-                    e.busy += 1;
-                }
-                if let Some(w) = self.waiting.get_mut(&job.route) {
-                    w.remove(&item.id);
-                }
-            }
+            self.take(&job);
             match tx.send(Some(job)) {
                 Ok(()) => return None,
                 Err(crossbeam_channel::SendError(back)) => {
                     // The thread is gone; so is its slot.
                     let back = back?;
-                    for item in &back.items {
-                        if let Some(e) = self.queue.get_mut(&item.id) {
-                            e.busy = e.busy.saturating_sub(1);
-                        }
-                    }
-                    let a = self.active.get(&back.route).copied().unwrap_or(1);
-                    self.active.insert(back.route.clone(), a.saturating_sub(1));
+                    self.untake(&back);
+                    self.close_slot(&back.route);
                     job = back;
                 }
             }
@@ -340,13 +321,44 @@ impl Scheduler {
             });
         }
         for route in freed {
-            let a = self.active.get(&route).copied().unwrap_or(1);
-            self.active.insert(route.clone(), a.saturating_sub(1));
-            if let Some(w) = self.waiting.get(&route) {
-                self.dirty.extend(w.iter().cloned());
-            }
+            self.close_slot(&route);
+            self.wake_waiting(&route);
         }
         next
+    }
+
+    /// The messages of `job` are out: busy, and no longer waiting.
+    fn take(&mut self, job: &Job) {
+        for item in &job.items {
+            if let Some(e) = self.queue.get_mut(&item.id) {
+                e.busy += 1;
+            }
+            if let Some(w) = self.waiting.get_mut(&job.route) {
+                w.remove(&item.id);
+            }
+        }
+    }
+
+    /// The messages of `job` never reached a thread: not busy for it.
+    fn untake(&mut self, job: &Job) {
+        for item in &job.items {
+            if let Some(e) = self.queue.get_mut(&item.id) {
+                e.busy = e.busy.saturating_sub(1);
+            }
+        }
+    }
+
+    /// One connection (job slot) of `route` fewer.
+    fn close_slot(&mut self, route: &Route) {
+        let a = self.active.get(route).copied().unwrap_or(1);
+        self.active.insert(route.clone(), a.saturating_sub(1));
+    }
+
+    /// A slot of `route` is free: what waited for it is looked at again.
+    fn wake_waiting(&mut self, route: &Route) {
+        if let Some(w) = self.waiting.get(route) {
+            self.dirty.extend(w.iter().cloned());
+        }
     }
 
     fn concurrency_of(&self, route: &Route) -> usize {
@@ -429,11 +441,8 @@ impl Scheduler {
                 if let Some(tx) = more {
                     let _ = tx.send(None);
                 }
-                self.active.insert(route.clone(), active.saturating_sub(1));
-                // A slot is free: what waited for the route is looked at.
-                if let Some(w) = self.waiting.get(&route) {
-                    self.dirty.extend(w.iter().cloned());
-                }
+                self.close_slot(&route);
+                self.wake_waiting(&route);
             }
         }
         finished
@@ -481,14 +490,9 @@ impl Scheduler {
 
     /// Undo a job that never reached a thread.
     fn release(&mut self, job: &Job) {
-        for item in &job.items {
-            if let Some(e) = self.queue.get_mut(&item.id) {
-                e.busy = e.busy.saturating_sub(1);
-            }
-            self.dirty.push(item.id.clone());
-        }
-        let a = self.active.get(&job.route).copied().unwrap_or(1);
-        self.active.insert(job.route.clone(), a.saturating_sub(1));
+        self.untake(job);
+        self.dirty.extend(job.items.iter().map(|i| i.id.clone()));
+        self.close_slot(&job.route);
     }
 
     /// Remove finished messages from disk, then from memory.
@@ -723,7 +727,6 @@ impl Scheduler {
     }
 }
 
-/// The route of a recipient: MX relay routes are per domain.
 /// A message's part of a job: these recipients of `env`.
 fn item(spool: &Spool, env: &Envelope, rcpts: Vec<(usize, String)>) -> Item {
     Item {
@@ -737,6 +740,7 @@ fn item(spool: &Spool, env: &Envelope, rcpts: Vec<(usize, String)>) -> Item {
     }
 }
 
+/// The route of a recipient: MX relay routes are per domain.
 fn route_of(cfg: &Config, r: &EnvRcpt) -> Route {
     let domain = match cfg.actions.get(&r.action) {
         Some(Delivery::Relay(a)) if a.host.is_none() => r
