@@ -55,6 +55,20 @@ fn postfix_sh(env: &[(&str, &str)], args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Run `program` with `args`; an error unless it exits 0.
+fn run_ok(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {} failed", args.join(" ")))
+    }
+}
+
 /// A port in the script's range that nothing listens on.
 fn free_port(from: u16) -> u16 {
     (from..11000)
@@ -420,13 +434,16 @@ fn run(
         ],
     )?;
     wait_port(("127.0.0.1", relay));
-    let relay_pid = || master_pid(relay_base);
     let body = body();
-    submit(relay, N, &body)?;
-    wait_held(relay_base, N)?;
-    nix::unistd::sync();
-    std::thread::sleep(Duration::from_secs(2));
-    let theirs = timed(relay_pid, sink_pid, || release(relay_base))?;
+    // N messages held by the relay, then released and timed.
+    let relay_phase = || -> Result<Phase, String> {
+        submit(relay, N, &body)?;
+        wait_held(relay_base, N)?;
+        nix::unistd::sync();
+        std::thread::sleep(Duration::from_secs(2));
+        timed(|| master_pid(relay_base), sink_pid, || release(relay_base))
+    };
+    let theirs = relay_phase()?;
     println!("versus postfix: Postfix {theirs}");
     // Again with Postfix's TLS connection reuse, which goes through
     // tlsproxy(8): commented out in Debian's master.cf.
@@ -435,31 +452,13 @@ fn run(
         .open(relay_base.join("etc/master.cf"))
         .and_then(|mut f| f.write_all(b"tlsproxy unix - - n - 0 tlsproxy\n"))
         .map_err(|e| format!("enabling tlsproxy in the relay's master.cf: {e}"))?;
-    let postconf = Command::new("postconf")
-        .args([
-            "-c",
-            &format!("{rb}/etc"),
-            "-e",
-            "smtp_tls_connection_reuse = yes",
-        ])
-        .status()
-        .map_err(|e| format!("postconf: {e}"))?;
-    if !postconf.success() {
-        return Err("postconf -e smtp_tls_connection_reuse failed".into());
-    }
-    let reload = Command::new("postfix")
-        .args(["-c", &format!("{rb}/etc"), "reload"])
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("postfix reload: {e}"))?;
-    if !reload.success() {
-        return Err("postfix reload failed".into());
-    }
-    submit(relay, N, &body)?;
-    wait_held(relay_base, N)?;
-    nix::unistd::sync();
-    std::thread::sleep(Duration::from_secs(2));
-    let reused = timed(relay_pid, sink_pid, || release(relay_base))?;
+    let etc = format!("{rb}/etc");
+    run_ok(
+        "postconf",
+        &["-c", &etc, "-e", "smtp_tls_connection_reuse = yes"],
+    )?;
+    run_ok("postfix", &["-c", &etc, "reload"])?;
+    let reused = relay_phase()?;
     println!("versus postfix: Postfix with TLS connection reuse {reused}");
     Ok(format!(
         "{N} queued 4 KiB messages over STARTTLS into one Postfix sink (discard): \
