@@ -250,7 +250,15 @@ impl Smarthost {
     pub fn parse(url: &str) -> Result<Smarthost, String> {
         let (scheme, rest) = url
             .split_once("://")
-            .filter(|(s, _)| ["smtp", "smtp+tls", "smtps"].contains(s))
+            .and_then(|(s, rest)| {
+                let scheme = match s {
+                    "smtp" => Scheme::Smtp,
+                    "smtp+tls" => Scheme::SmtpTls,
+                    "smtps" => Scheme::Smtps,
+                    _ => return None,
+                };
+                Some((scheme, rest))
+            })
             .ok_or_else(|| {
                 format!("relay host must be smtp://, smtp+tls:// or smtps://, got '{url}'")
             })?;
@@ -289,11 +297,6 @@ impl Smarthost {
                     .filter(|&p| p > 0)
                     .ok_or_else(|| format!("relay host '{url}': bad port '{p}'"))?,
             ),
-        };
-        let scheme = match scheme {
-            "smtps" => Scheme::Smtps,
-            "smtp+tls" => Scheme::SmtpTls,
-            _ => Scheme::Smtp,
         };
         Ok(Smarthost {
             scheme,

@@ -308,8 +308,10 @@ pub fn start(
                                 gone = true;
                                 return None;
                             }
-                            // The scheduler answers at once: the next job
-                            // for the route, or None.
+                            // The scheduler answers with the route's next
+                            // job, at once or (while it keeps the
+                            // connection idle) when one comes; None closes
+                            // the connection.
                             if can_reuse {
                                 rx.recv().ok().flatten()
                             } else {
@@ -347,10 +349,7 @@ pub fn start(
 /// The per-recipient log line (postern(8) LOGGING, after Postfix's log_adhoc).
 pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
     let delay = crate::time::unix_now().saturating_sub(item.arrival);
-    let tls = match &r.tls {
-        Some(t) => format!("{}/{}", t.version, t.cipher),
-        None => "none".into(),
-    };
+    let tls = r.tls.as_ref().map_or("none".into(), ToString::to_string);
     let line = format!(
         "{}: to=<{addr}> relay={} delay={delay}s tls={tls} verified={} status={} ({})",
         item.id,

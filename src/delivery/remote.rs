@@ -196,7 +196,7 @@ fn deliver_fresh(
             let mut plaintext = false;
             // At most two passes: the normal one and a `may` downgrade.
             for _ in 0..2 {
-                match attempt(ctx, action, job, &mut res, host, &relay, &plan, plaintext) {
+                match attempt(ctx, action, job, &mut res, host, addr, &plan, plaintext) {
                     Ok(live) => kept = Some(live),
                     Err(Fail::Next(fault)) => last = fault,
                     Err(Fail::Downgrade { detail, .. }) if !plaintext => {
@@ -520,13 +520,14 @@ fn attempt(
     job: &Job,
     res: &mut Results,
     host: &Host,
-    relay: &Relay,
+    addr: SocketAddr,
     plan: &Plan<'_>,
     plaintext: bool,
 ) -> Result<Live, Fail> {
     let lim = &ctx.cfg.limits;
-    let Relay::Host { addr, .. } = relay else {
-        return Err(Fail::Next(Fault::NoUsableMx));
+    let relay = &Relay::Host {
+        name: host.name.clone(),
+        addr,
     };
     let connect_fault = |e: &io::Error| {
         Fail::Next(Fault::Connect {
@@ -534,7 +535,7 @@ fn attempt(
             error: io_text(e),
         })
     };
-    let tcp = TcpStream::connect_timeout(addr, lim.connect_timeout).map_err(|e| {
+    let tcp = TcpStream::connect_timeout(&addr, lim.connect_timeout).map_err(|e| {
         if e.kind() == io::ErrorKind::ConnectionRefused {
             res.refused = true;
         }

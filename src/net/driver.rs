@@ -25,9 +25,7 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 fn tls_log(t: Option<&TlsInfo>) -> String {
     match t {
         Some(t) => format!(
-            "tls={}/{}{}",
-            t.version,
-            t.cipher,
+            "tls={t}{}",
             t.sni
                 .as_ref()
                 .map(|s| format!(" sni={s}"))

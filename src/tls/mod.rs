@@ -19,6 +19,13 @@ pub struct TlsInfo {
     pub sni: Option<String>,
 }
 
+/// `TLSv1.3/TLS13_AES_128_GCM_SHA256`, as the logs write it.
+impl std::fmt::Display for TlsInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.version, self.cipher)
+    }
+}
+
 /// The crypto provider every config is built with (aws-lc-rs).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
