@@ -2,6 +2,7 @@
 //! server configuration with SNI ([`server`]).
 
 pub mod client;
+pub mod dane;
 pub mod pki;
 pub mod server;
 pub mod stream;
