@@ -90,6 +90,18 @@ pub enum TlsaAnswer {
     None,
 }
 
+/// The addresses of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    /// What was found.
+    pub found: Lookup<IpAddr>,
+    /// Every answer was DNSSEC-secure (CNAMEs included).
+    pub secure: bool,
+    /// The name the address records were found under, when a CNAME
+    /// led there: the TLSA base domain to try first (RFC 7672 §2.2.3).
+    pub cname: Option<String>,
+}
+
 /// An answer and whether it is DNSSEC-secure for us.
 struct Answer {
     msg: Message,
@@ -144,6 +156,31 @@ impl Resolver {
             timeout: Duration::from_secs(5),
             attempts: 2,
         }
+    }
+
+    /// Is any server's AD bit believed (can DANE ever apply)?
+    pub fn trusts_ad(&self) -> bool {
+        self.servers.iter().any(|s| s.trust_ad)
+    }
+
+    /// The servers, for messages: `127.0.0.1:53 (trusted), …`.
+    pub fn describe(&self) -> String {
+        if self.servers.is_empty() {
+            return "no nameserver".into();
+        }
+        let each: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| {
+                let trust = if s.trust_ad {
+                    "AD trusted"
+                } else {
+                    "AD not trusted"
+                };
+                format!("{} {trust}", s.addr)
+            })
+            .collect();
+        each.join(", ")
     }
 
     /// Resolver from `/etc/resolv.conf`.
@@ -211,9 +248,14 @@ impl Resolver {
 
     /// MX records, sorted by preference, with equal preferences shuffled.
     pub fn mx(&self, domain: &str) -> Result<Lookup<(u16, String)>, TempFail> {
-        let r = self.query(domain, RecordType::MX)?.msg;
+        self.mx_secure(domain).map(|(l, _)| l)
+    }
+
+    /// As [`Resolver::mx`], and whether the answer was secure.
+    pub fn mx_secure(&self, domain: &str) -> Result<(Lookup<(u16, String)>, bool), TempFail> {
+        let Answer { msg: r, secure } = self.query(domain, RecordType::MX)?;
         if r.metadata.response_code == ResponseCode::NXDomain {
-            return Ok(Lookup::NxDomain);
+            return Ok((Lookup::NxDomain, secure));
         }
         let mut v: Vec<(u16, String)> = r
             .answers
@@ -225,7 +267,7 @@ impl Resolver {
             .collect();
         shuffle(&mut v);
         v.sort_by_key(|(pref, _)| *pref);
-        Ok(Lookup::Found(v))
+        Ok((Lookup::Found(v), secure))
     }
 
     /// A and AAAA addresses of a host (IPv6 first, as most MTAs try).
@@ -234,15 +276,17 @@ impl Resolver {
     /// other, as in Postfix; only when no address could be found and a
     /// lookup failed is that a temporary failure.
     pub fn addrs(&self, host: &str) -> Result<Lookup<IpAddr>, TempFail> {
-        self.addrs_secure(host).map(|(l, _)| l)
+        self.addrs_secure(host).map(|a| a.found)
     }
 
-    /// As [`Resolver::addrs`], and whether every answer was secure.
-    pub fn addrs_secure(&self, host: &str) -> Result<(Lookup<IpAddr>, bool), TempFail> {
+    /// As [`Resolver::addrs`], with whether every answer was secure and
+    /// the name the address records were found under.
+    pub fn addrs_secure(&self, host: &str) -> Result<Addresses, TempFail> {
         let mut out = Vec::new();
         let mut nx = 0;
         let mut failed = None;
         let mut secure = true;
+        let mut owner = None;
         for rtype in [RecordType::AAAA, RecordType::A] {
             let r = match self.query(host, rtype) {
                 Ok(r) => r,
@@ -257,22 +301,35 @@ impl Resolver {
                 nx += 1;
                 continue;
             }
-            out.extend(r.answers.iter().filter_map(|rr| match &rr.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                _ => None,
-            }));
+            for rr in &r.answers {
+                let ip = match &rr.data {
+                    RData::A(a) => IpAddr::V4(a.0),
+                    RData::AAAA(a) => IpAddr::V6(a.0),
+                    _ => continue,
+                };
+                out.push(ip);
+                let name = rr.name.to_ascii();
+                let name = name.trim_end_matches('.');
+                if owner.is_none() && !name.eq_ignore_ascii_case(host.trim_end_matches('.')) {
+                    owner = Some(name.to_ascii_lowercase());
+                }
+            }
         }
-        match failed {
-            Some(e) if out.is_empty() => Err(e),
+        let (found, secure) = match failed {
+            Some(e) if out.is_empty() => return Err(e),
             Some(e) => {
                 log::info!("DNS: {e}; using the other address family of {host}");
                 // One family's answer is unknown: not secure as a whole.
-                Ok((Lookup::Found(out), false))
+                (Lookup::Found(out), false)
             }
-            None if nx == 2 => Ok((Lookup::NxDomain, secure)),
-            None => Ok((Lookup::Found(out), secure)),
-        }
+            None if nx == 2 => (Lookup::NxDomain, secure),
+            None => (Lookup::Found(out), secure),
+        };
+        Ok(Addresses {
+            found,
+            secure,
+            cname: owner,
+        })
     }
 
     /// The TLSA records of `_PORT._tcp.HOST` (RFC 7672 §2.2). SERVFAIL (a

@@ -49,6 +49,14 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        let resolver = if cfg.resolvers.is_empty() {
+            postern::dns::Resolver::from_system().ok()
+        } else {
+            Some(postern::dns::Resolver::with_servers(cfg.resolvers.clone()))
+        };
+        if let Some(w) = resolver.and_then(|r| postern::delivery::dane_warning(&cfg, &r)) {
+            eprintln!("postern: warning: {w}");
+        }
         println!("postern: configuration {} OK", args.file.display());
         return ExitCode::SUCCESS;
     }

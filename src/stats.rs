@@ -42,6 +42,20 @@ pub static DELIVERED: Counter = Counter::new();
 pub static DELIVERED_TLS: Counter = Counter::new();
 /// Recipients delivered remotely (TLS or not).
 pub static DELIVERED_REMOTE: Counter = Counter::new();
+/// Recipients delivered to a server authenticated by DANE.
+pub static DELIVERED_DANE: Counter = Counter::new();
+/// TLSA lookups (RFC 7672 §2.2) that found secure, usable records.
+pub static TLSA_USABLE: Counter = Counter::new();
+/// TLSA lookups that found secure records, none usable.
+pub static TLSA_UNUSABLE: Counter = Counter::new();
+/// TLSA lookups that found no secure records.
+pub static TLSA_NONE: Counter = Counter::new();
+/// TLSA lookups that failed (the host was skipped).
+pub static TLSA_FAILED: Counter = Counter::new();
+/// Handshakes whose certificate matched the TLSA records.
+pub static DANE_AUTHENTICATED: Counter = Counter::new();
+/// Handshakes whose certificate matched no TLSA record.
+pub static DANE_MISMATCHED: Counter = Counter::new();
 /// Deferrals.
 pub static DEFERRED: Counter = Counter::new();
 /// Recipients bounced.
@@ -63,7 +77,10 @@ pub fn report(queue: usize) -> String {
         "sessions.active={}\nsessions.total={}\nsessions.tls={}\nsessions.refused={}\n\
          messages.in={min}\nmessages.in.tls-share={}\n\
          recipients.delivered={}\nrecipients.remote={rout}\nrecipients.remote.tls-share={}\n\
-         recipients.deferred={}\nrecipients.bounced={}\nqueue.messages={queue}\n",
+         recipients.remote.dane={}\n\
+         recipients.deferred={}\nrecipients.bounced={}\nqueue.messages={queue}\n\
+         tlsa.usable={}\ntlsa.unusable={}\ntlsa.none={}\ntlsa.error={}\n\
+         dane.authenticated={}\ndane.mismatched={}\n",
         SESSIONS_ACTIVE.get(),
         SESSIONS_TOTAL.get(),
         SESSIONS_TLS.get(),
@@ -71,7 +88,14 @@ pub fn report(queue: usize) -> String {
         share(tin, min),
         DELIVERED.get(),
         share(tout, rout),
+        DELIVERED_DANE.get(),
         DEFERRED.get(),
         BOUNCED.get(),
+        TLSA_USABLE.get(),
+        TLSA_UNUSABLE.get(),
+        TLSA_NONE.get(),
+        TLSA_FAILED.get(),
+        DANE_AUTHENTICATED.get(),
+        DANE_MISMATCHED.get(),
     )
 }

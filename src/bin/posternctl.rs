@@ -21,9 +21,42 @@ struct Args {
     /// control socket (default QUEUE/postern.sock)
     #[argh(option, short = 's')]
     socket: Option<PathBuf>,
-    /// show queue | show stats | schedule ID|all | remove ID|all | reload
+    /// tls-check: print JSON instead of text
+    #[argh(switch)]
+    json: bool,
+    /// show queue | show stats | schedule ID|all | remove ID|all | reload | tls-check DOMAIN
     #[argh(positional, greedy)]
     command: Vec<String>,
+}
+
+/// `tls-check DOMAIN`: run in this process with the daemon's configuration
+/// and delivery code (posternctl(8) gives the exit codes).
+fn tls_check(file: &std::path::Path, domain: &str, json: bool) -> ExitCode {
+    let cfg = match postern::config::Config::load(file) {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => {
+            eprintln!("posternctl: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let own = cfg.listeners.iter().map(|l| l.addr).collect();
+    let ctx = match postern::delivery::Context::new(cfg, own) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("posternctl: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match postern::delivery::check::check(&ctx, domain) {
+        Ok(r) => {
+            print!("{}", if json { r.json() } else { r.text() });
+            ExitCode::from(r.exit)
+        }
+        Err(e) => {
+            eprintln!("posternctl: tls-check: {e}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -31,9 +64,20 @@ fn main() -> ExitCode {
     let command = args.command.join(" ");
     if command.is_empty() {
         eprintln!(
-            "posternctl: no command (show queue, show stats, schedule ID|all, remove ID|all, reload)"
+            "posternctl: no command (show queue, show stats, schedule ID|all, remove ID|all, reload, tls-check DOMAIN)"
         );
         return ExitCode::from(2);
+    }
+    if let [verb, rest @ ..] = args.command.as_slice()
+        && verb == "tls-check"
+    {
+        return match rest {
+            [domain] => tls_check(&args.file, domain, args.json),
+            _ => {
+                eprintln!("posternctl: usage: tls-check [--json] DOMAIN");
+                ExitCode::from(3)
+            }
+        };
     }
     let socket = match args.socket {
         Some(s) => s,

@@ -98,18 +98,43 @@ pub enum TlsPolicy {
     Encrypt,
     /// STARTTLS mandatory, certificate must verify and name the MX.
     Verify,
+    /// DANE (RFC 7672) where the MX host publishes secure TLSA records,
+    /// `encrypt` where they are all unusable, `may` where there are none.
+    /// The default for MX delivery.
+    Dane,
+    /// DANE required: a host without secure, usable TLSA gets no mail.
+    DaneOnly,
 }
 
 impl TlsPolicy {
-    /// Parse `none|may|encrypt|verify`.
+    /// Parse `none|may|encrypt|verify|dane|dane-only`.
     pub fn parse(s: &str) -> Option<TlsPolicy> {
         Some(match s {
             "none" => TlsPolicy::None,
             "may" => TlsPolicy::May,
             "encrypt" => TlsPolicy::Encrypt,
             "verify" => TlsPolicy::Verify,
+            "dane" => TlsPolicy::Dane,
+            "dane-only" => TlsPolicy::DaneOnly,
             _ => return None,
         })
+    }
+
+    /// The word postern.conf(5) spells it with.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::None => "none",
+            TlsPolicy::May => "may",
+            TlsPolicy::Encrypt => "encrypt",
+            TlsPolicy::Verify => "verify",
+            TlsPolicy::Dane => "dane",
+            TlsPolicy::DaneOnly => "dane-only",
+        }
+    }
+
+    /// `dane` or `dane-only`.
+    pub fn is_dane(self) -> bool {
+        matches!(self, TlsPolicy::Dane | TlsPolicy::DaneOnly)
     }
 }
 
@@ -1042,7 +1067,7 @@ impl Parser<'_> {
                         Some("tls") => {
                             let p = a.word("TLS policy")?;
                             tls = Some(TlsPolicy::parse(p)
-                                .ok_or_else(|| format!("action {name}: tls must be none, may, encrypt or verify, got '{p}'"))?);
+                                .ok_or_else(|| format!("action {name}: tls must be none, may, encrypt, verify, dane or dane-only, got '{p}'"))?);
                         }
                         Some("port") => {
                             let p = a.word("port")?;
@@ -1070,8 +1095,19 @@ impl Parser<'_> {
                     }
                     (true, None | Some(TlsPolicy::May)) => TlsPolicy::Verify,
                     (_, Some(t)) => t,
+                    // DANE is fail-safe as a default: without secure TLSA
+                    // records (or a validating resolver) it is `may`.
+                    (false, None) if host.is_none() => TlsPolicy::Dane,
                     (false, None) => TlsPolicy::May,
                 };
+                // RFC 7672 §2.2: DANE authenticates MX hosts; a smarthost
+                // is not one (as in Postfix, whose DANE needs an MX lookup).
+                if host.is_some() && tls.is_dane() {
+                    return Err(format!(
+                        "action {name}: tls {} applies to MX delivery only; for a smarthost ('host') use tls verify",
+                        tls.as_str()
+                    ));
+                }
                 Delivery::Relay(RelayAction {
                     host,
                     auth,

@@ -132,7 +132,7 @@ fn actions_and_rules() {
     );
     assert!(
         err("listen on 127.0.0.1\naction a relay tls maybe\n")
-            .contains("tls must be none, may, encrypt or verify")
+            .contains("tls must be none, may, encrypt, verify, dane or dane-only")
     );
     assert!(
         err("listen on 127.0.0.1\naction a relay\naction a relay\n")
@@ -179,6 +179,44 @@ fn actions_and_rules() {
             "the password never shows: {r:?}"
         );
     }
+}
+
+/// DANE is the default for MX delivery, never for a smarthost; the
+/// tls-policy table takes the same words.
+#[test]
+fn tls_policy_defaults_and_dane_words() {
+    let relay = |text: &str| {
+        let c = parse(&format!("listen on 127.0.0.1\n{text}")).unwrap();
+        let Some(Delivery::Relay(r)) = c.actions.get("a") else {
+            panic!("not a relay")
+        };
+        r.clone()
+    };
+    for (given, want) in [
+        ("action a relay\n", TlsPolicy::Dane),
+        ("action a relay tls dane-only\n", TlsPolicy::DaneOnly),
+        ("action a relay tls may\n", TlsPolicy::May),
+        ("action a relay tls verify\n", TlsPolicy::Verify),
+        ("action a relay host smtp://h\n", TlsPolicy::May),
+    ] {
+        assert_eq!(relay(given).tls, want, "{given}");
+    }
+    let r = relay(
+        "table p { bank.example = dane-only, broken.example = may, x.example = dane }\n\
+         action a relay tls-policy <p>\n",
+    );
+    assert_eq!(r.policy_for("BANK.example"), TlsPolicy::DaneOnly);
+    assert_eq!(r.policy_for("broken.example"), TlsPolicy::May);
+    assert_eq!(r.policy_for("x.example"), TlsPolicy::Dane);
+    assert_eq!(r.policy_for("other.example"), TlsPolicy::Dane);
+    assert!(
+        err("listen on 127.0.0.1\naction a relay host smtp://h tls dane\n")
+            .contains("t.conf:2: action a: tls dane applies to MX delivery only; for a smarthost ('host') use tls verify")
+    );
+    assert!(
+        err("listen on 127.0.0.1\naction a relay tls daneish\n")
+            .contains("tls must be none, may, encrypt, verify, dane or dane-only, got 'daneish'")
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! Unknown failures are temporary: anything not clearly permanent defers.
 
 pub mod bounce;
+pub mod check;
 pub mod local;
 pub mod outcome;
 pub mod remote;
@@ -44,7 +45,7 @@ pub struct Item {
 }
 
 /// Where a job goes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Route {
     /// Action name.
     pub action: String,
@@ -92,6 +93,28 @@ pub struct Outcome {
     pub results: Vec<RcptOutcome>,
 }
 
+/// Why DANE can never take effect, when a relay action asks for it but no
+/// resolver's AD bit is believed (postern.conf(5), `resolver`).
+pub fn dane_warning(cfg: &Config, resolver: &Resolver) -> Option<String> {
+    let dane = cfg.actions.values().any(|a| match a {
+        Delivery::Relay(r) => {
+            r.tls.is_dane()
+                || r.tls_policy
+                    .as_ref()
+                    .is_some_and(|t| t.by_domain.values().any(|p| p.is_dane()))
+        }
+        Delivery::Maildir { .. } => false,
+    });
+    (dane && !resolver.trusts_ad()).then(|| {
+        format!(
+            "DANE is configured (tls dane is the default for MX delivery) but no resolver is trusted to validate DNSSEC \
+             ({}): DANE never applies and delivery is opportunistic TLS (may); run a local validating resolver such as \
+             unbound and name it with 'resolver 127.0.0.1', or mark a validating one 'trust-ad' (postern.conf(5))",
+            resolver.describe()
+        )
+    })
+}
+
 /// What delivery threads share: built once per configuration.
 pub struct Context {
     /// The configuration.
@@ -124,6 +147,9 @@ impl Context {
         } else {
             Resolver::with_servers(cfg.resolvers.clone())
         };
+        if let Some(w) = dane_warning(&cfg, &resolver) {
+            log::warn!("{w}");
+        }
         let mut tls = HashMap::new();
         let needs_tls = cfg
             .actions
@@ -350,8 +376,11 @@ pub fn start(
 pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
     let delay = crate::time::unix_now().saturating_sub(item.arrival);
     let tls = r.tls.as_ref().map_or("none".into(), ToString::to_string);
+    let policy = r
+        .level
+        .map_or(String::new(), |l| format!(" policy={}", l.as_str()));
     let line = format!(
-        "{}: to=<{addr}> relay={} delay={delay}s tls={tls} verified={} status={} ({})",
+        "{}: to=<{addr}> relay={} delay={delay}s tls={tls} verified={}{policy} status={} ({})",
         item.id,
         r.relay,
         r.auth.as_str(),
@@ -365,6 +394,9 @@ pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
                 crate::stats::DELIVERED_REMOTE.inc();
                 if r.tls.is_some() {
                     crate::stats::DELIVERED_TLS.inc();
+                }
+                if r.auth == PeerAuth::Dane {
+                    crate::stats::DELIVERED_DANE.inc();
                 }
             }
             log::info!("{line}")

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use crate::smtp::response::Response;
 use crate::tls::TlsInfo;
 
-use super::tls_decision::Why;
+use super::tls_decision::{DaneSkip, Level, Why};
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +166,8 @@ pub enum PeerAuth {
     No,
     /// Its certificate chains to a trusted CA and names the host.
     Ca,
+    /// Its certificate matched the host's TLSA records (RFC 7672 §3).
+    Dane,
 }
 
 impl PeerAuth {
@@ -174,6 +176,7 @@ impl PeerAuth {
         match self {
             PeerAuth::No => "no",
             PeerAuth::Ca => "ca",
+            PeerAuth::Dane => "dane",
         }
     }
 }
@@ -193,6 +196,9 @@ pub struct RcptOutcome {
     pub tls: Option<TlsInfo>,
     /// How the server was authenticated.
     pub auth: PeerAuth,
+    /// The TLS level applied to the server (none when no server was
+    /// reached).
+    pub level: Option<Level>,
 }
 
 impl RcptOutcome {
@@ -205,6 +211,7 @@ impl RcptOutcome {
             relay,
             tls: None,
             auth: PeerAuth::No,
+            level: None,
         }
     }
 }
@@ -290,6 +297,19 @@ pub enum Fault {
         why: Why,
         /// The server's reply, the handshake error or the number of
         /// bytes sent after the 220.
+        detail: String,
+    },
+    /// DANE took an MX host out of the running before connecting.
+    Dane {
+        /// The MX host.
+        host: String,
+        /// The port (part of the TLSA name).
+        port: u16,
+        /// The recipient domain (for an insecure MX).
+        domain: String,
+        /// Why.
+        why: DaneSkip,
+        /// The resolver's words for a failed lookup.
         detail: String,
     },
     /// A smarthost to log in to, and why we would not or could not.
@@ -397,6 +417,33 @@ impl Fault {
                     format!("TLS handshake with {relay} failed: {detail}"),
                 ),
             },
+            Fault::Dane {
+                host,
+                port,
+                domain,
+                why,
+                detail,
+            } => s(
+                451,
+                Enhanced(4, 7, 5),
+                match why {
+                    DaneSkip::LookupFailed => {
+                        format!("TLSA lookup error for {host}:{port}: {detail}")
+                    }
+                    DaneSkip::InsecureAddress => {
+                        format!("tls dane-only: the address of {host} is not DNSSEC-signed")
+                    }
+                    DaneSkip::InsecureMx => {
+                        format!("tls dane-only: the MX records of {domain} are not DNSSEC-signed")
+                    }
+                    DaneSkip::NoRecords => {
+                        format!("tls dane-only: no TLSA records found for {host}:{port}")
+                    }
+                    DaneSkip::Unusable => {
+                        format!("tls dane-only: the TLSA records of {host}:{port} are unusable")
+                    }
+                },
+            ),
             Fault::Auth { relay, why } => {
                 let text = match why {
                     AuthFault::NoSecret { table } => {
@@ -524,6 +571,20 @@ mod tests {
                 relay: relay.clone(),
                 why: AuthFault::NoPlain,
             },
+            Fault::Dane {
+                host: "mx.example".into(),
+                port: 25,
+                domain: "example".into(),
+                why: DaneSkip::LookupFailed,
+                detail: "SERVFAIL".into(),
+            },
+            Fault::Dane {
+                host: "mx.example".into(),
+                port: 25,
+                domain: "example".into(),
+                why: DaneSkip::InsecureMx,
+                detail: String::new(),
+            },
         ];
         for f in &faults {
             let s = f.status();
@@ -542,6 +603,11 @@ mod tests {
         assert_eq!(
             faults[10].status().to_string(),
             "421 4.7.0 busy (greeting from mx.example[127.0.0.2]:25)"
+        );
+        // DANE never bounces (RFC 7672 §2.2): a lookup error defers.
+        assert_eq!(
+            faults[14].status().to_string(),
+            "451 4.7.5 TLSA lookup error for mx.example:25: SERVFAIL"
         );
     }
 }

@@ -19,28 +19,29 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 
 use super::outcome::{AuthFault, Disposition, Fault, PeerAuth, Relay, Status};
-use super::tls_decision::{self, Event, Next, Why, decide};
-use super::{Context, Item, Job, Outcome, RcptOutcome, log_result};
+use super::tls_decision::{self, DaneSkip, Dnssec, Event, Level, Next, TlsaFound, Why, decide};
+use super::{Context, Item, Job, Outcome, RcptOutcome, Route, log_result};
 use crate::config::{RelayAction, Scheme, TlsPolicy};
-use crate::dns::Lookup;
+use crate::dns::{Lookup, Tlsa, TlsaAnswer};
 use crate::smtp::client::{self, Hello, Wire};
 use crate::smtp::response::{self, Capabilities, Response};
 use crate::tls::TlsInfo;
 use crate::tls::client::ClientTls;
+use crate::tls::dane::{DaneVerifier, Verdict};
 use crate::tls::stream::Stream;
 use crate::watchdog;
 
 /// A destination host to try.
 #[derive(Clone, Debug)]
-struct Host {
-    name: String,
-    port: u16,
+pub(super) struct Host {
+    pub(super) name: String,
+    pub(super) port: u16,
     /// smtps:// smarthost: TLS before the greeting.
-    implicit_tls: bool,
+    pub(super) implicit_tls: bool,
 }
 
 /// Why an attempt on one address ended early.
-enum Fail {
+pub(super) enum Fail {
     /// Try the next address or MX.
     Next(Fault),
     /// `may`: the handshake failed; retry this address in plaintext
@@ -49,7 +50,7 @@ enum Fail {
 }
 
 /// Results gathered so far, per (item, rcpt index).
-struct Results {
+pub(super) struct Results {
     per_item: Vec<Vec<Option<RcptOutcome>>>,
     /// Some server greeted us (the destination is up).
     contact: bool,
@@ -59,7 +60,7 @@ struct Results {
 }
 
 impl Results {
-    fn empty(job: &Job) -> Results {
+    pub(super) fn empty(job: &Job) -> Results {
         Results {
             per_item: job
                 .items
@@ -152,31 +153,26 @@ fn deliver_fresh(
     job: &Job,
     mut res: Results,
 ) -> (Vec<Outcome>, bool, Option<Live>) {
-    let plan = match plan(ctx, action, job) {
+    let plan = match plan(ctx, action, &job.route) {
         Ok(p) => p,
         Err(fault) => return (finish(job, res, &fault), false, None),
     };
     let mut kept = None;
     let mut last = Fault::NoUsableMx;
     'hosts: for host in &plan.hosts {
-        let addrs = match host.name.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => match ctx.resolver.addrs(&host.name) {
-                Ok(Lookup::Found(a)) if !a.is_empty() => a,
-                Ok(_) => {
-                    last = Fault::NoAddress {
-                        host: host.name.clone(),
-                    };
-                    continue;
-                }
-                Err(e) => {
-                    last = Fault::AddressLookup {
-                        host: host.name.clone(),
-                        error: e.to_string(),
-                    };
-                    continue;
-                }
-            },
+        let (addrs, tls) = match prepare_host(ctx, &plan, &job.route, host) {
+            Ok(Prepared {
+                addrs,
+                tls: Ok(tls),
+                ..
+            }) => (addrs, tls),
+            Ok(Prepared {
+                tls: Err(fault), ..
+            })
+            | Err(fault) => {
+                last = fault;
+                continue;
+            }
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, host.port);
@@ -196,7 +192,9 @@ fn deliver_fresh(
             let mut plaintext = false;
             // At most two passes: the normal one and a `may` downgrade.
             for _ in 0..2 {
-                match attempt(ctx, action, job, &mut res, host, addr, &plan, plaintext) {
+                match attempt(
+                    ctx, action, job, &mut res, host, addr, &plan, &tls, plaintext,
+                ) {
                     Ok(live) => kept = Some(live),
                     Err(Fail::Next(fault)) => last = fault,
                     Err(Fail::Downgrade { detail, .. }) if !plaintext => {
@@ -254,17 +252,164 @@ fn finish(job: &Job, mut res: Results, fault: &Fault) -> Vec<Outcome> {
 }
 
 /// Where a job goes and how TLS is decided there.
-struct Plan<'a> {
-    hosts: Vec<Host>,
-    policy: TlsPolicy,
-    tls: &'a ClientTls,
+pub(super) struct Plan<'a> {
+    pub(super) hosts: Vec<Host>,
+    pub(super) policy: TlsPolicy,
+    /// The MX answer was DNSSEC-secure.
+    pub(super) mx_secure: bool,
+    pub(super) tls: &'a ClientTls,
+}
+
+/// How TLS is done with one host: the level, and for DANE the records
+/// and the names a DANE-TA certificate may carry.
+pub(super) struct HostTls {
+    pub(super) level: Level,
+    /// What the TLSA lookup found.
+    pub(super) found: TlsaFound,
+    /// The usable records.
+    pub(super) tlsa: Vec<Tlsa>,
+    /// The TLSA base domain (also the SNI name) first, then the MX host.
+    pub(super) names: Vec<String>,
+}
+
+/// A host's addresses and how TLS is done with it.
+pub(super) struct Prepared {
+    pub(super) addrs: Vec<IpAddr>,
+    /// The address answer was DNSSEC-secure.
+    pub(super) secure: bool,
+    /// The TLS level, or the fault that skips the host.
+    pub(super) tls: Result<HostTls, Fault>,
+}
+
+/// Look up a host's addresses and, under DANE, its TLSA records; the
+/// fault when it has no address.
+pub(super) fn prepare_host(
+    ctx: &Context,
+    plan: &Plan<'_>,
+    route: &Route,
+    host: &Host,
+) -> Result<Prepared, Fault> {
+    let (addrs, secure, cname) = match host.name.parse::<IpAddr>() {
+        Ok(ip) => (vec![ip], false, None),
+        Err(_) => match ctx.resolver.addrs_secure(&host.name) {
+            Ok(a) => match a.found {
+                Lookup::Found(ips) if !ips.is_empty() => (ips, a.secure, a.cname),
+                _ => {
+                    return Err(Fault::NoAddress {
+                        host: host.name.clone(),
+                    });
+                }
+            },
+            Err(e) => {
+                return Err(Fault::AddressLookup {
+                    host: host.name.clone(),
+                    error: e.to_string(),
+                });
+            }
+        },
+    };
+    let tls = host_tls(ctx, plan, route, host, secure, cname);
+    Ok(Prepared { addrs, secure, tls })
+}
+
+/// The TLSA records for a host (RFC 7672 §2.2.3): under the name its
+/// address records were found under (after a CNAME) first, then its own.
+/// Returns the answer and the name it was found under.
+fn lookup_tlsa(
+    ctx: &Context,
+    port: u16,
+    host: &str,
+    cname: Option<String>,
+) -> Result<(TlsaAnswer, String), crate::dns::TempFail> {
+    if let Some(c) = cname {
+        let found = ctx.resolver.tlsa(port, &c)?;
+        if found != TlsaAnswer::None {
+            return Ok((found, c));
+        }
+    }
+    Ok((ctx.resolver.tlsa(port, host)?, host.to_string()))
+}
+
+/// The TLS level for `host` under the plan's policy, looking TLSA records
+/// up when DANE asks for them; or the fault that skips the host.
+fn host_tls(
+    ctx: &Context,
+    plan: &Plan<'_>,
+    route: &Route,
+    host: &Host,
+    addr_secure: bool,
+    cname: Option<String>,
+) -> Result<HostTls, Fault> {
+    let mut tlsa = Vec::new();
+    let mut names = vec![host.name.clone()];
+    let mut detail = String::new();
+    let found = if tls_decision::wants_tlsa(plan.policy, addr_secure) {
+        match lookup_tlsa(ctx, host.port, &host.name, cname) {
+            Ok((TlsaAnswer::Usable(t), base)) => {
+                crate::stats::TLSA_USABLE.inc();
+                tlsa = t;
+                if base != host.name {
+                    names.insert(0, base);
+                }
+                TlsaFound::Usable
+            }
+            Ok((TlsaAnswer::Unusable, _)) => {
+                crate::stats::TLSA_UNUSABLE.inc();
+                TlsaFound::Unusable
+            }
+            Ok((TlsaAnswer::None, _)) => {
+                crate::stats::TLSA_NONE.inc();
+                TlsaFound::None
+            }
+            Err(e) => {
+                crate::stats::TLSA_FAILED.inc();
+                detail = e.to_string();
+                TlsaFound::Failed
+            }
+        }
+    } else {
+        TlsaFound::NotAsked
+    };
+    let dns = Dnssec {
+        mx_secure: plan.mx_secure,
+        addr_secure,
+        tlsa: found,
+    };
+    match tls_decision::level(plan.policy, dns) {
+        Ok(level) => Ok(HostTls {
+            level,
+            found,
+            tlsa,
+            names,
+        }),
+        Err(why) => {
+            if why == DaneSkip::LookupFailed {
+                log::warn!(
+                    "{}:{}: TLSA lookup failed ({detail}); skipping this host, never sending without DANE",
+                    host.name,
+                    host.port
+                );
+            }
+            Err(Fault::Dane {
+                host: host.name.clone(),
+                port: host.port,
+                domain: route.domain.clone(),
+                why,
+                detail,
+            })
+        }
+    }
 }
 
 /// Hosts to try, the TLS policy and the TLS configs; or the fault that
 /// answers every recipient (DNS says the domain cannot take mail).
-fn plan<'a>(ctx: &'a Context, action: &RelayAction, job: &Job) -> Result<Plan<'a>, Fault> {
-    let tls = ctx.tls.get(&job.route.action).ok_or(Fault::Config {
-        what: format!("no TLS setup for action '{}'", job.route.action),
+pub(super) fn plan<'a>(
+    ctx: &'a Context,
+    action: &RelayAction,
+    route: &Route,
+) -> Result<Plan<'a>, Fault> {
+    let tls = ctx.tls.get(&route.action).ok_or(Fault::Config {
+        what: format!("no TLS setup for action '{}'", route.action),
     })?;
     if let Some(smart) = &action.host {
         let policy = match (smart.scheme, action.tls) {
@@ -283,10 +428,11 @@ fn plan<'a>(ctx: &'a Context, action: &RelayAction, job: &Job) -> Result<Plan<'a
         return Ok(Plan {
             hosts: vec![host],
             policy,
+            mx_secure: false,
             tls,
         });
     }
-    let domain = &job.route.domain;
+    let domain = &route.domain;
     let policy = action.policy_for(domain);
     let port = action.port.unwrap_or(25);
     let host = |name: String| Host {
@@ -294,26 +440,40 @@ fn plan<'a>(ctx: &'a Context, action: &RelayAction, job: &Job) -> Result<Plan<'a
         port,
         implicit_tls: false,
     };
-    let plan = |hosts| Ok(Plan { hosts, policy, tls });
+    let plan = |hosts, mx_secure| {
+        Ok(Plan {
+            hosts,
+            policy,
+            mx_secure,
+            tls,
+        })
+    };
     // Address literals go straight to the address (RFC 5321 §5.1).
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        return plan(vec![host(lit.trim_start_matches("ipv6:").to_string())]);
+        return plan(
+            vec![host(lit.trim_start_matches("ipv6:").to_string())],
+            false,
+        );
     }
-    match ctx.resolver.mx(domain) {
-        Ok(Lookup::NxDomain) => Err(Fault::NoSuchDomain {
+    match ctx.resolver.mx_secure(domain) {
+        Ok((Lookup::NxDomain, _)) => Err(Fault::NoSuchDomain {
             domain: domain.clone(),
         }),
-        Ok(Lookup::Found(mx)) if mx.len() == 1 && (mx[0].1 == "." || mx[0].1.is_empty()) => {
+        Ok((Lookup::Found(mx), _)) if mx.len() == 1 && (mx[0].1 == "." || mx[0].1.is_empty()) => {
             Err(Fault::NullMx {
                 domain: domain.clone(),
             })
         }
-        Ok(Lookup::Found(mx)) if mx.is_empty() => plan(vec![host(domain.clone())]),
-        Ok(Lookup::Found(mx)) => plan(
+        // No MX: the domain itself (RFC 5321 §5.1; RFC 7672 §2.2.2).
+        Ok((Lookup::Found(mx), secure)) if mx.is_empty() => {
+            plan(vec![host(domain.clone())], secure)
+        }
+        Ok((Lookup::Found(mx), secure)) => plan(
             mx.into_iter()
                 .filter(|(_, h)| h != ".")
                 .map(|(_, h)| host(h.trim_end_matches('.').to_string()))
                 .collect(),
+            secure,
         ),
         Err(e) => Err(Fault::MxLookup {
             domain: domain.clone(),
@@ -323,12 +483,17 @@ fn plan<'a>(ctx: &'a Context, action: &RelayAction, job: &Job) -> Result<Plan<'a
 }
 
 /// One SMTP connection.
-struct Connection {
+pub(super) struct Connection {
     stream: Stream,
     buf: Vec<u8>,
     relay: Relay,
-    tls: Option<TlsInfo>,
-    auth: PeerAuth,
+    pub(super) tls: Option<TlsInfo>,
+    /// The certificates the server sent.
+    pub(super) chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub(super) auth: PeerAuth,
+    /// What the DANE verifier found, under `dane`.
+    pub(super) dane: Option<Verdict>,
+    level: Level,
     /// Each reply and each write within `limit delivery-timeout`, the
     /// connection within `limit delivery-lifetime`, however a server
     /// drips its bytes.
@@ -398,7 +563,7 @@ impl Connection {
 
     /// End the session politely: QUIT (so the server logs a clean end,
     /// not "lost connection"), then TLS close_notify. Errors are moot.
-    fn quit(&mut self) {
+    pub(super) fn quit(&mut self) {
         client::quit(self);
         let _ = self.stream.close_notify();
     }
@@ -414,13 +579,43 @@ impl Connection {
         }
     }
 
+    /// From the connection to a session ready for MAIL: implicit TLS,
+    /// the greeting, EHLO, and STARTTLS as `facts` decide. A session given
+    /// up after the greeting (no STARTTLS under `encrypt`, …) still ends
+    /// with QUIT.
+    pub(super) fn open_session(
+        &mut self,
+        ctx: &Context,
+        facts: tls_decision::Host,
+        tls: (&ClientTls, &HostTls),
+        name: &str,
+        res: &mut Results,
+    ) -> Result<Capabilities, Fail> {
+        if let Next::ImplicitTls { verify } = decide(facts, Event::Connected) {
+            self.handshake(facts, tls, verify, name)?;
+        }
+        let greeting = self.reply().map_err(lost)?;
+        if !greeting.is_ok() {
+            // 421 at the greeting: "too many connections", typically.
+            res.refused |= greeting.code == 421;
+            return Err(Fail::Next(Fault::Greeting {
+                relay: self.relay.clone(),
+                reply: Status::from_response(&greeting),
+            }));
+        }
+        res.contact = true;
+        let caps = self.hello(&ctx.hostname)?;
+        self.negotiate_tls(caps, facts, tls, name, &ctx.hostname)
+            .inspect_err(|_| self.quit())
+    }
+
     /// Carry out [`tls_decision::decide`] from the EHLO reply on: STARTTLS,
     /// the handshake, EHLO again; or plaintext; or give the host up.
     fn negotiate_tls(
         &mut self,
         caps: Capabilities,
         host: tls_decision::Host,
-        tls: &ClientTls,
+        tls: (&ClientTls, &HostTls),
         name: &str,
         me: &str,
     ) -> Result<Capabilities, Fail> {
@@ -455,29 +650,62 @@ impl Connection {
         self.hello(me)
     }
 
-    /// A TLS handshake as [`tls_decision::decide`] asked for it.
+    /// A TLS handshake as [`tls_decision::decide`] asked for it: under
+    /// `dane` with a verifier made for this connection from the host's
+    /// TLSA records, sending the TLSA base domain as SNI (RFC 7672 §8.1).
     fn handshake(
         &mut self,
         host: tls_decision::Host,
-        tls: &ClientTls,
+        (tls, ht): (&ClientTls, &HostTls),
         verify: bool,
         name: &str,
     ) -> Result<(), Fail> {
-        let cfg = if verify {
-            tls.verified.clone()
+        let mut dane = None;
+        let (cfg, sni) = if verify && host.level == Level::Dane {
+            let v = DaneVerifier::new(
+                &ht.tlsa,
+                &ht.names.iter().map(String::as_str).collect::<Vec<_>>(),
+                crate::tls::provider(),
+            );
+            let cfg = v
+                .client_config()
+                .map_err(|what| Fail::Next(Fault::Config { what }))?;
+            dane = Some(v);
+            (cfg, ht.names.first().map_or(name, String::as_str))
+        } else if verify {
+            (tls.verified.clone(), name)
         } else {
-            tls.opportunistic.clone()
+            (tls.opportunistic.clone(), name)
         };
         self.arm();
-        match self.stream.upgrade_client(cfg, name) {
+        let r = self.stream.upgrade_client(cfg, sni);
+        let verdict = dane.as_ref().and_then(|v| v.verdict());
+        match r {
             Ok(info) => {
-                if verify || tls.chain_verifies(&info.chain, name) {
+                self.chain = info.chain.clone();
+                self.dane = verdict.clone();
+                if let Some(Verdict::Matched(t)) = &verdict {
+                    crate::stats::DANE_AUTHENTICATED.inc();
+                    log::info!("{}: DANE: the certificate matched TLSA {t}", self.relay);
+                    self.auth = PeerAuth::Dane;
+                } else if verify || tls.chain_verifies(&info.chain, name) {
                     self.auth = PeerAuth::Ca;
                 }
                 self.tls = Some(info.info);
                 Ok(())
             }
-            Err(e) => Err(self.give_up(decide(host, Event::Handshake { ok: false }), &io_text(&e))),
+            Err(e) => {
+                self.dane = verdict.clone();
+                let detail = match verdict {
+                    Some(Verdict::Failed(why)) => {
+                        crate::stats::DANE_MISMATCHED.inc();
+                        log::warn!("{}: DANE: {why}", self.relay);
+                        format!("DANE: {why}")
+                    }
+                    _ => io_text(&e),
+                };
+                Err(self.give_up(decide(host, Event::Handshake { ok: false }), &detail))
+            }
         }
     }
 
@@ -513,21 +741,19 @@ fn io_text(e: &io::Error) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attempt(
+/// A TCP connection to `relay`'s address, with its deadlines armed.
+/// `res` learns whether the destination refused us.
+pub(super) fn connect(
     ctx: &Context,
-    action: &RelayAction,
-    job: &Job,
+    relay: Relay,
+    level: Level,
     res: &mut Results,
-    host: &Host,
-    addr: SocketAddr,
-    plan: &Plan<'_>,
-    plaintext: bool,
-) -> Result<Live, Fail> {
+) -> Result<Connection, Fail> {
     let lim = &ctx.cfg.limits;
-    let relay = &Relay::Host {
-        name: host.name.clone(),
-        addr,
+    let Relay::Host { addr, .. } = relay else {
+        return Err(Fail::Next(Fault::Config {
+            what: format!("cannot connect to {relay}"),
+        }));
     };
     let connect_fault = |e: &io::Error| {
         Fail::Next(Fault::Connect {
@@ -547,39 +773,44 @@ fn attempt(
         .and_then(|_| tcp.set_write_timeout(Some(lim.delivery_timeout)));
     setup.map_err(|e| connect_fault(&e))?;
     let guard = watchdog::watch(&tcp, lim.delivery_lifetime).map_err(|e| connect_fault(&e))?;
-    let mut s = Connection {
+    Ok(Connection {
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
-        relay: relay.clone(),
+        relay,
         tls: None,
+        chain: Vec::new(),
         auth: PeerAuth::No,
+        dane: None,
+        level,
         guard: Some(guard),
         step: lim.delivery_timeout,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attempt(
+    ctx: &Context,
+    action: &RelayAction,
+    job: &Job,
+    res: &mut Results,
+    host: &Host,
+    addr: SocketAddr,
+    plan: &Plan<'_>,
+    host_tls: &HostTls,
+    plaintext: bool,
+) -> Result<Live, Fail> {
+    let relay = Relay::Host {
+        name: host.name.clone(),
+        addr,
     };
+    let mut s = connect(ctx, relay, host_tls.level, res)?;
     let facts = tls_decision::Host {
-        policy: plan.policy,
+        level: host_tls.level,
         implicit: host.implicit_tls,
         plaintext_retry: plaintext,
     };
-    if let Next::ImplicitTls { verify } = decide(facts, Event::Connected) {
-        s.handshake(facts, plan.tls, verify, &host.name)?;
-    }
-    let greeting = s.reply().map_err(lost)?;
-    if !greeting.is_ok() {
-        // 421 at the greeting: "too many connections", typically.
-        res.refused |= greeting.code == 421;
-        return Err(Fail::Next(Fault::Greeting {
-            relay: relay.clone(),
-            reply: Status::from_response(&greeting),
-        }));
-    }
-    res.contact = true;
-    let caps = s.hello(&ctx.hostname)?;
-    // A session given up here (no STARTTLS under encrypt, credentials
-    // refused) still ends with QUIT.
-    let caps = s
-        .negotiate_tls(caps, facts, plan.tls, &host.name, &ctx.hostname)
-        .inspect_err(|_| s.quit())?;
+    let tls = (plan.tls, host_tls);
+    let caps = s.open_session(ctx, facts, tls, &host.name, res)?;
     smarthost_auth(action, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
     send_all(&mut s, &caps, job, res)?;
     let sent = job.items.len();
@@ -647,6 +878,7 @@ fn outcome(s: &Connection, idx: usize, r: &Response) -> RcptOutcome {
         relay: s.relay.clone(),
         tls: s.tls.clone(),
         auth: s.auth,
+        level: Some(s.level),
     }
 }
 

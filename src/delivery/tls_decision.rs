@@ -1,21 +1,134 @@
 //! The one outbound TLS decision: what a connection to one host must do
 //! about TLS, and what follows from each thing the server does, for the
 //! policies of postern.conf(5) (`none`, `may`, `encrypt`, `verify`; as
-//! Postfix's smtp_tls_security_level) and implicit TLS (RFC 8314). No I/O:
-//! `remote.rs` carries the decisions out and words the reasons. DANE and
-//! MTA-STS add their facts to [`Host`].
+//! Postfix's smtp_tls_security_level), DANE (RFC 7672: `dane`,
+//! `dane-only`) and implicit TLS (RFC 8314). No I/O: `remote.rs` looks
+//! things up and carries the decisions out.
+//!
+//! Two steps: [`level`] turns the configured policy and what DNSSEC says
+//! about the host into the [`Level`] applied to it (or takes the host out
+//! of the running); [`decide`] then answers each event of the dialogue.
 
 use crate::config::TlsPolicy;
+
+/// The TLS level applied to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when offered, any certificate, one plaintext retry.
+    May,
+    /// STARTTLS required, any certificate.
+    Encrypt,
+    /// STARTTLS required, the certificate must chain to a trusted CA and
+    /// name the host.
+    Verify,
+    /// STARTTLS required, the certificate must match the host's TLSA
+    /// records (RFC 7672 §3).
+    Dane,
+}
+
+impl Level {
+    /// The word in the log line's `policy=`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::May => "may",
+            Level::Encrypt => "encrypt",
+            Level::Verify => "verify",
+            Level::Dane => "dane",
+        }
+    }
+}
+
+/// What a TLSA lookup for the host found (RFC 7672 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsaFound {
+    /// Not looked up: the policy is not DANE, or the host's address
+    /// answer was not DNSSEC-secure (then TLSA is never asked for).
+    NotAsked,
+    /// SERVFAIL (a bogus answer among them), REFUSED, a timeout.
+    Failed,
+    /// NXDOMAIN, NODATA or an insecure answer.
+    None,
+    /// Secure records, none usable for SMTP.
+    Unusable,
+    /// Secure records, some usable.
+    Usable,
+}
+
+/// What DNSSEC says about one MX host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dnssec {
+    /// The domain's MX answer was secure (or there was no MX lookup).
+    pub mx_secure: bool,
+    /// The host's address answer was secure.
+    pub addr_secure: bool,
+    /// Its TLSA records.
+    pub tlsa: TlsaFound,
+}
+
+/// Why DANE takes a host out of the running (each defers: RFC 7672 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaneSkip {
+    /// The TLSA lookup failed: "no TLSA" cannot be told from an attack.
+    LookupFailed,
+    /// `dane-only`, and the host's address answer is not secure.
+    InsecureAddress,
+    /// `dane-only`, and the domain's MX answer is not secure.
+    InsecureMx,
+    /// `dane-only`, and there are no TLSA records.
+    NoRecords,
+    /// `dane-only`, and every TLSA record is unusable.
+    Unusable,
+}
+
+/// Is a TLSA lookup to be made for a host under `policy`? Only under
+/// DANE, and only after a secure address answer: insecure zones' broken
+/// nameservers stall on TLSA queries (RFC 7672 §2.2).
+pub fn wants_tlsa(policy: TlsPolicy, addr_secure: bool) -> bool {
+    policy.is_dane() && addr_secure
+}
+
+/// The level applied to a host under `policy`, given what DNSSEC says
+/// (the table of postern.conf(5), `tls`).
+pub fn level(policy: TlsPolicy, dns: Dnssec) -> Result<Level, DaneSkip> {
+    use TlsaFound as T;
+    match policy {
+        TlsPolicy::None => Ok(Level::None),
+        TlsPolicy::May => Ok(Level::May),
+        TlsPolicy::Encrypt => Ok(Level::Encrypt),
+        TlsPolicy::Verify => Ok(Level::Verify),
+        TlsPolicy::Dane => match dns.tlsa {
+            T::Failed => Err(DaneSkip::LookupFailed),
+            T::NotAsked | T::None => Ok(Level::May),
+            // Authentication is impossible, but the records say TLS is
+            // supported: no plaintext (RFC 7672 §2.2).
+            T::Unusable => Ok(Level::Encrypt),
+            // An insecure MX whose host has secure TLSA records still
+            // gets DANE (RFC 7672 §2.2.1).
+            T::Usable => Ok(Level::Dane),
+        },
+        TlsPolicy::DaneOnly => match dns.tlsa {
+            T::Failed => Err(DaneSkip::LookupFailed),
+            T::NotAsked => Err(DaneSkip::InsecureAddress),
+            T::None => Err(DaneSkip::NoRecords),
+            T::Unusable => Err(DaneSkip::Unusable),
+            T::Usable if !dns.mx_secure => Err(DaneSkip::InsecureMx),
+            T::Usable => Ok(Level::Dane),
+        },
+    }
+}
 
 /// What is known about the host being connected to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Host {
-    /// The destination's policy.
-    pub policy: TlsPolicy,
+    /// The level applied to it.
+    pub level: Level,
     /// smtps: TLS before the greeting.
     pub implicit: bool,
     /// This is the one plaintext retry `may` allows after a failed
-    /// handshake on this address (ignored under any other policy).
+    /// handshake on this address (ignored at any other level).
     pub plaintext_retry: bool,
 }
 
@@ -39,8 +152,8 @@ pub enum Event {
     BytesAfter220,
     /// The handshake ended.
     Handshake {
-        /// It completed (and, under `verify`, the chain verified for the
-        /// host's name).
+        /// It completed (and, under `verify` or `dane`, the certificate
+        /// was authenticated).
         ok: bool,
     },
 }
@@ -63,15 +176,15 @@ pub enum Why {
 pub enum Next {
     /// Read the greeting and say EHLO, without TLS so far.
     Greet,
-    /// Handshake before the greeting (smtps); `verify` checks the chain
-    /// and the host's name.
+    /// Handshake before the greeting (smtps).
     ImplicitTls {
-        /// Check the certificate.
+        /// Authenticate the certificate (by CA under `verify`, by TLSA
+        /// under `dane`).
         verify: bool,
     },
-    /// Send STARTTLS, then handshake; `verify` as above.
+    /// Send STARTTLS, then handshake.
     StartTls {
-        /// Check the certificate.
+        /// As for [`Next::ImplicitTls`].
         verify: bool,
     },
     /// Carry on in plaintext.
@@ -88,17 +201,16 @@ pub enum Next {
 
 /// The decision for `event` on `host`.
 pub fn decide(host: Host, event: Event) -> Next {
-    use TlsPolicy::{Encrypt, May, None, Verify};
-    let verify = host.policy == Verify;
-    let required = matches!(host.policy, Encrypt | Verify);
+    let verify = matches!(host.level, Level::Verify | Level::Dane);
+    let required = matches!(host.level, Level::Encrypt | Level::Verify | Level::Dane);
     // `none`, and the plaintext retry of `may`, never try TLS.
-    let tls_wanted = match host.policy {
-        None => false,
-        May => !host.plaintext_retry,
-        Encrypt | Verify => true,
+    let tls_wanted = match host.level {
+        Level::None => false,
+        Level::May => !host.plaintext_retry,
+        Level::Encrypt | Level::Verify | Level::Dane => true,
     };
     let give_up = |why| {
-        if host.policy == May && !host.implicit {
+        if host.level == Level::May && !host.implicit {
             Next::Downgrade(why)
         } else {
             Next::NextHost(why)
@@ -125,9 +237,9 @@ pub fn decide(host: Host, event: Event) -> Next {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use TlsPolicy::{Encrypt, May, None, Verify};
+    use Level::{Dane, Encrypt, May, None, Verify};
 
-    const POLICIES: [TlsPolicy; 4] = [None, May, Encrypt, Verify];
+    const LEVELS: [Level; 5] = [None, May, Encrypt, Verify, Dane];
 
     fn every_event() -> Vec<Event> {
         vec![
@@ -148,7 +260,7 @@ mod tests {
     fn starttls_table() {
         use Event::*;
         use Next::*;
-        let rows: &[(TlsPolicy, Event, Next)] = &[
+        let rows: &[(Level, Event, Next)] = &[
             (None, Connected, Greet),
             (None, Ehlo { starttls: true }, Plaintext),
             (None, Ehlo { starttls: false }, Plaintext),
@@ -188,10 +300,22 @@ mod tests {
                 Handshake { ok: false },
                 NextHost(Why::HandshakeFailed),
             ),
+            (Dane, Connected, Greet),
+            (Dane, Ehlo { starttls: true }, StartTls { verify: true }),
+            (Dane, Ehlo { starttls: false }, NextHost(Why::NotOffered)),
+            (Dane, StartTlsReply { ok: true }, Secured),
+            (Dane, StartTlsReply { ok: false }, NextHost(Why::Refused)),
+            (Dane, BytesAfter220, NextHost(Why::BytesAfter220)),
+            (Dane, Handshake { ok: true }, Secured),
+            (
+                Dane,
+                Handshake { ok: false },
+                NextHost(Why::HandshakeFailed),
+            ),
         ];
         for &(policy, event, want) in rows {
             let host = Host {
-                policy,
+                level: policy,
                 implicit: false,
                 plaintext_retry: false,
             };
@@ -203,7 +327,7 @@ mod tests {
     fn the_plaintext_retry_never_tries_tls() {
         for policy in [None, May] {
             let host = Host {
-                policy,
+                level: policy,
                 implicit: false,
                 plaintext_retry: true,
             };
@@ -219,16 +343,16 @@ mod tests {
 
     #[test]
     fn implicit_tls_never_downgrades() {
-        for policy in POLICIES {
+        for policy in LEVELS {
             let host = Host {
-                policy,
+                level: policy,
                 implicit: true,
                 plaintext_retry: false,
             };
             assert_eq!(
                 decide(host, Event::Connected),
                 Next::ImplicitTls {
-                    verify: policy == Verify
+                    verify: matches!(policy, Verify | Dane)
                 }
             );
             assert_eq!(decide(host, Event::Ehlo { starttls: false }), Next::Secured);
@@ -241,16 +365,16 @@ mod tests {
     }
 
     #[test]
-    fn no_event_ever_sends_mail_in_plaintext_under_encrypt_or_verify() {
+    fn no_event_ever_sends_mail_in_plaintext_under_encrypt_verify_or_dane() {
         // Whatever the server does (and even if asked for a plaintext
-        // retry), a required policy never continues without TLS, and
+        // retry), a required level never continues without TLS, and
         // never downgrades.
-        for policy in [Encrypt, Verify] {
+        for policy in [Encrypt, Verify, Dane] {
             for (implicit, plaintext_retry) in [(false, false), (true, false), (false, true)] {
                 for event in every_event() {
                     let next = decide(
                         Host {
-                            policy,
+                            level: policy,
                             implicit,
                             plaintext_retry,
                         },
@@ -262,6 +386,101 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// `dane` and `dane-only` against every DNSSEC situation (RFC 7672
+    /// §2.2; Postfix's dane_init() makes the same choices), and the other
+    /// policies ignoring DNSSEC altogether.
+    #[test]
+    fn level_table() {
+        use TlsaFound as T;
+        let dns = |mx_secure, tlsa| Dnssec {
+            mx_secure,
+            addr_secure: tlsa != T::NotAsked,
+            tlsa,
+        };
+        let rows: &[(TlsPolicy, bool, TlsaFound, Result<Level, DaneSkip>)] = &[
+            (TlsPolicy::Dane, true, T::NotAsked, Ok(May)),
+            (
+                TlsPolicy::Dane,
+                true,
+                T::Failed,
+                Err(DaneSkip::LookupFailed),
+            ),
+            (TlsPolicy::Dane, true, T::None, Ok(May)),
+            (TlsPolicy::Dane, true, T::Unusable, Ok(Encrypt)),
+            (TlsPolicy::Dane, true, T::Usable, Ok(Dane)),
+            (TlsPolicy::Dane, false, T::Usable, Ok(Dane)),
+            (
+                TlsPolicy::Dane,
+                false,
+                T::Failed,
+                Err(DaneSkip::LookupFailed),
+            ),
+            (
+                TlsPolicy::DaneOnly,
+                true,
+                T::NotAsked,
+                Err(DaneSkip::InsecureAddress),
+            ),
+            (
+                TlsPolicy::DaneOnly,
+                true,
+                T::Failed,
+                Err(DaneSkip::LookupFailed),
+            ),
+            (TlsPolicy::DaneOnly, true, T::None, Err(DaneSkip::NoRecords)),
+            (
+                TlsPolicy::DaneOnly,
+                true,
+                T::Unusable,
+                Err(DaneSkip::Unusable),
+            ),
+            (TlsPolicy::DaneOnly, true, T::Usable, Ok(Dane)),
+            (
+                TlsPolicy::DaneOnly,
+                false,
+                T::Usable,
+                Err(DaneSkip::InsecureMx),
+            ),
+        ];
+        for &(policy, mx_secure, tlsa, want) in rows {
+            assert_eq!(
+                level(policy, dns(mx_secure, tlsa)),
+                want,
+                "{policy:?} mx_secure={mx_secure} {tlsa:?}"
+            );
+        }
+        let fixed = [
+            (TlsPolicy::None, None),
+            (TlsPolicy::May, May),
+            (TlsPolicy::Encrypt, Encrypt),
+            (TlsPolicy::Verify, Verify),
+        ];
+        for (policy, want) in fixed {
+            for tlsa in [T::NotAsked, T::Failed, T::None, T::Unusable, T::Usable] {
+                assert_eq!(
+                    level(policy, dns(true, tlsa)),
+                    Ok(want),
+                    "{policy:?} {tlsa:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tlsa_is_asked_for_only_under_dane_after_a_secure_address() {
+        for policy in [
+            TlsPolicy::None,
+            TlsPolicy::May,
+            TlsPolicy::Encrypt,
+            TlsPolicy::Verify,
+            TlsPolicy::Dane,
+            TlsPolicy::DaneOnly,
+        ] {
+            assert!(!wants_tlsa(policy, false), "{policy:?}");
+            assert_eq!(wants_tlsa(policy, true), policy.is_dane(), "{policy:?}");
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod dane;
 pub mod pki;
 pub mod server;
 pub mod stream;
+pub mod x509;
 
 use std::sync::Arc;
 

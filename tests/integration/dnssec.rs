@@ -12,9 +12,10 @@ use crate::harness::need;
 
 const DIGEST: &str = "8cb0fc6c527506a053f4f14c8464bebbd6dede2738d11468dd953d7d6a3021f1";
 
-struct Unbound {
+/// unbound on a loopback port, validating zones signed in the test.
+pub struct Unbound {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -39,92 +40,158 @@ fn run(dir: &std::path::Path, cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn start_unbound() -> Unbound {
-    need("unbound", "unbound");
-    need("ldns-signzone", "ldnsutils");
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let secure = format!(
-        "$ORIGIN secure.test.\n$TTL 300\n\
-         @ IN SOA ns.secure.test. admin.secure.test. 1 3600 600 86400 300\n\
-         @ IN NS ns.secure.test.\nns IN A 127.0.0.1\n\
-         @ IN MX 10 mx1.secure.test.\n\
-         mx1 IN A 127.0.0.2\nmx2 IN A 127.0.0.3\nmx3 IN A 127.0.0.4\nmx4 IN A 127.0.0.5\n\
-         _25._tcp.mx1 IN TLSA 3 1 1 {DIGEST}\n\
-         _25._tcp.mx3 IN TLSA 3 1 1 {DIGEST}\n\
-         _25._tcp.mx4 IN TLSA 1 1 1 {DIGEST}\n"
-    );
-    std::fs::write(d.join("secure.test.zone"), secure).unwrap();
-    let plain = format!(
-        "$ORIGIN plain.test.\n$TTL 300\n\
-         @ IN SOA ns.plain.test. admin.plain.test. 1 3600 600 86400 300\n\
-         @ IN NS ns.plain.test.\nns IN A 127.0.0.1\nmx IN A 127.0.0.6\n\
-         _25._tcp.mx IN TLSA 3 1 1 {DIGEST}\n"
-    );
-    std::fs::write(d.join("plain.test.zone"), plain).unwrap();
-    let ksk = run(
-        d,
-        "ldns-keygen",
-        &["-a", "ECDSAP256SHA256", "-k", "secure.test"],
-    );
-    let zsk = run(d, "ldns-keygen", &["-a", "ECDSAP256SHA256", "secure.test"]);
-    run(d, "ldns-signzone", &["-n", "secure.test.zone", &ksk, &zsk]);
-    // Tamper with mx3's TLSA after signing: its RRset is now bogus.
-    let signed = std::fs::read_to_string(d.join("secure.test.zone.signed")).unwrap();
-    let mut tampered = false;
-    let signed: String = signed
+/// A zone for [`Unbound::start`]: its records after the SOA and NS.
+pub struct Zone<'a> {
+    /// `secure.test`.
+    pub origin: &'a str,
+    /// Records, relative to the origin; `ns` is added.
+    pub records: String,
+    /// Sign it (with a trust anchor); unsigned zones are insecure.
+    pub signed: bool,
+    /// Owner names (as in the signed file, e.g. `_25._tcp.mx3.secure.test.`)
+    /// whose TLSA data is altered after signing: bogus.
+    pub tamper: &'a [&'a str],
+}
+
+impl Unbound {
+    /// Sign the zones that say so (ldns-signzone; signatures expire, so
+    /// never commit them), start unbound with their trust anchors, and
+    /// wait until it answers for `probe` (a name with an A record).
+    pub fn start(zones: &[Zone<'_>], probe: &str) -> Unbound {
+        need("unbound", "unbound");
+        need("ldns-signzone", "ldnsutils");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut anchors = String::new();
+        let mut auth = String::new();
+        for z in zones {
+            let o = z.origin;
+            let text = format!(
+                "$ORIGIN {o}.\n$TTL 300\n\
+                 @ IN SOA ns.{o}. admin.{o}. 1 3600 600 86400 300\n\
+                 @ IN NS ns.{o}.\nns IN A 127.0.0.1\n{}",
+                z.records
+            );
+            let file = format!("{o}.zone");
+            std::fs::write(d.join(&file), text).unwrap();
+            let served = if z.signed {
+                let ksk = run(d, "ldns-keygen", &["-a", "ECDSAP256SHA256", "-k", o]);
+                let zsk = run(d, "ldns-keygen", &["-a", "ECDSAP256SHA256", o]);
+                run(d, "ldns-signzone", &["-n", &file, &ksk, &zsk]);
+                anchors.push_str(&format!(
+                    "  trust-anchor-file: \"{}/{ksk}.ds\"\n",
+                    d.display()
+                ));
+                let signed = format!("{file}.signed");
+                tamper(&d.join(&signed), z.tamper);
+                signed
+            } else {
+                file
+            };
+            auth.push_str(&format!(
+                "auth-zone:\n  name: \"{o}.\"\n  zonefile: \"{}/{served}\"\n\
+                 for-upstream: yes\n  for-downstream: no\n  fallback-enabled: no\n",
+                d.display()
+            ));
+        }
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // `local-zone: "test." nodefault`: unbound answers test. itself
+        // otherwise (RFC 6761), NXDOMAIN for everything.
+        let conf = format!(
+            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-not-query-localhost: no\n\
+             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n\
+             directory: \"{d}\"\n  module-config: \"validator iterator\"\n\
+             {anchors}  local-zone: \"test.\" nodefault\n{auth}",
+            d = d.display()
+        );
+        std::fs::write(d.join("unbound.conf"), conf).unwrap();
+        let child = Command::new("unbound")
+            .args(["-d", "-c"])
+            .arg(d.join("unbound.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start unbound");
+        let u = Unbound {
+            child,
+            port,
+            _dir: dir,
+        };
+        let r = resolver(&u, false);
+        let t0 = Instant::now();
+        // Bounded: 10 s for unbound to load and answer.
+        while !matches!(r.addrs(probe), Ok(Lookup::Found(a)) if !a.is_empty()) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "unbound never answered"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        u
+    }
+}
+
+/// Alter the TLSA data of `owners` in a signed zone file, leaving the
+/// signatures as they were.
+fn tamper(path: &std::path::Path, owners: &[&str]) {
+    let signed = std::fs::read_to_string(path).unwrap();
+    let mut done = 0;
+    let out: String = signed
         .lines()
         .map(|l| {
-            if l.starts_with("_25._tcp.mx3.") && l.contains("TLSA") && !l.contains("RRSIG") {
-                tampered = true;
-                format!("{}\n", l.replace(&DIGEST[..8], "00000000"))
+            let mut words = l.split_whitespace();
+            let owner = words.next().unwrap_or("");
+            if owners.contains(&owner) && l.contains("TLSA") && !l.contains("RRSIG") {
+                done += 1;
+                // The last word is the hex data: flip its first digit.
+                let (head, data) = l.rsplit_once(char::is_whitespace).unwrap();
+                let flipped = if data.starts_with('0') { "1" } else { "0" };
+                format!("{head} {flipped}{}\n", &data[1..])
             } else {
                 format!("{l}\n")
             }
         })
         .collect();
-    assert!(tampered, "no TLSA line for mx3 in the signed zone");
-    std::fs::write(d.join("secure.test.zone.signed"), signed).unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = format!(
-        "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-not-query-localhost: no\n\
-         username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n\
-         directory: \"{d}\"\n  module-config: \"validator iterator\"\n\
-         trust-anchor-file: \"{d}/{ksk}.ds\"\n  local-zone: \"test.\" nodefault\n\
-         auth-zone:\n  name: \"secure.test.\"\n  zonefile: \"{d}/secure.test.zone.signed\"\n\
-         for-upstream: yes\n  for-downstream: no\n  fallback-enabled: no\n\
-         auth-zone:\n  name: \"plain.test.\"\n  zonefile: \"{d}/plain.test.zone\"\n\
-         for-upstream: yes\n  for-downstream: no\n",
-        d = d.display()
+    assert_eq!(
+        done,
+        owners.len(),
+        "TLSA lines to tamper with in {}",
+        path.display()
     );
-    std::fs::write(d.join("unbound.conf"), conf).unwrap();
-    let child = Command::new("unbound")
-        .args(["-d", "-c"])
-        .arg(d.join("unbound.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start unbound");
-    let u = Unbound {
-        child,
-        port,
-        _dir: dir,
-    };
-    let r = resolver(&u, false);
-    let t0 = Instant::now();
-    // Bounded: 10 s for unbound to load and answer.
-    while !matches!(r.addrs("mx1.secure.test"), Ok(Lookup::Found(a)) if !a.is_empty()) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "unbound never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    u
+    std::fs::write(path, out).unwrap();
+}
+
+fn start_unbound() -> Unbound {
+    let secure = format!(
+        "@ IN MX 10 mx1.secure.test.\n\
+         mx1 IN A 127.0.0.2\nmx2 IN A 127.0.0.3\nmx3 IN A 127.0.0.4\nmx4 IN A 127.0.0.5\n\
+         alias IN CNAME mx2.secure.test.\n\
+         _25._tcp.mx1 IN TLSA 3 1 1 {DIGEST}\n\
+         _25._tcp.mx3 IN TLSA 3 1 1 {DIGEST}\n\
+         _25._tcp.mx4 IN TLSA 1 1 1 {DIGEST}\n"
+    );
+    let plain = format!("mx IN A 127.0.0.6\n_25._tcp.mx IN TLSA 3 1 1 {DIGEST}\n");
+    Unbound::start(
+        &[
+            Zone {
+                origin: "secure.test",
+                records: secure,
+                signed: true,
+                tamper: &["_25._tcp.mx3.secure.test."],
+            },
+            Zone {
+                origin: "plain.test",
+                records: plain,
+                signed: false,
+                tamper: &[],
+            },
+        ],
+        "mx1.secure.test",
+    )
 }
 
 fn resolver(u: &Unbound, distrust: bool) -> Resolver {
@@ -135,6 +202,11 @@ fn resolver(u: &Unbound, distrust: bool) -> Resolver {
     Resolver::with_servers(vec![s])
 }
 
+fn addrs(r: &Resolver, host: &str) -> (Lookup<std::net::IpAddr>, bool) {
+    let a = r.addrs_secure(host).unwrap();
+    (a.found, a.secure)
+}
+
 #[test]
 fn dnssec_answers_and_tlsa_lookups_against_unbound() {
     let u = start_unbound();
@@ -142,7 +214,7 @@ fn dnssec_answers_and_tlsa_lookups_against_unbound() {
     let ip = |s: &str| vec![s.parse::<std::net::IpAddr>().unwrap()];
     // A secure address, and its usable TLSA record.
     assert_eq!(
-        r.addrs_secure("mx1.secure.test").unwrap(),
+        addrs(&r, "mx1.secure.test"),
         (Lookup::Found(ip("127.0.0.2")), true)
     );
     match r.tlsa(25, "mx1.secure.test").unwrap() {
@@ -152,6 +224,17 @@ fn dnssec_answers_and_tlsa_lookups_against_unbound() {
         }
         other => panic!("mx1: {other:?}"),
     }
+    // A CNAME: the addresses come with the name they were found under.
+    let a = r.addrs_secure("alias.secure.test").unwrap();
+    assert_eq!(
+        (a.found, a.secure, a.cname.as_deref()),
+        (
+            Lookup::Found(ip("127.0.0.3")),
+            true,
+            Some("mx2.secure.test")
+        )
+    );
+    assert_eq!(r.addrs_secure("mx2.secure.test").unwrap().cname, None);
     // A secure denial: no DANE.
     assert_eq!(r.tlsa(25, "mx2.secure.test").unwrap(), TlsaAnswer::None);
     // The port is part of the name.
@@ -163,19 +246,16 @@ fn dnssec_answers_and_tlsa_lookups_against_unbound() {
     assert_eq!(r.tlsa(25, "mx4.secure.test").unwrap(), TlsaAnswer::Unusable);
     // An unsigned zone: insecure answers, its TLSA ignored.
     assert_eq!(
-        r.addrs_secure("mx.plain.test").unwrap(),
+        addrs(&r, "mx.plain.test"),
         (Lookup::Found(ip("127.0.0.6")), false)
     );
     assert_eq!(r.tlsa(25, "mx.plain.test").unwrap(), TlsaAnswer::None);
     // NXDOMAIN, securely denied.
-    assert_eq!(
-        r.addrs_secure("nx.secure.test").unwrap(),
-        (Lookup::NxDomain, true)
-    );
+    assert_eq!(addrs(&r, "nx.secure.test"), (Lookup::NxDomain, true));
     // The same server without trust: its AD bit means nothing.
     let untrusted = resolver(&u, true);
     assert_eq!(
-        untrusted.addrs_secure("mx1.secure.test").unwrap(),
+        addrs(&untrusted, "mx1.secure.test"),
         (Lookup::Found(ip("127.0.0.2")), false)
     );
     assert_eq!(

@@ -4,6 +4,7 @@
 
 mod clients;
 mod daemon;
+mod dane;
 mod delivery;
 mod dnssec;
 mod docs;
