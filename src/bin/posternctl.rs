@@ -71,8 +71,11 @@ fn main() -> ExitCode {
     if let [verb, rest @ ..] = args.command.as_slice()
         && verb == "tls-check"
     {
-        return match rest {
-            [domain] => tls_check(&args.file, domain, args.json),
+        // argh's greedy positional takes a --json given after the verb.
+        let json = args.json || rest.iter().any(|a| a == "--json");
+        let rest: Vec<&String> = rest.iter().filter(|a| *a != "--json").collect();
+        return match rest.as_slice() {
+            [domain] => tls_check(&args.file, domain, json),
             _ => {
                 eprintln!("posternctl: usage: tls-check [--json] DOMAIN");
                 ExitCode::from(3)

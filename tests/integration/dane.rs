@@ -306,6 +306,7 @@ limit retry-interval 1s
     assert!(!mail_of(&a).contains("Subject: bogus.secure.test\n"));
     assert_eq!(mail_of(&d), "", "nothing reaches a DANE host in plaintext");
     assert!(mail_of(&c).contains("Subject: ta.secure.test\n"));
+    tls_check(&s, &a_311, &b_311);
     let (_, stats, _) = s.ctl(&["show", "stats"]);
     for want in ["dane.authenticated=", "dane.mismatched=", "tlsa.error="] {
         let n: u64 = stats
@@ -315,4 +316,138 @@ limit retry-interval 1s
             .unwrap_or(0);
         assert!(n >= 1, "{want} in\n{stats}");
     }
+}
+
+/// `posternctl tls-check` against the same DNS and receivers: each verdict
+/// and its exit code.
+fn tls_check(s: &Postern, a_311: &str, b_311: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
+            .arg("-f")
+            .arg(&s.config)
+            .arg("tls-check")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let cases: &[(&str, i32, &[String])] = &[
+        (
+            "good.secure.test",
+            0,
+            &[
+                "MX answer: DNSSEC-secure".into(),
+                "addresses: 127.0.0.2 (DNSSEC-secure)".into(),
+                format!("TLSA: usable\n    3 1 1 {a_311}"),
+                "policy: dane".into(),
+                format!("DANE: matched 3 1 1 {a_311}"),
+                "subject CN=mx-a.secure.test; issuer CN=mx-a.secure.test; expires ".into(),
+                format!("SPKI SHA-256 {a_311}"),
+                "CA store: does not verify for mx-a.secure.test".into(),
+                "verdict: would deliver to mx-a.secure.test with DANE authentication".into(),
+            ],
+        ),
+        (
+            "next.secure.test",
+            0,
+            &[
+                format!("SPKI SHA-256 {b_311}"),
+                "no mail: 451 4.7.5 TLS handshake with mx-b.secure.test".into(),
+                "verdict: would deliver to mx-a.secure.test with DANE authentication".into(),
+            ],
+        ),
+        (
+            "bad.secure.test",
+            2,
+            &[
+                format!("the server's certificate is 3 1 1 {b_311}"),
+                format!("SPKI SHA-256 {b_311}"),
+                "verdict: would defer: mx-b.secure.test: 451 4.7.5 TLS handshake".into(),
+            ],
+        ),
+        (
+            "ta.secure.test",
+            0,
+            &[
+                "issuer CN=DANE test CA".into(),
+                "verdict: would deliver to mx-c.secure.test with DANE authentication".into(),
+            ],
+        ),
+        (
+            "notlsa.secure.test",
+            1,
+            &[
+                "TLSA: none".into(),
+                "policy: may".into(),
+                "verdict: would deliver to mx-n.secure.test over TLS without authentication".into(),
+            ],
+        ),
+        (
+            "bogus.secure.test",
+            2,
+            &[
+                "TLSA: error".into(),
+                "verdict: would defer: mx-t.secure.test: 451 4.7.5 TLSA lookup error".into(),
+            ],
+        ),
+        (
+            "nostarttls.secure.test",
+            2,
+            &["did not offer STARTTLS".into()],
+        ),
+        (
+            "plain.test",
+            1,
+            &["MX answer: insecure".into(), "TLSA: not looked up".into()],
+        ),
+        (
+            "nx.secure.test",
+            2,
+            &["verdict: would bounce: 550 5.1.2 domain nx.secure.test does not exist".into()],
+        ),
+    ];
+    for (domain, code, wants) in cases {
+        let (got, out, err) = run(&[domain]);
+        assert_eq!(got, Some(*code), "{domain}: {out}{err}");
+        for want in *wants {
+            assert!(
+                out.contains(want.as_str()),
+                "{domain}: wanted {want:?} in\n{out}"
+            );
+        }
+    }
+    // Mail for a local domain is no TLS question: an error, exit 3.
+    let (got, _, err) = run(&["sender.test"]);
+    assert_eq!(got, Some(3), "{err}");
+    assert!(
+        err.contains("tls-check: ") && err.contains("sender.test"),
+        "{err}"
+    );
+    // JSON that a JSON parser reads, with the same verdict.
+    let (got, json, _) = run(&["--json", "good.secure.test"]);
+    assert_eq!(got, Some(0));
+    let check = Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys; r=json.load(sys.stdin); p=r['hosts'][0]['probes'][0]; \
+             print(r['exit'], p['verified'], p['chain'][0]['spki_sha256'])",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(json.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("0 dane {a_311}"),
+        "{json}"
+    );
 }
