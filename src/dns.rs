@@ -332,6 +332,29 @@ impl Resolver {
         })
     }
 
+    /// The TXT records of `name`, each record's strings joined (RFC 7208
+    /// §3.3 and RFC 8461 §3.1 read them so), and whether the answer was
+    /// secure. Records that are not UTF-8 are dropped.
+    pub fn txt(&self, name: &str) -> Result<(Lookup<String>, bool), TempFail> {
+        let Answer { msg: r, secure } = self.query(name, RecordType::TXT)?;
+        if r.metadata.response_code == ResponseCode::NXDomain {
+            return Ok((Lookup::NxDomain, secure));
+        }
+        let v = r
+            .answers
+            .iter()
+            .filter_map(|rr| match &rr.data {
+                RData::TXT(t) => {
+                    let bytes: Vec<u8> =
+                        t.txt_data.iter().flat_map(|s| s.iter().copied()).collect();
+                    String::from_utf8(bytes).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        Ok((Lookup::Found(v), secure))
+    }
+
     /// The TLSA records of `_PORT._tcp.HOST` (RFC 7672 §2.2). SERVFAIL (a
     /// bogus answer among them), REFUSED or a timeout is an error, which
     /// defers the host, never "no TLSA". Only ask when the host's address

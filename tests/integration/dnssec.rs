@@ -170,6 +170,7 @@ fn start_unbound() -> Unbound {
         "@ IN MX 10 mx1.secure.test.\n\
          mx1 IN A 127.0.0.2\nmx2 IN A 127.0.0.3\nmx3 IN A 127.0.0.4\nmx4 IN A 127.0.0.5\n\
          alias IN CNAME mx2.secure.test.\n\
+         _mta-sts IN TXT \"v=STSv1; \" \"id=20261202;\"\n\
          _25._tcp.mx1 IN TLSA 3 1 1 {DIGEST}\n\
          _25._tcp.mx3 IN TLSA 3 1 1 {DIGEST}\n\
          _25._tcp.mx4 IN TLSA 1 1 1 {DIGEST}\n"
@@ -235,6 +236,19 @@ fn dnssec_answers_and_tlsa_lookups_against_unbound() {
         )
     );
     assert_eq!(r.addrs_secure("mx2.secure.test").unwrap().cname, None);
+    // TXT: strings of one record joined; secure; NODATA and NXDOMAIN.
+    assert_eq!(
+        r.txt("_mta-sts.secure.test").unwrap(),
+        (
+            Lookup::Found(vec!["v=STSv1; id=20261202;".to_string()]),
+            true
+        )
+    );
+    assert_eq!(
+        r.txt("mx1.secure.test").unwrap(),
+        (Lookup::Found(vec![]), true)
+    );
+    assert_eq!(r.txt("nx.secure.test").unwrap(), (Lookup::NxDomain, true));
     // A secure denial: no DANE.
     assert_eq!(r.tlsa(25, "mx2.secure.test").unwrap(), TlsaAnswer::None);
     // The port is part of the name.
