@@ -123,6 +123,8 @@ stress:
 	$(CARGO) test --release --test stress -- --ignored --nocapture --test-threads=1
 	@# Coverage-guided fuzzing of the session, 60 s (cargo-fuzz on stable: -s none).
 	cd fuzz && $(CARGO) fuzz run -s none session -- -max_total_time=60
+	@# The MTA-STS, HTTP and certificate parsers, 20 s.
+	cd fuzz && $(CARGO) fuzz run -s none parsers -- -max_total_time=20
 
 $(VAR)/key.pem:
 	mkdir -p $(VAR)

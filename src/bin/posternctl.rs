@@ -41,7 +41,7 @@ fn tls_check(file: &std::path::Path, domain: &str, json: bool) -> ExitCode {
     };
     let own = cfg.listeners.iter().map(|l| l.addr).collect();
     let ctx = match postern::delivery::Context::new(cfg, own) {
-        Ok(c) => c,
+        Ok(c) => c.without_spool(),
         Err(e) => {
             eprintln!("posternctl: {e}");
             return ExitCode::from(3);

@@ -150,7 +150,7 @@ pub enum Delivery {
         /// Alias table.
         alias: Option<String>,
     },
-    /// `relay [host URL] [auth <t>] [tls-policy <t>] [tls POLICY] [port N] [ca FILE]`.
+    /// `relay [host URL] [auth <t>] [tls-policy <t>] [tls POLICY] [port N] [ca FILE] [mta-sts on|off]`.
     Relay(RelayAction),
 }
 
@@ -169,6 +169,9 @@ pub struct RelayAction {
     pub port: Option<u16>,
     /// CA file for `verify`, with its certificates.
     pub ca: Option<CaFile>,
+    /// `mta-sts on|off`: honour MTA-STS policies (RFC 8461) under `tls
+    /// dane`; on by default.
+    pub mta_sts: bool,
 }
 
 impl RelayAction {
@@ -488,6 +491,7 @@ pub const KEYWORDS: &[&str] = &[
     "resolver",
     "log",
     "smtp",
+    "mta-sts",
 ];
 
 /// `log stderr` / `log syslog [SOCKET]`.
@@ -528,6 +532,8 @@ pub struct Config {
     pub bounce_after: Duration,
     /// `resolver`: DNS servers to use instead of /etc/resolv.conf.
     pub resolvers: Vec<crate::dns::Server>,
+    /// `mta-sts port`: where MTA-STS policies are fetched (443; tests).
+    pub mta_sts_port: u16,
     /// `log`.
     pub log: LogTarget,
     /// `smtp bare-newline`.
@@ -573,6 +579,7 @@ impl Config {
             limits: default_limits(),
             bounce_after: Duration::from_secs(4 * 86400),
             resolvers: Vec::new(),
+            mta_sts_port: 443,
             log: LogTarget::Default,
             bare_newline: crate::smtp::server::BareNewline::Normalize,
         }
@@ -940,6 +947,15 @@ impl Parser<'_> {
                     w => return Err(format!("log: expected 'stderr' or 'syslog', got '{w}'")),
                 };
             }
+            "mta-sts" => {
+                a.keyword("port")?;
+                let v = a.word("port")?;
+                self.cfg.mta_sts_port = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("mta-sts port: bad port '{v}'"))?;
+            }
             "resolver" => {
                 let v = a.word("resolver address")?;
                 let addr = v
@@ -1043,6 +1059,7 @@ impl Parser<'_> {
             "relay" => {
                 let (mut host, mut auth, mut tls_policy, mut tls, mut port, mut ca) =
                     (None, None, None, None, None, None);
+                let mut mta_sts = true;
                 while let Some(t) = a.next() {
                     match t.text() {
                         Some("host") => {
@@ -1075,6 +1092,17 @@ impl Parser<'_> {
                                 p.parse()
                                     .map_err(|_| format!("action {name}: bad port '{p}'"))?,
                             );
+                        }
+                        Some("mta-sts") => {
+                            mta_sts = match a.word("'on' or 'off'")? {
+                                "on" => true,
+                                "off" => false,
+                                w => {
+                                    return Err(format!(
+                                        "action {name}: mta-sts must be on or off, got '{w}'"
+                                    ));
+                                }
+                            }
                         }
                         Some("ca") => {
                             ca = Some(CaFile {
@@ -1115,6 +1143,7 @@ impl Parser<'_> {
                     tls,
                     port,
                     ca,
+                    mta_sts,
                 })
             }
             w => {

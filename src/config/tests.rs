@@ -213,6 +213,23 @@ fn tls_policy_defaults_and_dane_words() {
         err("listen on 127.0.0.1\naction a relay host smtp://h tls dane\n")
             .contains("t.conf:2: action a: tls dane applies to MX delivery only; for a smarthost ('host') use tls verify")
     );
+    assert!(relay("action a relay\n").mta_sts);
+    assert!(!relay("action a relay mta-sts off\n").mta_sts);
+    assert!(
+        err("listen on 127.0.0.1\naction a relay mta-sts maybe\n")
+            .contains("t.conf:2: action a: mta-sts must be on or off, got 'maybe'")
+    );
+    assert_eq!(parse("listen on 127.0.0.1\n").unwrap().mta_sts_port, 443);
+    assert_eq!(
+        parse("listen on 127.0.0.1\nmta-sts port 8443\n")
+            .unwrap()
+            .mta_sts_port,
+        8443
+    );
+    assert!(
+        err("listen on 127.0.0.1\nmta-sts port 0\n")
+            .contains("t.conf:2: mta-sts port: bad port '0'")
+    );
     assert!(
         err("listen on 127.0.0.1\naction a relay tls daneish\n")
             .contains("tls must be none, may, encrypt, verify, dane or dane-only, got 'daneish'")

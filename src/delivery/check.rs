@@ -86,6 +86,8 @@ pub struct Report {
     pub dnssec: bool,
     /// The MX answer was DNSSEC-validated.
     pub mx_secure: bool,
+    /// The MTA-STS policy that applies: `id …, mode …, mx …, max_age …`.
+    pub sts: Option<String>,
     /// Per host, in delivery order.
     pub hosts: Vec<HostReport>,
     /// What postern would do.
@@ -126,6 +128,7 @@ pub fn check(ctx: &Context, domain: &str) -> Result<Report, String> {
         resolver: ctx.resolver.describe(),
         dnssec: ctx.resolver.trusts_ad(),
         mx_secure: false,
+        sts: None,
         hosts: Vec::new(),
         verdict: String::new(),
         exit: 2,
@@ -142,6 +145,15 @@ pub fn check(ctx: &Context, domain: &str) -> Result<Report, String> {
         }
     };
     report.mx_secure = plan.mx_secure;
+    report.sts = plan.sts.as_ref().map(|c| {
+        format!(
+            "id {}, mode {}, mx {}, max_age {}",
+            c.id,
+            c.policy.mode.as_str(),
+            c.policy.mx.join(" "),
+            c.policy.max_age
+        )
+    });
     let mut first_failure = None;
     for host in &plan.hosts {
         let h = check_host(ctx, &plan, &route, host);
@@ -155,6 +167,9 @@ pub fn check(ctx: &Context, domain: &str) -> Result<Report, String> {
                 Some((auth, tls)) => {
                     let how = match (auth, tls) {
                         (PeerAuth::Dane, _) => "with DANE authentication",
+                        (PeerAuth::Sts, _) => {
+                            "with MTA-STS authentication (a CA-verified certificate for a host the enforced policy lists)"
+                        }
                         (PeerAuth::Ca, _) => "with a certificate verified against the CA store",
                         (PeerAuth::No, true) => "over TLS without authentication",
                         (PeerAuth::No, false) => "in plaintext",
@@ -213,8 +228,8 @@ fn check_host(ctx: &Context, plan: &Plan<'_>, route: &Route, host: &Host) -> Hos
         Ok(t) => t,
         Err(fault) => {
             h.tlsa = match fault {
-                super::Fault::Dane {
-                    why: tls_decision::DaneSkip::LookupFailed,
+                super::Fault::Skipped {
+                    why: tls_decision::Skip::LookupFailed,
                     ..
                 } => "error",
                 _ => h.tlsa,
@@ -370,6 +385,8 @@ impl Report {
         }
         if !self.hosts.is_empty() {
             let _ = writeln!(o, "MX answer: {}", yes(self.mx_secure));
+            let sts = self.sts.as_deref().unwrap_or("none");
+            let _ = writeln!(o, "MTA-STS policy: {sts}");
         }
         for h in &self.hosts {
             let _ = writeln!(o, "host {} port {}", h.name, h.port);
@@ -422,13 +439,14 @@ impl Report {
     pub fn json(&self) -> String {
         let hosts: Vec<String> = self.hosts.iter().map(HostReport::json).collect();
         format!(
-            "{{\"domain\":{},\"action\":{},\"policy\":{},\"resolver\":{},\"dnssec\":{},\"mx_secure\":{},\"hosts\":[{}],\"verdict\":{},\"exit\":{}}}\n",
+            "{{\"domain\":{},\"action\":{},\"policy\":{},\"resolver\":{},\"dnssec\":{},\"mx_secure\":{},\"sts\":{},\"hosts\":[{}],\"verdict\":{},\"exit\":{}}}\n",
             js(&self.domain),
             js(&self.action),
             js(&self.policy),
             js(&self.resolver),
             self.dnssec,
             self.mx_secure,
+            self.sts.as_deref().map_or("null".into(), js),
             hosts.join(","),
             js(&self.verdict),
             self.exit

@@ -123,6 +123,8 @@ pub struct Context {
     pub resolver: Resolver,
     /// TLS client configs per relay action.
     pub tls: HashMap<String, ClientTls>,
+    /// MTA-STS policies (RFC 8461), cached in the spool.
+    pub sts: crate::sts::Cache,
     /// Our EHLO name.
     pub hostname: String,
     /// Where we listen, and the addresses of this host's interfaces (for
@@ -188,12 +190,21 @@ impl Context {
             .unwrap_or_default();
         Ok(Context {
             hostname: cfg.hostname.clone(),
+            sts: crate::sts::Cache::on_disk(cfg.queue.join("sts")),
             cfg,
             resolver,
             tls,
             own,
             local_ips,
         })
+    }
+
+    /// The same, with an MTA-STS cache in memory only: for
+    /// `posternctl tls-check`, which may run as root and must not touch
+    /// the spool.
+    pub fn without_spool(mut self) -> Context {
+        self.sts = crate::sts::Cache::in_memory();
+        self
     }
 
     /// Would a connection to `addr` reach one of our own listeners?

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use crate::smtp::response::Response;
 use crate::tls::TlsInfo;
 
-use super::tls_decision::{DaneSkip, Level, Why};
+use super::tls_decision::{Level, Skip, Why};
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +168,9 @@ pub enum PeerAuth {
     Ca,
     /// Its certificate matched the host's TLSA records (RFC 7672 §3).
     Dane,
+    /// The domain's enforced MTA-STS policy lists the host, and its
+    /// certificate chains to a trusted CA and names it (RFC 8461 §4).
+    Sts,
 }
 
 impl PeerAuth {
@@ -177,6 +180,7 @@ impl PeerAuth {
             PeerAuth::No => "no",
             PeerAuth::Ca => "ca",
             PeerAuth::Dane => "dane",
+            PeerAuth::Sts => "sts",
         }
     }
 }
@@ -299,8 +303,9 @@ pub enum Fault {
         /// bytes sent after the 220.
         detail: String,
     },
-    /// DANE took an MX host out of the running before connecting.
-    Dane {
+    /// DANE or MTA-STS took an MX host out of the running before
+    /// connecting.
+    Skipped {
         /// The MX host.
         host: String,
         /// The port (part of the TLSA name).
@@ -308,7 +313,7 @@ pub enum Fault {
         /// The recipient domain (for an insecure MX).
         domain: String,
         /// Why.
-        why: DaneSkip,
+        why: Skip,
         /// The resolver's words for a failed lookup.
         detail: String,
     },
@@ -417,7 +422,7 @@ impl Fault {
                     format!("TLS handshake with {relay} failed: {detail}"),
                 ),
             },
-            Fault::Dane {
+            Fault::Skipped {
                 host,
                 port,
                 domain,
@@ -427,21 +432,24 @@ impl Fault {
                 451,
                 Enhanced(4, 7, 5),
                 match why {
-                    DaneSkip::LookupFailed => {
+                    Skip::LookupFailed => {
                         format!("TLSA lookup error for {host}:{port}: {detail}")
                     }
-                    DaneSkip::InsecureAddress => {
+                    Skip::InsecureAddress => {
                         format!("tls dane-only: the address of {host} is not DNSSEC-signed")
                     }
-                    DaneSkip::InsecureMx => {
+                    Skip::InsecureMx => {
                         format!("tls dane-only: the MX records of {domain} are not DNSSEC-signed")
                     }
-                    DaneSkip::NoRecords => {
+                    Skip::NoRecords => {
                         format!("tls dane-only: no TLSA records found for {host}:{port}")
                     }
-                    DaneSkip::Unusable => {
+                    Skip::Unusable => {
                         format!("tls dane-only: the TLSA records of {host}:{port} are unusable")
                     }
+                    Skip::NotInStsPolicy => format!(
+                        "MTA-STS: the enforced policy of {domain} does not list MX host {host}"
+                    ),
                 },
             ),
             Fault::Auth { relay, why } => {
@@ -571,18 +579,18 @@ mod tests {
                 relay: relay.clone(),
                 why: AuthFault::NoPlain,
             },
-            Fault::Dane {
+            Fault::Skipped {
                 host: "mx.example".into(),
                 port: 25,
                 domain: "example".into(),
-                why: DaneSkip::LookupFailed,
+                why: Skip::LookupFailed,
                 detail: "SERVFAIL".into(),
             },
-            Fault::Dane {
+            Fault::Skipped {
                 host: "mx.example".into(),
                 port: 25,
                 domain: "example".into(),
-                why: DaneSkip::InsecureMx,
+                why: Skip::InsecureMx,
                 detail: String::new(),
             },
         ];

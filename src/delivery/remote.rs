@@ -17,9 +17,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
 
 use super::outcome::{AuthFault, Disposition, Fault, PeerAuth, Relay, Status};
-use super::tls_decision::{self, DaneSkip, Dnssec, Event, Level, Next, TlsaFound, Why, decide};
+use super::tls_decision::{self, Dnssec, Event, Level, Next, Skip, TlsaFound, Why, decide};
 use super::{Context, Item, Job, Outcome, RcptOutcome, Route, log_result};
 use crate::config::{RelayAction, Scheme, TlsPolicy};
 use crate::dns::{Lookup, Tlsa, TlsaAnswer};
@@ -257,6 +258,8 @@ pub(super) struct Plan<'a> {
     pub(super) policy: TlsPolicy,
     /// The MX answer was DNSSEC-secure.
     pub(super) mx_secure: bool,
+    /// The domain's MTA-STS policy, when one applies (RFC 8461 §5).
+    pub(super) sts: Option<Arc<crate::sts::Cached>>,
     pub(super) tls: &'a ClientTls,
 }
 
@@ -375,7 +378,14 @@ fn host_tls(
         addr_secure,
         tlsa: found,
     };
-    match tls_decision::level(plan.policy, dns) {
+    let sts = match plan.sts.as_deref().map(|c| &c.policy) {
+        Some(p) if p.mode == crate::sts::Mode::Enforce => tls_decision::Sts::Enforce {
+            listed: p.mx_matches(&host.name),
+        },
+        Some(p) if p.mode == crate::sts::Mode::Testing => tls_decision::Sts::Testing,
+        _ => tls_decision::Sts::None,
+    };
+    match tls_decision::level(plan.policy, dns, sts) {
         Ok(level) => Ok(HostTls {
             level,
             found,
@@ -383,14 +393,14 @@ fn host_tls(
             names,
         }),
         Err(why) => {
-            if why == DaneSkip::LookupFailed {
+            if why == Skip::LookupFailed {
                 log::warn!(
                     "{}:{}: TLSA lookup failed ({detail}); skipping this host, never sending without DANE",
                     host.name,
                     host.port
                 );
             }
-            Err(Fault::Dane {
+            Err(Fault::Skipped {
                 host: host.name.clone(),
                 port: host.port,
                 domain: route.domain.clone(),
@@ -429,6 +439,7 @@ pub(super) fn plan<'a>(
             hosts: vec![host],
             policy,
             mx_secure: false,
+            sts: None,
             tls,
         });
     }
@@ -440,21 +451,42 @@ pub(super) fn plan<'a>(
         port,
         implicit_tls: false,
     };
+    // Address literals go straight to the address (RFC 5321 §5.1).
+    if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
+        return Ok(Plan {
+            hosts: vec![host(lit.trim_start_matches("ipv6:").to_string())],
+            policy,
+            mx_secure: false,
+            sts: None,
+            tls,
+        });
+    }
+    // MTA-STS under `dane` (the default), unless the action says
+    // `mta-sts off`; a policy in mode none is no policy.
+    let sts = if policy == TlsPolicy::Dane && action.mta_sts {
+        let fetch = crate::sts::Fetch {
+            tls: tls.verified.clone(),
+            port: ctx.cfg.mta_sts_port,
+            deadlines: crate::sts::deadlines(
+                ctx.cfg.limits.connect_timeout,
+                ctx.cfg.limits.delivery_timeout,
+            ),
+        };
+        ctx.sts
+            .policy(&ctx.resolver, &fetch, domain, crate::time::unix_now())
+            .filter(|c| c.policy.mode != crate::sts::Mode::None)
+    } else {
+        None
+    };
     let plan = |hosts, mx_secure| {
         Ok(Plan {
             hosts,
             policy,
             mx_secure,
+            sts: sts.clone(),
             tls,
         })
     };
-    // Address literals go straight to the address (RFC 5321 §5.1).
-    if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        return plan(
-            vec![host(lit.trim_start_matches("ipv6:").to_string())],
-            false,
-        );
-    }
     match ctx.resolver.mx_secure(domain) {
         Ok((Lookup::NxDomain, _)) => Err(Fault::NoSuchDomain {
             domain: domain.clone(),
@@ -688,6 +720,8 @@ impl Connection {
                     crate::stats::DANE_AUTHENTICATED.inc();
                     log::info!("{}: DANE: the certificate matched TLSA {t}", self.relay);
                     self.auth = PeerAuth::Dane;
+                } else if host.level == Level::Sts {
+                    self.auth = PeerAuth::Sts;
                 } else if verify || tls.chain_verifies(&info.chain, name) {
                     self.auth = PeerAuth::Ca;
                 }

@@ -26,6 +26,10 @@ pub enum Level {
     /// STARTTLS required, the certificate must match the host's TLSA
     /// records (RFC 7672 §3).
     Dane,
+    /// STARTTLS required, the certificate must chain to a trusted CA and
+    /// name the MX host, which the domain's MTA-STS policy lists (RFC 8461
+    /// §4).
+    Sts,
 }
 
 impl Level {
@@ -37,6 +41,7 @@ impl Level {
             Level::Encrypt => "encrypt",
             Level::Verify => "verify",
             Level::Dane => "dane",
+            Level::Sts => "sts",
         }
     }
 }
@@ -68,9 +73,25 @@ pub struct Dnssec {
     pub tlsa: TlsaFound,
 }
 
-/// Why DANE takes a host out of the running (each defers: RFC 7672 §2.2).
+/// What the domain's MTA-STS policy (RFC 8461) says about one MX host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DaneSkip {
+pub enum Sts {
+    /// No policy (none published, `mode: none`, `mta-sts off`, or the
+    /// configured policy is not `dane`).
+    None,
+    /// `mode: testing`: failures are reported, mail goes anyway.
+    Testing,
+    /// `mode: enforce`; whether the host matches one of its `mx` patterns.
+    Enforce {
+        /// The host is listed.
+        listed: bool,
+    },
+}
+
+/// Why DANE or MTA-STS takes a host out of the running (each defers:
+/// RFC 7672 §2.2, RFC 8461 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
     /// The TLSA lookup failed: "no TLSA" cannot be told from an attack.
     LookupFailed,
     /// `dane-only`, and the host's address answer is not secure.
@@ -81,6 +102,8 @@ pub enum DaneSkip {
     NoRecords,
     /// `dane-only`, and every TLSA record is unusable.
     Unusable,
+    /// An enforced MTA-STS policy does not list the host.
+    NotInStsPolicy,
 }
 
 /// Is a TLSA lookup to be made for a host under `policy`? Only under
@@ -90,31 +113,35 @@ pub fn wants_tlsa(policy: TlsPolicy, addr_secure: bool) -> bool {
     policy.is_dane() && addr_secure
 }
 
-/// The level applied to a host under `policy`, given what DNSSEC says
-/// (the table of postern.conf(5), `tls`).
-pub fn level(policy: TlsPolicy, dns: Dnssec) -> Result<Level, DaneSkip> {
+/// The level applied to a host under `policy`, given what DNSSEC and the
+/// domain's MTA-STS policy say (the table of postern.conf(5), `tls`).
+/// DANE wins over MTA-STS wherever secure TLSA records exist (RFC 8461
+/// §2).
+pub fn level(policy: TlsPolicy, dns: Dnssec, sts: Sts) -> Result<Level, Skip> {
     use TlsaFound as T;
     match policy {
         TlsPolicy::None => Ok(Level::None),
         TlsPolicy::May => Ok(Level::May),
         TlsPolicy::Encrypt => Ok(Level::Encrypt),
         TlsPolicy::Verify => Ok(Level::Verify),
-        TlsPolicy::Dane => match dns.tlsa {
-            T::Failed => Err(DaneSkip::LookupFailed),
-            T::NotAsked | T::None => Ok(Level::May),
+        TlsPolicy::Dane => match (dns.tlsa, sts) {
+            (T::Failed, _) => Err(Skip::LookupFailed),
+            (T::NotAsked | T::None, Sts::Enforce { listed: true }) => Ok(Level::Sts),
+            (T::NotAsked | T::None, Sts::Enforce { listed: false }) => Err(Skip::NotInStsPolicy),
+            (T::NotAsked | T::None, Sts::None | Sts::Testing) => Ok(Level::May),
             // Authentication is impossible, but the records say TLS is
             // supported: no plaintext (RFC 7672 §2.2).
-            T::Unusable => Ok(Level::Encrypt),
+            (T::Unusable, _) => Ok(Level::Encrypt),
             // An insecure MX whose host has secure TLSA records still
             // gets DANE (RFC 7672 §2.2.1).
-            T::Usable => Ok(Level::Dane),
+            (T::Usable, _) => Ok(Level::Dane),
         },
         TlsPolicy::DaneOnly => match dns.tlsa {
-            T::Failed => Err(DaneSkip::LookupFailed),
-            T::NotAsked => Err(DaneSkip::InsecureAddress),
-            T::None => Err(DaneSkip::NoRecords),
-            T::Unusable => Err(DaneSkip::Unusable),
-            T::Usable if !dns.mx_secure => Err(DaneSkip::InsecureMx),
+            T::Failed => Err(Skip::LookupFailed),
+            T::NotAsked => Err(Skip::InsecureAddress),
+            T::None => Err(Skip::NoRecords),
+            T::Unusable => Err(Skip::Unusable),
+            T::Usable if !dns.mx_secure => Err(Skip::InsecureMx),
             T::Usable => Ok(Level::Dane),
         },
     }
@@ -201,13 +228,16 @@ pub enum Next {
 
 /// The decision for `event` on `host`.
 pub fn decide(host: Host, event: Event) -> Next {
-    let verify = matches!(host.level, Level::Verify | Level::Dane);
-    let required = matches!(host.level, Level::Encrypt | Level::Verify | Level::Dane);
+    let verify = matches!(host.level, Level::Verify | Level::Dane | Level::Sts);
+    let required = matches!(
+        host.level,
+        Level::Encrypt | Level::Verify | Level::Dane | Level::Sts
+    );
     // `none`, and the plaintext retry of `may`, never try TLS.
     let tls_wanted = match host.level {
         Level::None => false,
         Level::May => !host.plaintext_retry,
-        Level::Encrypt | Level::Verify | Level::Dane => true,
+        Level::Encrypt | Level::Verify | Level::Dane | Level::Sts => true,
     };
     let give_up = |why| {
         if host.level == Level::May && !host.implicit {
@@ -237,9 +267,9 @@ pub fn decide(host: Host, event: Event) -> Next {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Level::{Dane, Encrypt, May, None, Verify};
+    use Level::{Dane, Encrypt, May, None, Sts as StsLevel, Verify};
 
-    const LEVELS: [Level; 5] = [None, May, Encrypt, Verify, Dane];
+    const LEVELS: [Level; 6] = [None, May, Encrypt, Verify, Dane, StsLevel];
 
     fn every_event() -> Vec<Event> {
         vec![
@@ -352,7 +382,7 @@ mod tests {
             assert_eq!(
                 decide(host, Event::Connected),
                 Next::ImplicitTls {
-                    verify: matches!(policy, Verify | Dane)
+                    verify: matches!(policy, Verify | Dane | StsLevel)
                 }
             );
             assert_eq!(decide(host, Event::Ehlo { starttls: false }), Next::Secured);
@@ -369,7 +399,7 @@ mod tests {
         // Whatever the server does (and even if asked for a plaintext
         // retry), a required level never continues without TLS, and
         // never downgrades.
-        for policy in [Encrypt, Verify, Dane] {
+        for policy in [Encrypt, Verify, Dane, StsLevel] {
             for (implicit, plaintext_retry) in [(false, false), (true, false), (false, true)] {
                 for event in every_event() {
                     let next = decide(
@@ -400,54 +430,34 @@ mod tests {
             addr_secure: tlsa != T::NotAsked,
             tlsa,
         };
-        let rows: &[(TlsPolicy, bool, TlsaFound, Result<Level, DaneSkip>)] = &[
+        let rows: &[(TlsPolicy, bool, TlsaFound, Result<Level, Skip>)] = &[
             (TlsPolicy::Dane, true, T::NotAsked, Ok(May)),
-            (
-                TlsPolicy::Dane,
-                true,
-                T::Failed,
-                Err(DaneSkip::LookupFailed),
-            ),
+            (TlsPolicy::Dane, true, T::Failed, Err(Skip::LookupFailed)),
             (TlsPolicy::Dane, true, T::None, Ok(May)),
             (TlsPolicy::Dane, true, T::Unusable, Ok(Encrypt)),
             (TlsPolicy::Dane, true, T::Usable, Ok(Dane)),
             (TlsPolicy::Dane, false, T::Usable, Ok(Dane)),
-            (
-                TlsPolicy::Dane,
-                false,
-                T::Failed,
-                Err(DaneSkip::LookupFailed),
-            ),
+            (TlsPolicy::Dane, false, T::Failed, Err(Skip::LookupFailed)),
             (
                 TlsPolicy::DaneOnly,
                 true,
                 T::NotAsked,
-                Err(DaneSkip::InsecureAddress),
+                Err(Skip::InsecureAddress),
             ),
             (
                 TlsPolicy::DaneOnly,
                 true,
                 T::Failed,
-                Err(DaneSkip::LookupFailed),
+                Err(Skip::LookupFailed),
             ),
-            (TlsPolicy::DaneOnly, true, T::None, Err(DaneSkip::NoRecords)),
-            (
-                TlsPolicy::DaneOnly,
-                true,
-                T::Unusable,
-                Err(DaneSkip::Unusable),
-            ),
+            (TlsPolicy::DaneOnly, true, T::None, Err(Skip::NoRecords)),
+            (TlsPolicy::DaneOnly, true, T::Unusable, Err(Skip::Unusable)),
             (TlsPolicy::DaneOnly, true, T::Usable, Ok(Dane)),
-            (
-                TlsPolicy::DaneOnly,
-                false,
-                T::Usable,
-                Err(DaneSkip::InsecureMx),
-            ),
+            (TlsPolicy::DaneOnly, false, T::Usable, Err(Skip::InsecureMx)),
         ];
         for &(policy, mx_secure, tlsa, want) in rows {
             assert_eq!(
-                level(policy, dns(mx_secure, tlsa)),
+                level(policy, dns(mx_secure, tlsa), Sts::None),
                 want,
                 "{policy:?} mx_secure={mx_secure} {tlsa:?}"
             );
@@ -460,12 +470,64 @@ mod tests {
         ];
         for (policy, want) in fixed {
             for tlsa in [T::NotAsked, T::Failed, T::None, T::Unusable, T::Usable] {
-                assert_eq!(
-                    level(policy, dns(true, tlsa)),
-                    Ok(want),
-                    "{policy:?} {tlsa:?}"
-                );
+                for sts in [Sts::None, Sts::Testing, Sts::Enforce { listed: false }] {
+                    assert_eq!(
+                        level(policy, dns(true, tlsa), sts),
+                        Ok(want),
+                        "{policy:?} {tlsa:?} {sts:?}"
+                    );
+                }
             }
+        }
+    }
+
+    /// MTA-STS under `dane` where DANE does not apply; DANE wins wherever
+    /// secure TLSA records exist (RFC 8461 §2); `dane-only` never looks
+    /// at MTA-STS.
+    #[test]
+    fn sts_table() {
+        use TlsaFound as T;
+        let enforce = |listed| Sts::Enforce { listed };
+        let rows: &[(TlsPolicy, TlsaFound, Sts, Result<Level, Skip>)] = &[
+            (TlsPolicy::Dane, T::NotAsked, enforce(true), Ok(StsLevel)),
+            (TlsPolicy::Dane, T::None, enforce(true), Ok(StsLevel)),
+            (
+                TlsPolicy::Dane,
+                T::NotAsked,
+                enforce(false),
+                Err(Skip::NotInStsPolicy),
+            ),
+            (
+                TlsPolicy::Dane,
+                T::None,
+                enforce(false),
+                Err(Skip::NotInStsPolicy),
+            ),
+            (TlsPolicy::Dane, T::None, Sts::Testing, Ok(May)),
+            (TlsPolicy::Dane, T::Usable, enforce(false), Ok(Dane)),
+            (TlsPolicy::Dane, T::Usable, enforce(true), Ok(Dane)),
+            (TlsPolicy::Dane, T::Unusable, enforce(false), Ok(Encrypt)),
+            (
+                TlsPolicy::Dane,
+                T::Failed,
+                enforce(true),
+                Err(Skip::LookupFailed),
+            ),
+            (
+                TlsPolicy::DaneOnly,
+                T::None,
+                enforce(true),
+                Err(Skip::NoRecords),
+            ),
+            (TlsPolicy::DaneOnly, T::Usable, enforce(false), Ok(Dane)),
+        ];
+        for &(policy, tlsa, sts, want) in rows {
+            let dns = Dnssec {
+                mx_secure: true,
+                addr_secure: tlsa != T::NotAsked,
+                tlsa,
+            };
+            assert_eq!(level(policy, dns, sts), want, "{policy:?} {tlsa:?} {sts:?}");
         }
     }
 

@@ -202,7 +202,8 @@ impl Spool {
             fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
         }
         mkdir(root).map_err(|e| at(root, e))?;
-        for d in [&s.tmp, &s.mail, &s.corrupt, &s.free] {
+        // sts/: the MTA-STS policy cache (crate::sts).
+        for d in [&s.tmp, &s.mail, &s.corrupt, &s.free, &root.join("sts")] {
             mkdir(d).map_err(|e| at(d, e))?;
         }
         for b in 0..BUCKETS {

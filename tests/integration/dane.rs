@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// SHA2-256 of a PEM certificate's SubjectPublicKeyInfo, by openssl (the
 /// `3 1 1` data).
-fn spki_sha256(pem: &Path) -> String {
+pub fn spki_sha256(pem: &Path) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
@@ -32,7 +32,7 @@ fn spki_sha256(pem: &Path) -> String {
 
 /// A receiving postern for any domain's alice, on `ip:port`, with or
 /// without STARTTLS; `chain` replaces its self-signed certificate.
-fn receiver(
+pub fn receiver(
     ip: &str,
     port: u16,
     name: &str,
@@ -81,14 +81,14 @@ fn ca_chain(name: &str) -> (String, String, String) {
     )
 }
 
-fn msg(subject: &str) -> String {
+pub fn msg(subject: &str) -> String {
     format!(
         "From: carol@sender.test\r\nSubject: {subject}\r\nMessage-ID: <{subject}@sender.test>\r\n\r\nHello.\r\n"
     )
 }
 
 /// Every maildir file of `p`, as text.
-fn mail_of(p: &Postern) -> String {
+pub fn mail_of(p: &Postern) -> String {
     maildir_files(&p.dir.path().join("mail/alice/Maildir"))
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap_or_default())

@@ -15,3 +15,4 @@ mod ops;
 mod peer;
 mod privilege;
 mod security;
+mod sts;
