@@ -29,8 +29,10 @@
 pub mod config;
 pub mod control;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod https;
+pub mod json;
 pub mod logging;
 pub mod net;
 pub mod passwd;
@@ -42,4 +44,5 @@ pub mod sts;
 pub mod sys;
 pub mod time;
 pub mod tls;
+pub mod tlsrpt;
 pub mod watchdog;

@@ -1,5 +1,5 @@
-//! Dates for Received headers (RFC 5322 §3.3), in UTC so no time-zone
-//! database is needed.
+//! Dates for Received headers (RFC 5322 §3.3) and reports (RFC 3339), in
+//! UTC so no time-zone database is needed.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,6 +30,18 @@ pub fn rfc5322(secs: u64) -> String {
     )
 }
 
+/// `2026-12-01T07:54:53Z` (RFC 3339 §5.6) for a Unix time.
+pub fn rfc3339(secs: u64) -> String {
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days((secs / 86400) as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -54,5 +66,7 @@ mod tests {
         // `date -u -d @1796111693`
         assert_eq!(rfc5322(1_796_111_693), "Tue, 1 Dec 2026 07:54:53 +0000");
         assert_eq!(rfc5322(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(rfc3339(1_796_111_693), "2026-12-01T07:54:53Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -12,6 +12,7 @@ use super::remote::{self, Fail, Host, HostTls, Plan, Results};
 use super::tls_decision::{self, Level, TlsaFound};
 use super::{Context, Job, Route};
 use crate::config::Delivery;
+use crate::json::string as js;
 use crate::tls::dane::Verdict;
 use crate::tls::x509::{self, Summary};
 
@@ -520,36 +521,5 @@ impl HostReport {
             self.skipped.as_deref().map_or("null".into(), js),
             probes.join(",")
         )
-    }
-}
-
-/// A JSON string (RFC 8259 §7).
-fn js(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
-#[cfg(test)]
-mod tests {
-    use super::js;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(js("a\"b\\c\nd\u{1}é"), "\"a\\\"b\\\\c\\nd\\u0001é\"");
     }
 }
