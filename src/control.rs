@@ -26,6 +26,11 @@ pub enum Request {
     Schedule(String),
     /// `remove ID|all`.
     Remove(String),
+    /// `tls-report show|send`.
+    TlsReport {
+        /// Send now (else show).
+        send: bool,
+    },
 }
 
 /// A request and where to send the answer.
@@ -50,6 +55,8 @@ pub enum Answer {
     Scheduled(usize),
     /// How many messages were removed.
     Removed(usize),
+    /// Text to print as it is.
+    Text(String),
 }
 
 /// One recipient in the queue.
@@ -100,6 +107,7 @@ fn render(answer: Result<Answer, String>) -> String {
         Ok(Answer::Stats { queued }) => format!("ok\n{}", crate::stats::report(queued)),
         Ok(Answer::Scheduled(n)) => format!("ok\n{n} messages scheduled\n"),
         Ok(Answer::Removed(n)) => format!("ok\n{n} messages removed\n"),
+        Ok(Answer::Text(t)) => format!("ok\n{t}"),
     }
 }
 
@@ -132,9 +140,11 @@ fn parse(line: &str) -> Result<Parsed, String> {
         ["schedule", id] => Parsed::Queue(Request::Schedule(id.to_string())),
         ["remove", id] => Parsed::Queue(Request::Remove(id.to_string())),
         ["reload"] => Parsed::Reload,
+        ["tls-report", "show"] => Parsed::Queue(Request::TlsReport { send: false }),
+        ["tls-report", "send"] => Parsed::Queue(Request::TlsReport { send: true }),
         _ => {
             return Err(format!(
-                "unknown command '{line}' (show queue, show stats, schedule ID|all, remove ID|all, reload)"
+                "unknown command '{line}' (show queue, show stats, schedule ID|all, remove ID|all, reload, tls-report show|send)"
             ));
         }
     })

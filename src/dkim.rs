@@ -29,6 +29,7 @@ impl Signer {
     /// Read an RSA key (PEM, PKCS#8 or PKCS#1) for `domain`'s `selector`;
     /// the error names the file and what is wrong.
     pub fn from_file(path: &Path, domain: &str, selector: &str) -> Result<Signer, String> {
+        crate::tls::pki::check_key_mode(path)?;
         let der = PrivateKeyDer::from_pem_file(path)
             .map_err(|e| format!("DKIM key {}: {e}", path.display()))?;
         let key = match &der {
@@ -209,6 +210,11 @@ mod tests {
                 .is_ok_and(|o| o.status.success()),
         };
         assert!(made, "no RSA key generator (rcgen or openssl)");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = Signer::from_file(&path, "example.org", "sel").unwrap_err();
+        assert!(open.contains("chmod 600"), "{open}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let s = Signer::from_file(&path, "Example.ORG", "sel").unwrap();
         let headers = [
             ("From", "a@example.org"),

@@ -1,5 +1,5 @@
-//! A minimal HTTPS/1.1 client for what an MTA fetches: MTA-STS policies
-//! (RFC 8461 §3.3). It resolves with postern's own resolver, validates the
+//! A minimal HTTPS/1.1 client for what an MTA fetches and posts: MTA-STS
+//! policies (RFC 8461 §3.3) and TLS reports (RFC 8460 §5.4). It resolves with postern's own resolver, validates the
 //! server against the roots it is given, follows no redirect (a 3xx is an
 //! error, as §3.3 requires), uses no proxy and no cache, caps the body, and
 //! bounds the whole exchange with the delivery watchdog. One request per
@@ -51,6 +51,71 @@ pub fn get(
     limit: usize,
     deadlines: Deadlines,
 ) -> Result<Response, String> {
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: postern\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    send(
+        resolver,
+        tls,
+        host,
+        port,
+        path,
+        head.into_bytes(),
+        limit,
+        deadlines,
+    )
+}
+
+/// POST `body` as `content_type` to `url` (`https://host[:port]/path`);
+/// the answer's body is read up to `limit` bytes.
+pub fn post(
+    resolver: &Resolver,
+    tls: Arc<ClientConfig>,
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    limit: usize,
+    deadlines: Deadlines,
+) -> Result<Response, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url}: not an https URL"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    // Host names only: report addresses are names (RFC 8460 §3).
+    let (host, port) = match authority.split_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{url}: bad port '{p}'"))?,
+        ),
+        None => (authority, 443),
+    };
+    if host.is_empty() || host.contains(['@', '[', ']']) {
+        return Err(format!("{url}: bad host"));
+    }
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: postern\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    send(resolver, tls, host, port, path, request, limit, deadlines)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send(
+    resolver: &Resolver,
+    tls: Arc<ClientConfig>,
+    host: &str,
+    port: u16,
+    path: &str,
+    request: Vec<u8>,
+    limit: usize,
+    deadlines: Deadlines,
+) -> Result<Response, String> {
     let url = if port == 443 {
         format!("https://{host}{path}")
     } else {
@@ -61,20 +126,10 @@ pub fn get(
         Ok(_) => return Err(format!("{url}: {host} has no address")),
         Err(e) => return Err(format!("{url}: DNS: {e}")),
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: postern\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
     let mut last = String::new();
     for ip in addrs {
         let addr = SocketAddr::new(ip, port);
-        match exchange(
-            addr,
-            tls.clone(),
-            host,
-            request.as_bytes(),
-            limit,
-            deadlines,
-        ) {
+        match exchange(addr, tls.clone(), host, &request, limit, deadlines) {
             Ok(r) => return Ok(r),
             Err(e) => last = format!("{url} ({addr}): {e}"),
         }

@@ -337,14 +337,28 @@ impl Cache {
 
     /// The policy to apply to mail for `domain` (RFC 8461 §5.1): a fresh
     /// one when the TXT id changed or the cached one is due for a refresh,
-    /// else the cached one while it has not expired, else none. `None`
-    /// also for mode `none`'s absence of a policy is left to the caller.
+    /// else the cached one while it has not expired, else none (mode
+    /// `none` is left to the caller); and why a fetch failed, if one did
+    /// (for TLS reports).
     pub fn policy(
         &self,
         resolver: &Resolver,
         fetch: &Fetch,
         domain: &str,
         now: u64,
+    ) -> (Option<Arc<Cached>>, Option<String>) {
+        let mut error = None;
+        let p = self.lookup(resolver, fetch, domain, now, &mut error);
+        (p, error)
+    }
+
+    fn lookup(
+        &self,
+        resolver: &Resolver,
+        fetch: &Fetch,
+        domain: &str,
+        now: u64,
+        error: &mut Option<String>,
     ) -> Option<Arc<Cached>> {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let lock = self
@@ -430,6 +444,7 @@ impl Cache {
                 ))
             }
             Err(e) => {
+                *error = Some(e.clone());
                 self.failed
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -51,7 +51,7 @@ pub fn run_as(configured: Option<&str>) -> Result<Option<RunAs>, String> {
 
 /// Directories of the spool postern makes itself: the only entries root
 /// ever looks at or hands over, one `openat` each, never following a link.
-const SPOOL_DIRS: [&str; 5] = ["tmp", "mail", "corrupt", "free", "sts"];
+const SPOOL_DIRS: [&str; 6] = ["tmp", "mail", "corrupt", "free", "sts", "tlsrpt"];
 const SPOOL_BUCKETS: [&str; 2] = ["tmp", "mail"];
 
 fn nofollow_dir() -> OFlag {

@@ -151,6 +151,23 @@ const RESULT_TYPES: &[&str] = &[
     "sts-webpki-invalid",
 ];
 
+/// The result type of a failed handshake (RFC 8460 §4.3.2.2), from the
+/// certificate error rustls gave.
+pub fn certificate_result(e: &std::io::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::NotValidForName | C::NotValidForNameContext { .. } => "certificate-host-mismatch",
+            C::Expired | C::ExpiredContext { .. } => "certificate-expired",
+            C::UnknownIssuer | C::BadSignature | C::UnhandledCriticalExtension => {
+                "certificate-not-trusted"
+            }
+            _ => "validation-failure",
+        },
+        _ => "validation-failure",
+    }
+}
+
 fn field(s: &str) -> String {
     s.chars()
         .map(|c| if c == '\t' || c.is_control() { ' ' } else { c })
@@ -312,6 +329,24 @@ impl Recorder {
             Err(e) => return Err(e),
         }
         Ok(Some((std::fs::read_to_string(&to)?, to)))
+    }
+
+    /// Append `lines` again (the daily run leaves today's for tomorrow).
+    pub fn put_back(&self, lines: &[&str]) {
+        if lines.is_empty() {
+            return;
+        }
+        let _one_writer = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join("current.log");
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()));
+        if let Err(e) = r {
+            log::warn!("TLS report data {}: {e}", path.display());
+        }
     }
 
     /// The lines recorded so far, for `posternctl tls-report show`.

@@ -492,7 +492,19 @@ pub const KEYWORDS: &[&str] = &[
     "log",
     "smtp",
     "mta-sts",
+    "tls-report",
 ];
+
+/// `tls-report from ADDRESS dkim-key FILE selector NAME [org NAME]`.
+#[derive(Debug, Clone)]
+pub struct TlsReport {
+    /// From: and `contact-info`; its domain signs (DKIM `d=`).
+    pub from: String,
+    /// The DKIM signer, its key read and checked with the configuration.
+    pub signer: std::sync::Arc<crate::dkim::Signer>,
+    /// `organization-name` (default: the host name).
+    pub org: String,
+}
 
 /// `log stderr` / `log syslog [SOCKET]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -534,6 +546,8 @@ pub struct Config {
     pub resolvers: Vec<crate::dns::Server>,
     /// `mta-sts port`: where MTA-STS policies are fetched (443; tests).
     pub mta_sts_port: u16,
+    /// `tls-report`: send TLS reports (RFC 8460).
+    pub tls_report: Option<TlsReport>,
     /// `log`.
     pub log: LogTarget,
     /// `smtp bare-newline`.
@@ -580,6 +594,7 @@ impl Config {
             bounce_after: Duration::from_secs(4 * 86400),
             resolvers: Vec::new(),
             mta_sts_port: 443,
+            tls_report: None,
             log: LogTarget::Default,
             bare_newline: crate::smtp::server::BareNewline::Normalize,
         }
@@ -946,6 +961,34 @@ impl Parser<'_> {
                     }),
                     w => return Err(format!("log: expected 'stderr' or 'syslog', got '{w}'")),
                 };
+            }
+            "tls-report" => {
+                let (mut from, mut key, mut selector, mut org) = (None, None, None, None);
+                while let Some(t) = a.next() {
+                    match t.text() {
+                        Some("from") => from = Some(a.word("address")?.to_string()),
+                        Some("dkim-key") => key = Some(self.path(a.word("key file")?)),
+                        Some("selector") => selector = Some(a.word("selector")?.to_string()),
+                        Some("org") => org = Some(a.word("organization name")?.to_string()),
+                        _ => return Err(format!("tls-report: unexpected '{t}'")),
+                    }
+                }
+                let from = from.ok_or("tls-report: 'from ADDRESS' is required")?;
+                let domain = crate::smtp::address::parse_mailbox(&from)
+                    .filter(|m| !m.domain.is_empty())
+                    .map(|m| m.domain)
+                    .ok_or_else(|| format!("tls-report: from '{from}' is not an address"))?;
+                let key = key.ok_or(
+                    "tls-report: 'dkim-key FILE' is required (RFC 8460 §3: unsigned reports are ignored)",
+                )?;
+                let selector = selector.ok_or("tls-report: 'selector NAME' is required")?;
+                let signer = crate::dkim::Signer::from_file(&key, &domain, &selector)
+                    .map_err(|e| format!("tls-report: {e}"))?;
+                self.cfg.tls_report = Some(TlsReport {
+                    from,
+                    signer: std::sync::Arc::new(signer),
+                    org: org.unwrap_or_default(),
+                });
             }
             "mta-sts" => {
                 a.keyword("port")?;

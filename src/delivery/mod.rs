@@ -11,6 +11,7 @@ pub mod check;
 pub mod local;
 pub mod outcome;
 pub mod remote;
+mod reports;
 pub mod scheduler;
 pub mod tls_decision;
 
@@ -125,6 +126,9 @@ pub struct Context {
     pub tls: HashMap<String, ClientTls>,
     /// MTA-STS policies (RFC 8461), cached in the spool.
     pub sts: crate::sts::Cache,
+    /// Where TLS results are recorded for reports (RFC 8460), with
+    /// `tls-report`; shared by every configuration since start.
+    pub tlsrpt: Option<Arc<crate::tlsrpt::Recorder>>,
     /// Our EHLO name.
     pub hostname: String,
     /// Where we listen, and the addresses of this host's interfaces (for
@@ -191,6 +195,7 @@ impl Context {
         Ok(Context {
             hostname: cfg.hostname.clone(),
             sts: crate::sts::Cache::on_disk(cfg.queue.join("sts")),
+            tlsrpt: None,
             cfg,
             resolver,
             tls,
@@ -204,6 +209,16 @@ impl Context {
     /// the spool.
     pub fn without_spool(mut self) -> Context {
         self.sts = crate::sts::Cache::in_memory();
+        self.tlsrpt = None;
+        self
+    }
+
+    /// Record TLS results with `rec` when the configuration says
+    /// `tls-report`.
+    fn with_reports(mut self, rec: &Arc<crate::tlsrpt::Recorder>) -> Context {
+        if self.cfg.tls_report.is_some() {
+            self.tlsrpt = Some(rec.clone());
+        }
         self
     }
 
@@ -280,6 +295,8 @@ impl Lanes {
 /// routing. Jobs already running finish with what they started with.
 pub struct Reloader {
     current: Arc<std::sync::RwLock<Arc<Context>>>,
+    /// TLS results outlive configurations.
+    reports: Arc<crate::tlsrpt::Recorder>,
     sched: crossbeam_channel::Sender<Arc<Config>>,
     own: Vec<std::net::SocketAddr>,
 }
@@ -288,7 +305,7 @@ impl Reloader {
     /// Build the delivery side of `cfg`; an error (a CA file that cannot
     /// be read, say) refuses the whole reload.
     pub fn prepare(&self, cfg: &Arc<Config>) -> Result<Arc<Context>, String> {
-        Context::new(cfg.clone(), self.own.clone()).map(Arc::new)
+        Context::new(cfg.clone(), self.own.clone()).map(|c| Arc::new(c.with_reports(&self.reports)))
     }
 
     /// Swap in what [`Reloader::prepare`] built.
@@ -314,10 +331,10 @@ pub fn start(
     ctl: crossbeam_channel::Receiver<crate::control::Message>,
     own: Vec<std::net::SocketAddr>,
 ) -> Result<Started, String> {
-    let current = Arc::new(std::sync::RwLock::new(Arc::new(Context::new(
-        cfg.clone(),
-        own.clone(),
-    )?)));
+    let reports = Arc::new(crate::tlsrpt::Recorder::new(cfg.queue.join("tlsrpt")));
+    let current = Arc::new(std::sync::RwLock::new(Arc::new(
+        Context::new(cfg.clone(), own.clone())?.with_reports(&reports),
+    )));
     let (new_tx, new_rx) = crossbeam_channel::unbounded::<crate::spool::envelope::Envelope>();
     let (local_tx, local_rx) = crossbeam_channel::unbounded::<Job>();
     let (remote_tx, remote_rx) = crossbeam_channel::unbounded::<Job>();
@@ -367,7 +384,14 @@ pub fn start(
         local: local_tx,
         remote: remote_tx,
     };
-    let mut sched = scheduler::Scheduler::new(cfg, spool, lanes)?;
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    reports::spawn(
+        current.clone(),
+        reports.clone(),
+        spool.clone().with_notify(new_tx.clone()),
+        report_rx,
+    )?;
+    let mut sched = scheduler::Scheduler::new(cfg, spool, lanes)?.with_reports(report_tx);
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
     std::thread::Builder::new()
         .name("scheduler".into())
@@ -377,6 +401,7 @@ pub fn start(
         notify: new_tx,
         reloader: Reloader {
             current,
+            reports,
             sched: reload_tx,
             own,
         },

@@ -158,6 +158,22 @@ fn deliver_fresh(
         Ok(p) => p,
         Err(fault) => return (finish(job, res, &fault), false, None),
     };
+    if let (Some(e), Some(rec)) = (&plan.sts_error, reporting(ctx, job)) {
+        let ev = crate::tlsrpt::Event {
+            domain: job.route.domain.clone(),
+            policy: crate::tlsrpt::PolicyType::Sts,
+            strings: Vec::new(),
+            mx: Vec::new(),
+            failure: Some(crate::tlsrpt::Failure {
+                result: "sts-policy-fetch-error",
+                sending_ip: String::new(),
+                mx_host: String::new(),
+                receiving_ip: String::new(),
+                detail: e.clone(),
+            }),
+        };
+        rec.record(&ctx.resolver, &ev, crate::time::unix_now());
+    }
     let mut kept = None;
     let mut last = Fault::NoUsableMx;
     'hosts: for host in &plan.hosts {
@@ -169,8 +185,12 @@ fn deliver_fresh(
             }) => (addrs, tls),
             Ok(Prepared {
                 tls: Err(fault), ..
-            })
-            | Err(fault) => {
+            }) => {
+                report_skip(ctx, job, &plan, host, &fault);
+                last = fault;
+                continue;
+            }
+            Err(fault) => {
                 last = fault;
                 continue;
             }
@@ -260,6 +280,8 @@ pub(super) struct Plan<'a> {
     pub(super) mx_secure: bool,
     /// The domain's MTA-STS policy, when one applies (RFC 8461 §5).
     pub(super) sts: Option<Arc<crate::sts::Cached>>,
+    /// Why fetching it failed, if it did.
+    pub(super) sts_error: Option<String>,
     pub(super) tls: &'a ClientTls,
 }
 
@@ -440,6 +462,7 @@ pub(super) fn plan<'a>(
             policy,
             mx_secure: false,
             sts: None,
+            sts_error: None,
             tls,
         });
     }
@@ -458,6 +481,7 @@ pub(super) fn plan<'a>(
             policy,
             mx_secure: false,
             sts: None,
+            sts_error: None,
             tls,
         });
     }
@@ -472,18 +496,21 @@ pub(super) fn plan<'a>(
                 ctx.cfg.limits.delivery_timeout,
             ),
         };
-        ctx.sts
-            .policy(&ctx.resolver, &fetch, domain, crate::time::unix_now())
-            .filter(|c| c.policy.mode != crate::sts::Mode::None)
+        let (p, e) = ctx
+            .sts
+            .policy(&ctx.resolver, &fetch, domain, crate::time::unix_now());
+        (p.filter(|c| c.policy.mode != crate::sts::Mode::None), e)
     } else {
-        None
+        (None, None)
     };
+    let (sts, sts_error) = sts;
     let plan = |hosts, mx_secure| {
         Ok(Plan {
             hosts,
             policy,
             mx_secure,
             sts: sts.clone(),
+            sts_error: sts_error.clone(),
             tls,
         })
     };
@@ -525,6 +552,8 @@ pub(super) struct Connection {
     pub(super) auth: PeerAuth,
     /// What the DANE verifier found, under `dane`.
     pub(super) dane: Option<Verdict>,
+    /// A failed handshake's RFC 8460 §4.3 result type.
+    handshake_failure: Option<&'static str>,
     level: Level,
     /// Each reply and each write within `limit delivery-timeout`, the
     /// connection within `limit delivery-lifetime`, however a server
@@ -591,6 +620,12 @@ impl Connection {
         } else {
             format!("{}: {}", self.relay, io_text(e))
         }
+    }
+
+    /// Our address and the server's.
+    fn tcp_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let t = self.stream.tcp()?;
+        Some((t.local_addr().ok()?, t.peer_addr().ok()?))
     }
 
     /// End the session politely: QUIT (so the server logs a clean end,
@@ -730,6 +765,10 @@ impl Connection {
             }
             Err(e) => {
                 self.dane = verdict.clone();
+                self.handshake_failure = Some(match &verdict {
+                    Some(Verdict::Failed(_)) => "validation-failure",
+                    _ => crate::tlsrpt::certificate_result(&e),
+                });
                 let detail = match verdict {
                     Some(Verdict::Failed(why)) => {
                         crate::stats::DANE_MISMATCHED.inc();
@@ -815,6 +854,7 @@ pub(super) fn connect(
         chain: Vec::new(),
         auth: PeerAuth::No,
         dane: None,
+        handshake_failure: None,
         level,
         guard: Some(guard),
         step: lim.delivery_timeout,
@@ -844,7 +884,11 @@ fn attempt(
         plaintext_retry: plaintext,
     };
     let tls = (plan.tls, host_tls);
-    let caps = s.open_session(ctx, facts, tls, &host.name, res)?;
+    let opened = s.open_session(ctx, facts, tls, &host.name, res);
+    if !plaintext {
+        report_session(ctx, job, plan, host, host_tls, &s, &opened);
+    }
+    let caps = opened?;
     smarthost_auth(action, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
     send_all(&mut s, &caps, job, res)?;
     let sent = job.items.len();
@@ -950,4 +994,127 @@ fn send_item(
         ));
     }
     Ok(())
+}
+
+/// A TLS report for this job? Not when every message in it is a TLS
+/// report itself (RFC 8460 §5.3.1: a report's own delivery is not
+/// counted), nor without `tls-report`.
+fn reporting<'a>(ctx: &'a Context, job: &Job) -> Option<&'a crate::tlsrpt::Recorder> {
+    let rec = ctx.tlsrpt.as_deref()?;
+    let from = &ctx.cfg.tls_report.as_ref()?.from;
+    let all_reports = job.items.iter().all(|i| i.from.eq_ignore_ascii_case(from));
+    (!all_reports).then_some(rec)
+}
+
+/// The policy a host was dealt with under, and its strings and patterns.
+fn report_policy(
+    plan: &Plan<'_>,
+    tlsa: Option<&[Tlsa]>,
+) -> (crate::tlsrpt::PolicyType, Vec<String>, Vec<String>) {
+    use crate::tlsrpt::PolicyType;
+    match (tlsa, &plan.sts) {
+        (Some(t), _) => (
+            PolicyType::Tlsa,
+            t.iter().map(ToString::to_string).collect(),
+            Vec::new(),
+        ),
+        (None, Some(c)) => (
+            PolicyType::Sts,
+            c.text
+                .lines()
+                .map(|l| l.trim_end().to_string())
+                .filter(|l| !l.is_empty())
+                .collect(),
+            c.policy.mx.clone(),
+        ),
+        (None, None) => (PolicyType::NoPolicyFound, Vec::new(), Vec::new()),
+    }
+}
+
+/// Record one connection's TLS result (RFC 8460 §4.3): a success when
+/// TLS was set up as the level asked, a failure when TLS was missing or
+/// failed; nothing for failures that are not TLS's (connect, greeting).
+fn report_session(
+    ctx: &Context,
+    job: &Job,
+    plan: &Plan<'_>,
+    host: &Host,
+    ht: &HostTls,
+    s: &Connection,
+    opened: &Result<Capabilities, Fail>,
+) {
+    let Some(rec) = reporting(ctx, job) else {
+        return;
+    };
+    if ht.level == Level::None {
+        return;
+    }
+    let (result, detail) = match (opened, &s.tls) {
+        (Ok(_), Some(_)) => ("", String::new()),
+        (Ok(_), None) => ("starttls-not-supported", "STARTTLS not offered".to_string()),
+        (Err(Fail::Next(f) | Fail::Downgrade { fault: f, .. }), _) => match f {
+            Fault::Tls { why, .. } => (
+                match why {
+                    Why::NotOffered | Why::Refused => "starttls-not-supported",
+                    Why::BytesAfter220 => "validation-failure",
+                    Why::HandshakeFailed => s.handshake_failure.unwrap_or("validation-failure"),
+                },
+                f.status().text,
+            ),
+            _ => return,
+        },
+    };
+    let tlsa =
+        matches!(ht.found, TlsaFound::Usable | TlsaFound::Unusable).then_some(ht.tlsa.as_slice());
+    let (policy, strings, mx) = report_policy(plan, tlsa);
+    let (sending_ip, receiving_ip) = match s.tcp_addrs() {
+        Some((l, r)) => (l.ip().to_string(), r.ip().to_string()),
+        None => (String::new(), String::new()),
+    };
+    let failure = (!result.is_empty()).then(|| crate::tlsrpt::Failure {
+        result,
+        sending_ip,
+        mx_host: host.name.clone(),
+        receiving_ip,
+        detail,
+    });
+    let ev = crate::tlsrpt::Event {
+        domain: job.route.domain.clone(),
+        policy,
+        strings,
+        mx,
+        failure,
+    };
+    rec.record(&ctx.resolver, &ev, crate::time::unix_now());
+}
+
+/// Record a host DANE or MTA-STS took out of the running as a failure.
+fn report_skip(ctx: &Context, job: &Job, plan: &Plan<'_>, host: &Host, fault: &Fault) {
+    let Some(rec) = reporting(ctx, job) else {
+        return;
+    };
+    let Fault::Skipped { why, .. } = fault else {
+        return;
+    };
+    let (result, tlsa): (&'static str, Option<&[Tlsa]>) = match why {
+        Skip::LookupFailed => ("dnssec-invalid", Some(&[])),
+        Skip::InsecureAddress | Skip::InsecureMx | Skip::NoRecords => ("dane-required", Some(&[])),
+        Skip::Unusable => ("tlsa-invalid", Some(&[])),
+        Skip::NotInStsPolicy => ("validation-failure", None),
+    };
+    let (policy, strings, mx) = report_policy(plan, tlsa);
+    let ev = crate::tlsrpt::Event {
+        domain: job.route.domain.clone(),
+        policy,
+        strings,
+        mx,
+        failure: Some(crate::tlsrpt::Failure {
+            result,
+            sending_ip: String::new(),
+            mx_host: host.name.clone(),
+            receiving_ip: String::new(),
+            detail: fault.status().text,
+        }),
+    };
+    rec.record(&ctx.resolver, &ev, crate::time::unix_now());
 }

@@ -84,6 +84,8 @@ pub struct Scheduler {
     /// scheduler closes one (by sending None), so no job is ever sent to a
     /// thread that stopped listening.
     idle: HashMap<Route, Vec<IdleConnection>>,
+    /// Where `tls-report` requests go (the TLS report thread).
+    reports: Option<crossbeam_channel::Sender<control::Message>>,
 }
 
 impl Scheduler {
@@ -103,11 +105,18 @@ impl Scheduler {
             concurrency: HashMap::new(),
             waiting: HashMap::new(),
             idle: HashMap::new(),
+            reports: None,
         };
         for id in s.spool.list().map_err(|e| format!("queue: {e}"))? {
             s.load(&id);
         }
         Ok(s)
+    }
+
+    /// Hand `tls-report` requests to `tx`.
+    pub fn with_reports(mut self, tx: crossbeam_channel::Sender<control::Message>) -> Scheduler {
+        self.reports = Some(tx);
+        self
     }
 
     fn load(&mut self, id: &str) {
@@ -196,6 +205,19 @@ impl Scheduler {
                     Err(_) => reloads = crossbeam_channel::never(),
                 },
                 recv(ctl) -> m => match m {
+                    // TLS reports are built and sent on their own thread.
+                    Ok(m @ control::Message { req: control::Request::TlsReport { .. }, .. }) => {
+                        match &self.reports {
+                            Some(tx) => {
+                                if let Err(e) = tx.send(m) {
+                                    let _ = e.0.reply.send(Err("the TLS report thread is not running".into()));
+                                }
+                            }
+                            None => {
+                                let _ = m.reply.send(Err("TLS reports are not enabled".into()));
+                            }
+                        }
+                    }
                     Ok(m) => {
                         let answer = self.control(m.req);
                         let _ = m.reply.send(answer);
@@ -713,6 +735,7 @@ impl Scheduler {
                 }
                 Answer::Removed(ids.len())
             }
+            Request::TlsReport { .. } => return Err("TLS reports are not enabled".into()),
         })
     }
 

@@ -202,8 +202,10 @@ impl Spool {
             fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
         }
         mkdir(root).map_err(|e| at(root, e))?;
-        // sts/: the MTA-STS policy cache (crate::sts).
-        for d in [&s.tmp, &s.mail, &s.corrupt, &s.free, &root.join("sts")] {
+        // sts/: the MTA-STS policy cache (crate::sts); tlsrpt/: TLS
+        // results for reports (crate::tlsrpt).
+        let (sts, tlsrpt) = (root.join("sts"), root.join("tlsrpt"));
+        for d in [&s.tmp, &s.mail, &s.corrupt, &s.free, &sts, &tlsrpt] {
             mkdir(d).map_err(|e| at(d, e))?;
         }
         for b in 0..BUCKETS {

@@ -185,6 +185,7 @@ action "out" relay port {port} ca "{q}/ca.pem"
 match from any for domain "sender.test" action "local"
 match from local for any action "out"
 limit retry-interval 1s
+tls-report from "tlsrpt@sender.test" dkim-key "{q}/dkim.pem" selector tlsrpt org "Sender Org"
 "#,
         q = dir.display()
     )
@@ -262,10 +263,15 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
                   testing MX 10 mx-self\n_mta-sts.testing TXT \"v=STSv1; id=1\"\n\
                   redirect MX 10 mx-self\n_mta-sts.redirect TXT \"v=STSv1; id=1\"\n\
                   wrongname MX 10 mx-wrong\n_mta-sts.wrongname TXT \"v=STSv1; id=1\"\n\
-                  idchange MX 10 mx-self\n_mta-sts.idchange TXT \"v=STSv1; id=1\"\n";
+                  idchange MX 10 mx-self\n_mta-sts.idchange TXT \"v=STSv1; id=1\"\n\
+                  _smtp._tls.good TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n\
+                  _smtp._tls.badcert TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n\
+                  report MX 10 mx-good\n\
+                  _smtp._tls.report TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n";
     let dns1 = dns(port, phase1, &b_311);
     let mut s = Postern::start_with(|dir| {
         std::fs::write(dir.join("ca.pem"), ca.issuer.pem()).unwrap();
+        dkim_key(dir);
         sender_config(dir, dns1.port, port, web.port)
     });
     deliver_and_check(
@@ -369,6 +375,7 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
     assert!(text.contains("skipped: 451 4.7.5 MTA-STS"), "{text}");
     let cached = std::fs::read_to_string(s.queue().join("sts/good.sts.test")).unwrap();
     assert!(cached.starts_with("postern-sts 1\nid 1\n"), "{cached}");
+    tls_reports(&s, &a);
 
     // Phase 2, after a restart: good.sts.test's TXT id changes but its
     // policy can no longer be fetched, and its MX now points at a host
@@ -420,4 +427,128 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
         "{log}"
     );
     assert!(!mail_of(&b).contains("Subject: good.sts.test\n"));
+}
+
+/// An RSA key for DKIM, by openssl, mode 600.
+fn dkim_key(dir: &Path) {
+    need("openssl", "openssl");
+    let key = dir.join("dkim.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Reads each TLS report in a Maildir the way a receiver would: DKIM
+/// verified by dkimpy against the public key (as a DNS answer would give
+/// it), the gzip'd JSON unpacked, and prints one line per report.
+const READ_REPORTS: &str = r#"
+import base64, dkim, email, gzip, json, os, re, subprocess, sys
+maildir, key = sys.argv[1], sys.argv[2]
+der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"], capture_output=True, check=True).stdout
+record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+def dns(name, timeout=5):
+    return record if name == b"tlsrpt._domainkey.sender.test." else None
+for sub in ("new", "cur"):
+    d = os.path.join(maildir, sub)
+    for f in sorted(os.listdir(d)):
+        raw = open(os.path.join(d, f), "rb").read()
+        if b"TLS-Report-Domain" not in raw:
+            continue
+        crlf = re.sub(rb"(?<!\r)\n", b"\r\n", raw)
+        ok = dkim.verify(crlf, dnsfunc=dns)
+        m = email.message_from_bytes(raw)
+        assert m.get_content_type() == "multipart/report", m.get_content_type()
+        assert m.get_param("report-type") == "tlsrpt"
+        part = [p for p in m.walk() if p.get_content_type() == "application/tlsrpt+gzip"][0]
+        assert part.get_filename().endswith(".json.gz"), part.get_filename()
+        r = json.loads(gzip.decompress(part.get_payload(decode=True)))
+        p = r["policies"][0]
+        details = ",".join(d["result-type"] + "@" + d["receiving-mx-hostname"] for d in p["failure-details"])
+        print("dkim=%s domain=%s header=%s type=%s ok=%d failed=%d details=%s org=%s contact=%s start=%s" % (
+            ok, p["policy"]["policy-domain"], m["TLS-Report-Domain"], p["policy"]["policy-type"],
+            p["summary"]["total-successful-session-count"], p["summary"]["total-failure-session-count"],
+            details, r["organization-name"], r["contact-info"], r["date-range"]["start-datetime"][11:]))
+"#;
+
+/// `posternctl tls-report show` and `send`, and the reports as their
+/// receiver reads them.
+fn tls_reports(s: &Postern, receiver: &Postern) {
+    if Command::new("python3")
+        .args(["-c", "import dkim"])
+        .status()
+        .map_or(true, |st| !st.success())
+    {
+        panic!("python3 cannot import dkim: install dkimpy (pip) or python3-dkim");
+    }
+    let (ok, shown, err) = s.ctl(&["tls-report", "show"]);
+    assert!(ok, "{err}");
+    assert!(
+        shown.contains("good.sts.test sts: 1 successful, 0 failed"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("badcert.sts.test sts: 0 successful, "),
+        "{shown}"
+    );
+    assert!(shown.contains("certificate-not-trusted"), "{shown}");
+    // Domains that publish no _smtp._tls are not recorded.
+    assert!(!shown.contains("testing.sts.test"), "{shown}");
+    let (ok, sent, err) = s.ctl(&["tls-report", "send"]);
+    assert!(ok, "{err}");
+    assert!(sent.contains("good.sts.test: report "), "{sent}");
+    assert!(sent.contains("queued as"), "{sent}");
+    let maildir = receiver.dir.path().join("mail/alice/Maildir");
+    let mut lines = String::new();
+    crate::harness::wait_until(WAIT, "two TLS reports delivered", || {
+        let out = Command::new("python3")
+            .args(["-c", READ_REPORTS])
+            .arg(&maildir)
+            .arg(s.dir.path().join("dkim.pem"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines = String::from_utf8_lossy(&out.stdout).to_string();
+        lines.lines().count() >= 2
+    });
+    let good = lines
+        .lines()
+        .find(|l| l.contains("domain=good.sts.test"))
+        .unwrap_or_else(|| panic!("no report for good.sts.test: {lines}"));
+    assert!(
+        good.starts_with("dkim=True domain=good.sts.test header=good.sts.test type=sts ok=1 failed=0 details= org=Sender Org contact=tlsrpt@sender.test start=00:00:00Z"),
+        "{good}"
+    );
+    let bad = lines
+        .lines()
+        .find(|l| l.contains("domain=badcert.sts.test"))
+        .unwrap_or_else(|| panic!("no report for badcert.sts.test: {lines}"));
+    assert!(
+        bad.starts_with("dkim=True domain=badcert.sts.test"),
+        "{bad}"
+    );
+    assert!(bad.contains(" ok=0 "), "{bad}");
+    assert!(
+        bad.contains("details=certificate-not-trusted@mx-self.sts.test"),
+        "{bad}"
+    );
+    // The reports' own delivery (to report.sts.test, which asks for
+    // reports too) was not counted.
+    let (_, shown, _) = s.ctl(&["tls-report", "show"]);
+    assert!(!shown.contains("report.sts.test"), "{shown}");
 }
