@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rustls::ClientConfig;
 
@@ -335,6 +334,21 @@ impl Cache {
         c
     }
 
+    /// The domains with a policy file in the cache.
+    pub fn cached_domains(&self) -> Vec<String> {
+        let Some(dir) = &self.dir else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| file_name(n).is_some())
+            .collect()
+    }
+
     /// The policy to apply to mail for `domain` (RFC 8461 §5.1): a fresh
     /// one when the TXT id changed or the cached one is due for a refresh,
     /// else the cached one while it has not expired, else none (mode
@@ -371,21 +385,19 @@ impl Cache {
         let _one_fetch = lock.lock().unwrap_or_else(|p| p.into_inner());
         let cached = self.load(&domain).filter(|c| !c.expired(now));
         let id = match resolver.txt(&format!("_mta-sts.{domain}")) {
-            Ok((Lookup::Found(records), _)) => match txt_id(&records) {
-                Ok(id) => id,
-                Err(e) => {
-                    if cached.is_some() {
-                        log::warn!("MTA-STS {domain}: TXT record: {e}; using the cached policy");
-                    }
-                    return cached;
-                }
-            },
-            Ok((Lookup::NxDomain, _)) => return cached,
+            Ok((Lookup::Found(records), _)) => txt_id(&records),
+            Ok((Lookup::NxDomain, _)) => Err("no such name".to_string()),
+            Err(e) => Err(format!("lookup failed: {e}")),
+        };
+        let id = match id {
+            Ok(id) => id,
             Err(e) => {
-                if cached.is_some() {
-                    log::info!(
-                        "MTA-STS {domain}: TXT lookup failed ({e}); using the cached policy"
-                    );
+                match &cached {
+                    Some(c) => log::info!(
+                        "MTA-STS {domain}: _mta-sts TXT: {e}; using the cached policy (id {})",
+                        c.id
+                    ),
+                    None => log::debug!("MTA-STS {domain}: _mta-sts TXT: {e}; no policy"),
                 }
                 return cached;
             }
@@ -463,11 +475,6 @@ impl Cache {
             }
         }
     }
-}
-
-/// The fetch deadlines from the delivery limits.
-pub fn deadlines(connect: Duration, total: Duration) -> crate::https::Deadlines {
-    crate::https::Deadlines { connect, total }
 }
 
 #[cfg(test)]
@@ -611,6 +618,18 @@ mod tests {
         assert!(Cached::from_file("junk").is_err());
         assert!(Cached::from_file("postern-sts 1\nid a\nfetched 1\n\nversion: STSv9\n").is_err());
         assert_eq!(file_name("example.com"), Some("example.com"));
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::on_disk(dir.path().to_path_buf());
+        cache.store("a.example", c.clone());
+        cache.store("b.example", c.clone());
+        std::fs::write(dir.path().join(".c.example.tmp"), "x").unwrap();
+        let mut listed = cache.cached_domains();
+        listed.sort();
+        assert_eq!(listed, vec!["a.example", "b.example"]);
+        // A new cache (a restart) reads the policy back from disk.
+        let again = Cache::on_disk(dir.path().to_path_buf());
+        assert_eq!(again.load("a.example").as_deref(), Some(&c));
+        assert!(Cache::in_memory().cached_domains().is_empty());
         for bad in ["", ".hidden", "a/b", "../x", "UPPER.example"] {
             assert_eq!(file_name(bad), None, "{bad}");
         }

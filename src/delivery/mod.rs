@@ -213,6 +213,27 @@ impl Context {
         self
     }
 
+    /// How HTTPS requests (MTA-STS policies, TLS reports) are made: with
+    /// `tls`'s validating config (the system CA store and that action's
+    /// `ca`), `mta-sts port` and the delivery deadlines.
+    pub fn web(&self, tls: &ClientTls) -> crate::sts::Fetch {
+        crate::sts::Fetch {
+            tls: tls.verified.clone(),
+            port: self.cfg.mta_sts_port,
+            deadlines: crate::https::Deadlines {
+                connect: self.cfg.limits.connect_timeout,
+                total: self.cfg.limits.delivery_timeout,
+            },
+        }
+    }
+
+    /// [`Context::web`] for work that belongs to no action (refreshing
+    /// cached MTA-STS policies, posting TLS reports): the first relay
+    /// action's TLS settings.
+    pub fn any_web(&self) -> Option<crate::sts::Fetch> {
+        self.tls.values().next().map(|t| self.web(t))
+    }
+
     /// Record TLS results with `rec` when the configuration says
     /// `tls-report`.
     fn with_reports(mut self, rec: &Arc<crate::tlsrpt::Recorder>) -> Context {

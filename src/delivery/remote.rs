@@ -488,14 +488,7 @@ pub(super) fn plan<'a>(
     // MTA-STS under `dane` (the default), unless the action says
     // `mta-sts off`; a policy in mode none is no policy.
     let sts = if policy == TlsPolicy::Dane && action.mta_sts {
-        let fetch = crate::sts::Fetch {
-            tls: tls.verified.clone(),
-            port: ctx.cfg.mta_sts_port,
-            deadlines: crate::sts::deadlines(
-                ctx.cfg.limits.connect_timeout,
-                ctx.cfg.limits.delivery_timeout,
-            ),
-        };
+        let fetch = ctx.web(tls);
         let (p, e) = ctx
             .sts
             .policy(&ctx.resolver, &fetch, domain, crate::time::unix_now());

@@ -51,9 +51,13 @@ pub fn spawn(
                     },
                     default(wait) => {
                         if crate::time::unix_now() >= next {
-                            match send(&ctx(), &rec, &spool, true) {
-                                Ok(done) => log::info!("TLS reports: {}", done.trim_end().replace('\n', "; ")),
-                                Err(e) => log::warn!("TLS reports: {e}"),
+                            let c = ctx();
+                            refresh_sts(&c);
+                            if c.cfg.tls_report.is_some() {
+                                match send(&c, &rec, &spool, true) {
+                                    Ok(done) => log::info!("TLS reports: {}", done.trim_end().replace('\n', "; ")),
+                                    Err(e) => log::warn!("TLS reports: {e}"),
+                                }
                             }
                             next = next_run(crate::time::unix_now());
                         }
@@ -63,6 +67,19 @@ pub fn spawn(
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the TLS report thread: {e}"))
+}
+
+/// Fetch again the cached MTA-STS policies that are due (RFC 8461 §3.3:
+/// "proactively refresh cached policies before they expire"), so that a
+/// domain that gets mail rarely keeps its policy.
+fn refresh_sts(ctx: &Context) {
+    let Some(web) = ctx.any_web() else {
+        return;
+    };
+    for domain in ctx.sts.cached_domains() {
+        ctx.sts
+            .policy(&ctx.resolver, &web, &domain, crate::time::unix_now());
+    }
 }
 
 /// The next daily run: after the coming UTC midnight, 0 to 4 hours later.
@@ -160,25 +177,18 @@ fn mail(
 
 /// POST a report (RFC 8460 §5.4), validated as MTA-STS fetches are.
 fn post(ctx: &Context, r: &tlsrpt::Report, url: &str) -> Result<(), String> {
-    let tls = ctx
-        .tls
-        .values()
-        .next()
-        .map(|t| t.verified.clone())
+    let web = ctx
+        .any_web()
         .ok_or("no relay action to take TLS settings from")?;
-    let deadlines = crate::sts::deadlines(
-        ctx.cfg.limits.connect_timeout,
-        ctx.cfg.limits.delivery_timeout,
-    );
     let gz = tlsrpt::gzip(r.json.as_bytes());
     let resp = crate::https::post(
         &ctx.resolver,
-        tls,
+        web.tls,
         url,
         "application/tlsrpt+gzip",
         &gz,
         4096,
-        deadlines,
+        web.deadlines,
     )?;
     if (200..300).contains(&resp.status) {
         Ok(())

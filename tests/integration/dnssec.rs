@@ -94,45 +94,73 @@ impl Unbound {
                 d.display()
             ));
         }
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        // `local-zone: "test." nodefault`: unbound answers test. itself
-        // otherwise (RFC 6761), NXDOMAIN for everything.
-        let conf = format!(
-            "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-not-query-localhost: no\n\
-             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n\
-             directory: \"{d}\"\n  module-config: \"validator iterator\"\n\
-             {anchors}  local-zone: \"test.\" nodefault\n{auth}",
-            d = d.display()
-        );
-        std::fs::write(d.join("unbound.conf"), conf).unwrap();
-        let child = Command::new("unbound")
-            .args(["-d", "-c"])
-            .arg(d.join("unbound.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start unbound");
-        let u = Unbound {
-            child,
-            port,
-            _dir: dir,
-        };
-        let r = resolver(&u, false);
-        let t0 = Instant::now();
-        // Bounded: 10 s for unbound to load and answer.
-        while !matches!(r.addrs(probe), Ok(Lookup::Found(a)) if !a.is_empty()) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "unbound never answered"
+        // unbound serves UDP and TCP on its port: it must be free for both
+        // (another test's TCP listener may hold a port UDP would give),
+        // and an unbound that exits at start (a port taken meanwhile) is
+        // started again on another one.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let port = free_port();
+            let conf = format!(
+                "server:\n  interface: 127.0.0.1\n  port: {port}\n  so-reuseport: no\n\
+                 do-not-query-localhost: no\n\
+                 username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n\
+                 directory: \"{d}\"\n  module-config: \"validator iterator\"\n\
+                 {anchors}  local-zone: \"test.\" nodefault\n{auth}",
+                d = d.display()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(d.join("unbound.conf"), conf).unwrap();
+            let log = std::fs::File::create(d.join("unbound.log")).unwrap();
+            let mut child = Command::new("unbound")
+                .args(["-d", "-c"])
+                .arg(d.join("unbound.conf"))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start unbound");
+            let r = resolver_at(port, false);
+            let t0 = Instant::now();
+            // Bounded: 10 s for unbound to load and answer.
+            let up = loop {
+                if matches!(r.addrs(probe), Ok(Lookup::Found(a)) if !a.is_empty()) {
+                    break true;
+                }
+                if child.try_wait().ok().flatten().is_some()
+                    || t0.elapsed() > Duration::from_secs(10)
+                {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            if up {
+                break Unbound {
+                    child,
+                    port,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                tries < 3,
+                "unbound never answered on 127.0.0.1:{port}; its log:\n{}",
+                std::fs::read_to_string(d.join("unbound.log")).unwrap_or_default()
+            );
         }
-        u
     }
+}
+
+/// A loopback port free for both TCP and UDP just now (bounded tries).
+fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP on 127.0.0.1");
 }
 
 /// Alter the TLSA data of `owners` in a signed zone file, leaving the
@@ -196,7 +224,11 @@ fn start_unbound() -> Unbound {
 }
 
 fn resolver(u: &Unbound, distrust: bool) -> Resolver {
-    let mut s = Server::new(SocketAddr::from(([127, 0, 0, 1], u.port)));
+    resolver_at(u.port, distrust)
+}
+
+fn resolver_at(port: u16, distrust: bool) -> Resolver {
+    let mut s = Server::new(SocketAddr::from(([127, 0, 0, 1], port)));
     if distrust {
         s.trust_ad = false;
     }

@@ -50,6 +50,8 @@ struct PolicyServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// Kept open: a closed pipe would kill the server at its next write.
+    _stdout: std::process::ChildStdout,
 }
 
 impl Drop for PolicyServer {
@@ -76,6 +78,14 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or "0")
+        body = self.rfile.read(n)
+        name = "posted-%s" % self.path.strip("/").replace("/", "_")
+        with open(os.path.join(root, name + ".tmp"), "wb") as f:
+            f.write(self.headers.get("Content-Type", "").encode() + b"\n" + body)
+        os.rename(os.path.join(root, name + ".tmp"), os.path.join(root, name))
+        self.send_response(201); self.send_header("Content-Length", "0"); self.end_headers()
     def log_message(self, *a):
         pass
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -108,10 +118,15 @@ impl PolicyServer {
             .spawn()
             .expect("python3");
         let mut out = child.stdout.take().unwrap();
-        let mut ready = [0u8; 5];
+        let mut ready = [0u8; 6];
         std::io::Read::read_exact(&mut out, &mut ready).expect("policy server did not start");
-        assert_eq!(&ready, b"ready");
-        PolicyServer { child, port, dir }
+        assert_eq!(&ready, b"ready\n");
+        PolicyServer {
+            child,
+            port,
+            dir,
+            _stdout: out,
+        }
     }
 
     fn serve(&self, domain: &str, text: &str) {
@@ -203,7 +218,11 @@ fn deliver_and_check(s: &Postern, cases: &[(&str, &[&str])]) {
     for ((domain, wants), id) in cases.iter().zip(&ids) {
         let line = s.wait_log(&format!("{id}: to=<alice@{domain}>"), WAIT);
         for want in *wants {
-            assert!(line.contains(want), "{domain}: wanted {want:?} in\n{line}");
+            assert!(
+                line.contains(want),
+                "{domain}: wanted {want:?} in\n{line}\nlog:\n{}",
+                s.log_text()
+            );
         }
     }
 }
@@ -257,7 +276,8 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
         &policy("testing", &["mx-good.sts.test"]),
     );
     web.serve("dd.sec.test", &policy("enforce", &["nothing.sec.test"]));
-    let phase1 = "good MX 10 mx-good\n_mta-sts.good TXT \"v=STSv1; id=1\"\n\
+    let phase1 = format!(
+        "good MX 10 mx-good\n_mta-sts.good TXT \"v=STSv1; id=1\"\n\
                   badcert MX 10 mx-self\n_mta-sts.badcert TXT \"v=STSv1; id=1\"\n\
                   unlisted MX 10 mx-good\n_mta-sts.unlisted TXT \"v=STSv1; id=1\"\n\
                   testing MX 10 mx-self\n_mta-sts.testing TXT \"v=STSv1; id=1\"\n\
@@ -267,8 +287,11 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
                   _smtp._tls.good TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n\
                   _smtp._tls.badcert TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n\
                   report MX 10 mx-good\n\
-                  _smtp._tls.report TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n";
-    let dns1 = dns(port, phase1, &b_311);
+                  _smtp._tls.report TXT \"v=TLSRPTv1; rua=mailto:alice@report.sts.test\"\n\
+                  _smtp._tls.testing TXT \"v=TLSRPTv1; rua=https://mta-sts.good.sts.test:{}/tlsrpt\"\n",
+        web.port
+    );
+    let dns1 = dns(port, &phase1, &b_311);
     let mut s = Postern::start_with(|dir| {
         std::fs::write(dir.join("ca.pem"), ca.issuer.pem()).unwrap();
         dkim_key(dir);
@@ -376,6 +399,22 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
     let cached = std::fs::read_to_string(s.queue().join("sts/good.sts.test")).unwrap();
     assert!(cached.starts_with("postern-sts 1\nid 1\n"), "{cached}");
     tls_reports(&s, &a);
+    // The https rua of testing.sts.test got its report by POST.
+    let posted = std::fs::read(web.dir.path().join("posted-tlsrpt")).expect("no report posted");
+    let (ctype, gz) = posted.split_at(posted.iter().position(|&b| b == b'\n').unwrap() + 1);
+    assert_eq!(ctype, b"application/tlsrpt+gzip\n");
+    let mut json = Command::new("python3")
+        .args(["-c", "import gzip,json,sys; r=json.loads(gzip.decompress(sys.stdin.buffer.read())); p=r['policies'][0]; print(p['policy']['policy-domain'], p['policy']['policy-type'], p['summary']['total-successful-session-count'])"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut json.stdin.take().unwrap(), gz).unwrap();
+    let out = json.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "testing.sts.test sts 1"
+    );
 
     // Phase 2, after a restart: good.sts.test's TXT id changes but its
     // policy can no longer be fetched, and its MX now points at a host
@@ -504,11 +543,16 @@ fn tls_reports(s: &Postern, receiver: &Postern) {
     );
     assert!(shown.contains("certificate-not-trusted"), "{shown}");
     // Domains that publish no _smtp._tls are not recorded.
-    assert!(!shown.contains("testing.sts.test"), "{shown}");
+    assert!(!shown.contains("unlisted.sts.test"), "{shown}");
     let (ok, sent, err) = s.ctl(&["tls-report", "send"]);
     assert!(ok, "{err}");
     assert!(sent.contains("good.sts.test: report "), "{sent}");
     assert!(sent.contains("queued as"), "{sent}");
+    assert!(sent.contains("testing.sts.test: report "), "{sent}");
+    assert!(
+        sent.contains("posted to https://mta-sts.good.sts.test:"),
+        "{sent}"
+    );
     let maildir = receiver.dir.path().join("mail/alice/Maildir");
     let mut lines = String::new();
     crate::harness::wait_until(WAIT, "two TLS reports delivered", || {
