@@ -110,47 +110,9 @@ pub fn relaxed_header(name: &str, value: &str) -> String {
     out
 }
 
-/// Runs of spaces and tabs as one space.
+/// Runs of spaces and tabs as one space (a trailing run too; the callers
+/// trim what they must).
 fn squeeze(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut space = false;
-    for c in s.chars() {
-        if c == ' ' || c == '\t' {
-            space = true;
-        } else {
-            if space && !out.is_empty() {
-                out.push(' ');
-            }
-            space = false;
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Relaxed body canonicalisation (RFC 6376 §3.4.4).
-pub fn relaxed_body(body: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(body);
-    let mut lines: Vec<String> = text
-        .split("\r\n")
-        .map(|l| {
-            let l = squeeze_keep_lead(l);
-            l.trim_end_matches([' ', '\t']).to_string()
-        })
-        .collect();
-    while lines.last().is_some_and(String::is_empty) {
-        lines.pop();
-    }
-    let mut out = Vec::new();
-    for l in lines {
-        out.extend_from_slice(l.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// As [`squeeze`], but a line's leading whitespace becomes one space too.
-fn squeeze_keep_lead(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut space = false;
     for c in s.chars() {
@@ -166,6 +128,24 @@ fn squeeze_keep_lead(s: &str) -> String {
     }
     if space {
         out.push(' ');
+    }
+    out
+}
+
+/// Relaxed body canonicalisation (RFC 6376 §3.4.4).
+pub fn relaxed_body(body: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let mut lines: Vec<String> = text
+        .split("\r\n")
+        .map(|l| squeeze(l).trim_end_matches(' ').to_string())
+        .collect();
+    while lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(l.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out
 }

@@ -277,21 +277,10 @@ fn probe(ctx: &Context, plan: &Plan<'_>, host: &Host, addr: SocketAddr, tls: &Ho
         p.outcome = Outcome::Fails(format!("{relay} is one of our own listeners"));
         return p;
     }
-    let facts = tls_decision::Host {
-        level: tls.level,
-        implicit: host.implicit_tls,
-        plaintext_retry: false,
-    };
-    let job = Job {
-        route: Route::default(),
-        items: Vec::new(),
-    };
-    let mut res = Results::empty(&job);
-    let (result, chain, dane) = match remote::connect(ctx, relay.clone(), tls.level, &mut res) {
-        Ok(mut s) => {
-            let r = s.open_session(ctx, facts, (plan.tls, tls), &host.name, &mut res);
+    let (result, chain, dane) = match open(ctx, plan, host, relay.clone(), tls) {
+        Ok((mut s, opened)) => {
             let found = (std::mem::take(&mut s.chain), s.dane.take());
-            let r = r.map(|_| Outcome::Delivers {
+            let r = opened.map(|()| Outcome::Delivers {
                 auth: s.auth,
                 tls: s.tls.as_ref().map(ToString::to_string),
             });
@@ -346,8 +335,29 @@ fn fetch_chain(
         tlsa: Vec::new(),
         names: tls.names.clone(),
     };
+    match open(ctx, plan, host, relay, &look) {
+        Ok((mut s, opened)) => {
+            if opened.is_ok() {
+                s.quit();
+            }
+            std::mem::take(&mut s.chain)
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Connect to `relay` and open a session at `tls`'s level as delivery
+/// does (no plaintext retry): the connection and how opening it went, or
+/// why there was no connection.
+fn open(
+    ctx: &Context,
+    plan: &Plan<'_>,
+    host: &Host,
+    relay: Relay,
+    tls: &HostTls,
+) -> Result<(remote::Connection, Result<(), Fail>), Fail> {
     let facts = tls_decision::Host {
-        level: Level::Encrypt,
+        level: tls.level,
         implicit: host.implicit_tls,
         plaintext_retry: false,
     };
@@ -356,15 +366,11 @@ fn fetch_chain(
         items: Vec::new(),
     };
     let mut res = Results::empty(&job);
-    let Ok(mut s) = remote::connect(ctx, relay, Level::Encrypt, &mut res) else {
-        return Vec::new();
-    };
-    if s.open_session(ctx, facts, (plan.tls, &look), &host.name, &mut res)
-        .is_ok()
-    {
-        s.quit();
-    }
-    std::mem::take(&mut s.chain)
+    let mut s = remote::connect(ctx, relay, tls.level, &mut res)?;
+    let opened = s
+        .open_session(ctx, facts, (plan.tls, tls), &host.name, &mut res)
+        .map(|_| ());
+    Ok((s, opened))
 }
 
 impl Report {

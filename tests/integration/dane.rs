@@ -87,6 +87,28 @@ pub fn msg(subject: &str) -> String {
     )
 }
 
+/// Submit one message from carol per domain (to alice there), then check
+/// each one's first result line for every string in its list.
+pub fn deliver_and_check(s: &Postern, cases: &[(&str, &[&str])]) {
+    let ids: Vec<String> = cases
+        .iter()
+        .map(|(domain, _)| {
+            let to = format!("alice@{domain}");
+            submit(s.addrs[0], "carol@sender.test", &[&to], &msg(domain))
+        })
+        .collect();
+    for ((domain, wants), id) in cases.iter().zip(&ids) {
+        let line = s.wait_log(&format!("{id}: to=<alice@{domain}>"), WAIT);
+        for want in *wants {
+            assert!(
+                line.contains(want),
+                "{domain}: wanted {want:?} in\n{line}\nlog:\n{}",
+                s.log_text()
+            );
+        }
+    }
+}
+
 /// Every maildir file of `p`, as text.
 pub fn mail_of(p: &Postern) -> String {
     maildir_files(&p.dir.path().join("mail/alice/Maildir"))
@@ -272,19 +294,7 @@ limit retry-interval 1s
             ],
         ),
     ];
-    let ids: Vec<String> = cases
-        .iter()
-        .map(|(domain, _)| {
-            let to = format!("alice@{domain}");
-            submit(s.addrs[0], "carol@sender.test", &[&to], &msg(domain))
-        })
-        .collect();
-    for ((domain, wants), id) in cases.iter().zip(&ids) {
-        let line = s.wait_log(&format!("{id}: to=<alice@{domain}>"), WAIT);
-        for want in *wants {
-            assert!(line.contains(want), "{domain}: wanted {want:?} in\n{line}");
-        }
-    }
+    deliver_and_check(&s, cases);
     let log = s.log_text();
     // The mismatch names what the server presented, as openssl sees it
     // (B's key), ready for a TLSA record.
@@ -321,20 +331,7 @@ limit retry-interval 1s
 /// `posternctl tls-check` against the same DNS and receivers: each verdict
 /// and its exit code.
 fn tls_check(s: &Postern, a_311: &str, b_311: &str) {
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-            .arg("-f")
-            .arg(&s.config)
-            .arg("tls-check")
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |args: &[&str]| s.posternctl(&[&["tls-check"], args].concat());
     let cases: &[(&str, i32, &[String])] = &[
         (
             "good.secure.test",

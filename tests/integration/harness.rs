@@ -264,6 +264,22 @@ impl Postern {
         )
     }
 
+    /// posternctl with `-f` this daemon's configuration (commands that
+    /// read it, such as tls-check): exit code, stdout, stderr.
+    pub fn posternctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
+            .arg("-f")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     /// The test CA as PEM path, for clients that verify.
     pub fn cert_path(&self) -> PathBuf {
         self.dir.path().join("cert.pem")

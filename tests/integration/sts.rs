@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::dane::{mail_of, msg, receiver, spki_sha256};
+use crate::dane::{deliver_and_check, mail_of, receiver, spki_sha256};
 use crate::dnssec::{Unbound, Zone};
-use crate::harness::{Postern, need, submit};
+use crate::harness::{Postern, need};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -206,27 +206,6 @@ tls-report from "tlsrpt@sender.test" dkim-key "{q}/dkim.pem" selector tlsrpt org
     )
 }
 
-/// Submit one message per domain and check each first result line.
-fn deliver_and_check(s: &Postern, cases: &[(&str, &[&str])]) {
-    let ids: Vec<String> = cases
-        .iter()
-        .map(|(domain, _)| {
-            let to = format!("alice@{domain}");
-            submit(s.addrs[0], "carol@sender.test", &[&to], &msg(domain))
-        })
-        .collect();
-    for ((domain, wants), id) in cases.iter().zip(&ids) {
-        let line = s.wait_log(&format!("{id}: to=<alice@{domain}>"), WAIT);
-        for want in *wants {
-            assert!(
-                line.contains(want),
-                "{domain}: wanted {want:?} in\n{line}\nlog:\n{}",
-                s.log_text()
-            );
-        }
-    }
-}
-
 #[test]
 fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
     let ca = TestCa::new();
@@ -370,14 +349,8 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
     assert!(!mail_of(&a).contains("Subject: unlisted.sts.test\n"));
     // tls-check sees the same policy and verdict (with a cache of its own
     // in memory: it leaves the spool alone).
-    let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-        .arg("-f")
-        .arg(&s.config)
-        .args(["tls-check", "good.sts.test"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text, _) = s.posternctl(&["tls-check", "good.sts.test"]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("MTA-STS policy: id 1, mode enforce, mx mx-good.sts.test, max_age 86400"),
         "{text}"
@@ -387,14 +360,8 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
         text.contains("verdict: would deliver to mx-good.sts.test with MTA-STS authentication"),
         "{text}"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-        .arg("-f")
-        .arg(&s.config)
-        .args(["tls-check", "unlisted.sts.test"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{text}");
+    let (code, text, _) = s.posternctl(&["tls-check", "unlisted.sts.test"]);
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("skipped: 451 4.7.5 MTA-STS"), "{text}");
     let cached = std::fs::read_to_string(s.queue().join("sts/good.sts.test")).unwrap();
     assert!(cached.starts_with("postern-sts 1\nid 1\n"), "{cached}");
