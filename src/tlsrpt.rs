@@ -28,6 +28,15 @@ pub enum Rua {
     Https(String),
 }
 
+impl std::fmt::Display for Rua {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rua::Mailto(a) => write!(f, "mailto:{a}"),
+            Rua::Https(u) => f.write_str(u),
+        }
+    }
+}
+
 /// The `rua` list of the one `v=TLSRPTv1` record among `records`.
 pub fn parse_txt(records: &[String]) -> Result<Vec<Rua>, String> {
     let ours: Vec<&String> = records

@@ -67,6 +67,8 @@ pub struct HostReport {
     pub level: Option<Level>,
     /// Why the host gets no mail before any connection, if so.
     pub skipped: Option<String>,
+    /// Whether the domain's MTA-STS policy lists it (when there is one).
+    pub sts_listed: Option<bool>,
     /// Probe connections, in delivery order, up to the first that would
     /// take mail.
     pub probes: Vec<Probe>,
@@ -89,6 +91,8 @@ pub struct Report {
     pub mx_secure: bool,
     /// The MTA-STS policy that applies: `id …, mode …, mx …, max_age …`.
     pub sts: Option<String>,
+    /// Where the domain wants TLS reports (RFC 8460 §3), or why not.
+    pub tlsrpt: Result<Vec<String>, String>,
     /// Per host, in delivery order.
     pub hosts: Vec<HostReport>,
     /// What postern would do.
@@ -130,6 +134,7 @@ pub fn check(ctx: &Context, domain: &str) -> Result<Report, String> {
         dnssec: ctx.resolver.trusts_ad(),
         mx_secure: false,
         sts: None,
+        tlsrpt: Err("not looked up".into()),
         hosts: Vec::new(),
         verdict: String::new(),
         exit: 2,
@@ -146,6 +151,12 @@ pub fn check(ctx: &Context, domain: &str) -> Result<Report, String> {
         }
     };
     report.mx_secure = plan.mx_secure;
+    report.tlsrpt = match ctx.resolver.txt(&format!("_smtp._tls.{domain}")) {
+        Ok((crate::dns::Lookup::Found(records), _)) => crate::tlsrpt::parse_txt(&records)
+            .map(|rua| rua.iter().map(ToString::to_string).collect()),
+        Ok((crate::dns::Lookup::NxDomain, _)) => Err("no _smtp._tls record".into()),
+        Err(e) => Err(format!("lookup failed: {e}")),
+    };
     report.sts = plan.sts.as_ref().map(|c| {
         format!(
             "id {}, mode {}, mx {}, max_age {}",
@@ -214,6 +225,7 @@ fn check_host(ctx: &Context, plan: &Plan<'_>, route: &Route, host: &Host) -> Hos
         records: Vec::new(),
         level: None,
         skipped: None,
+        sts_listed: plan.sts.as_ref().map(|c| c.policy.mx_matches(&host.name)),
         probes: Vec::new(),
     };
     let prepared = match remote::prepare_host(ctx, plan, route, host) {
@@ -394,6 +406,11 @@ impl Report {
             let _ = writeln!(o, "MX answer: {}", yes(self.mx_secure));
             let sts = self.sts.as_deref().unwrap_or("none");
             let _ = writeln!(o, "MTA-STS policy: {sts}");
+            let rpt = match &self.tlsrpt {
+                Ok(rua) => rua.join(" "),
+                Err(e) => format!("none ({e})"),
+            };
+            let _ = writeln!(o, "TLS-RPT: {rpt}");
         }
         for h in &self.hosts {
             let _ = writeln!(o, "host {} port {}", h.name, h.port);
@@ -409,6 +426,10 @@ impl Report {
             let _ = writeln!(o, "  TLSA: {}", h.tlsa);
             for r in &h.records {
                 let _ = writeln!(o, "    {r}");
+            }
+            if let Some(listed) = h.sts_listed {
+                let how = if listed { "listed" } else { "not listed" };
+                let _ = writeln!(o, "  MTA-STS: {how} in the policy");
             }
             if let Some(l) = h.level {
                 let _ = writeln!(o, "  policy: {}", l.as_str());
@@ -446,7 +467,7 @@ impl Report {
     pub fn json(&self) -> String {
         let hosts: Vec<String> = self.hosts.iter().map(HostReport::json).collect();
         format!(
-            "{{\"domain\":{},\"action\":{},\"policy\":{},\"resolver\":{},\"dnssec\":{},\"mx_secure\":{},\"sts\":{},\"hosts\":[{}],\"verdict\":{},\"exit\":{}}}\n",
+            "{{\"domain\":{},\"action\":{},\"policy\":{},\"resolver\":{},\"dnssec\":{},\"mx_secure\":{},\"sts\":{},\"tlsrpt\":{},\"hosts\":[{}],\"verdict\":{},\"exit\":{}}}\n",
             js(&self.domain),
             js(&self.action),
             js(&self.policy),
@@ -454,6 +475,10 @@ impl Report {
             self.dnssec,
             self.mx_secure,
             self.sts.as_deref().map_or("null".into(), js),
+            match &self.tlsrpt {
+                Ok(rua) => crate::json::strings(rua.iter().map(String::as_str)),
+                Err(_) => "null".into(),
+            },
             hosts.join(","),
             js(&self.verdict),
             self.exit
@@ -516,13 +541,14 @@ impl HostReport {
             })
             .collect();
         format!(
-            "{{\"name\":{},\"port\":{},\"addresses\":[{}],\"address_secure\":{},\"tlsa\":{},\"records\":[{}],\"policy\":{},\"skipped\":{},\"probes\":[{}]}}",
+            "{{\"name\":{},\"port\":{},\"addresses\":[{}],\"address_secure\":{},\"tlsa\":{},\"records\":[{}],\"sts_listed\":{},\"policy\":{},\"skipped\":{},\"probes\":[{}]}}",
             js(&self.name),
             self.port,
             addrs.join(","),
             self.addr_secure,
             js(self.tlsa),
             records.join(","),
+            self.sts_listed.map_or("null".into(), |b| b.to_string()),
             self.level.map_or("null".into(), |l| js(l.as_str())),
             self.skipped.as_deref().map_or("null".into(), js),
             probes.join(",")

@@ -356,6 +356,11 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
         "{text}"
     );
     assert!(text.contains("policy: sts"), "{text}");
+    assert!(text.contains("MTA-STS: listed in the policy"), "{text}");
+    assert!(
+        text.contains("TLS-RPT: mailto:alice@report.sts.test"),
+        "{text}"
+    );
     assert!(
         text.contains("verdict: would deliver to mx-good.sts.test with MTA-STS authentication"),
         "{text}"
@@ -363,6 +368,11 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
     let (code, text, _) = s.posternctl(&["tls-check", "unlisted.sts.test"]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("skipped: 451 4.7.5 MTA-STS"), "{text}");
+    assert!(text.contains("MTA-STS: not listed in the policy"), "{text}");
+    assert!(
+        text.contains("TLS-RPT: none (no _smtp._tls record)"),
+        "{text}"
+    );
     let cached = std::fs::read_to_string(s.queue().join("sts/good.sts.test")).unwrap();
     assert!(cached.starts_with("postern-sts 1\nid 1\n"), "{cached}");
     tls_reports(&s, &a);
