@@ -8,10 +8,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::config::{Config, Delivery, For, From};
+use crate::config::{CertRule, Config, Delivery, For, From};
 use crate::smtp::address::{Mailbox, safe_user, user_part};
 use crate::smtp::reply::{self, Reply};
 use crate::smtp::server::{Client, Policy};
+use crate::tls::client_auth::ClientCert;
 
 /// The policy of one listener: the config's rules and its `auth` table.
 pub struct ListenerPolicy {
@@ -59,20 +60,38 @@ fn is_local_client(ip: IpAddr) -> bool {
 
 /// Where mail being routed comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
+pub enum Origin<'a> {
     /// An SMTP client.
     Client {
         /// Its address.
         addr: IpAddr,
         /// It authenticated (AUTH).
         authenticated: bool,
+        /// The certificate it presented.
+        cert: Option<&'a ClientCert>,
     },
     /// postern itself (bounces): routed as mail from an authenticated
     /// client on 127.0.0.1 (postern(8) says so).
     MailSystem,
 }
 
-impl Origin {
+impl Origin<'_> {
+    /// Does the client's certificate satisfy `rule` (RFC 5280 chain to the
+    /// listener's `ca`, or a fingerprint in the table)? The mail system
+    /// itself has none.
+    fn cert_ok(self, cfg: &Config, rule: &CertRule) -> bool {
+        let Origin::Client { cert: Some(c), .. } = self else {
+            return false;
+        };
+        match rule {
+            CertRule::Verified => c.verified,
+            CertRule::Listed(t) => cfg.tables.get(t).is_some_and(|t| {
+                t.keys()
+                    .any(|k| crate::tls::client_auth::normalize_fingerprint(k) == c.sha256)
+            }),
+        }
+    }
+
     fn addr(self) -> IpAddr {
         match self {
             Origin::Client { addr, .. } => addr,
@@ -93,6 +112,7 @@ impl Policy for ListenerPolicy {
         let origin = Origin::Client {
             addr: client.addr,
             authenticated: client.auth.is_some(),
+            cert: client.cert.as_ref(),
         };
         route(&self.cfg, origin, rcpt)
     }
@@ -160,7 +180,10 @@ pub fn route(cfg: &Config, origin: Origin, rcpt: &Mailbox) -> Result<String, Rep
             For::Domain(d) => &domain == d,
             For::DomainTable(t) => cfg.tables.get(t).is_some_and(|t| t.contains(&domain)),
         };
-        (!r.auth || origin.authenticated()) && from_ok && for_ok
+        (!r.auth || origin.authenticated())
+            && r.cert.as_ref().is_none_or(|c| origin.cert_ok(cfg, c))
+            && from_ok
+            && for_ok
     });
     let Some(rule) = rule else {
         return Err(reply::RELAY_DENIED);
@@ -246,9 +269,62 @@ match from local for local action "open"
         let stranger = Origin::Client {
             addr: "198.51.100.1".parse().unwrap(),
             authenticated: false,
+            cert: None,
         };
         let m = parse_mailbox("someone@far.example").unwrap();
         assert!(route(&cfg, stranger, &m).is_err());
+    }
+
+    /// `match cert <table>` by fingerprint (any case, colons or not),
+    /// `match cert` by verification; no certificate falls through.
+    #[test]
+    fn certificates_relay_when_the_rules_say_so() {
+        let fp = "ab".repeat(32);
+        let listed = "AB:".repeat(31) + "AB";
+        let conf = format!(
+            "hostname mx.example.com\nlisten on 127.0.0.1 port 2525\ntable certs {{ {listed} }}\n\
+             action \"local\" maildir \"/var/mail/%{{user}}\"\naction \"out\" relay\naction \"hub\" relay\n\
+             match from any for domain \"example.com\" action \"local\"\n\
+             match cert <certs> from any for any action \"out\"\n\
+             match cert from any for domain \"branch.example\" action \"hub\"\n"
+        );
+        let cfg = Config::parse("t.conf", &conf, std::path::Path::new("/")).unwrap();
+        let cert = |sha256: &str, verified| ClientCert {
+            sha256: sha256.into(),
+            subject: "CN=x".into(),
+            verified,
+        };
+        let (known, other, other_ok) = (
+            cert(&fp, false),
+            cert(&"cd".repeat(32), false),
+            cert(&"cd".repeat(32), true),
+        );
+        let via = |c: Option<&ClientCert>, rcpt: &str| {
+            let origin = Origin::Client {
+                addr: "198.51.100.1".parse().unwrap(),
+                authenticated: false,
+                cert: c,
+            };
+            route(&cfg, origin, &parse_mailbox(rcpt).unwrap()).map_err(|r| r.code)
+        };
+        assert_eq!(via(Some(&known), "x@far.example"), Ok("out".into()));
+        assert_eq!(via(Some(&other), "x@far.example"), Err(554));
+        assert_eq!(via(Some(&other_ok), "x@far.example"), Err(554));
+        assert_eq!(via(Some(&other_ok), "x@branch.example"), Ok("hub".into()));
+        assert_eq!(via(Some(&other), "x@branch.example"), Err(554));
+        assert_eq!(via(None, "x@far.example"), Err(554));
+        // The local domain still takes mail without a certificate.
+        assert_eq!(via(None, "alice@example.com"), Ok("local".into()));
+        // The mail system has no certificate.
+        assert_eq!(
+            route(
+                &cfg,
+                Origin::MailSystem,
+                &parse_mailbox("x@far.example").unwrap()
+            )
+            .map_err(|r| r.code),
+            Err(554)
+        );
     }
 
     fn policy() -> ListenerPolicy {
@@ -260,6 +336,7 @@ match from local for local action "open"
         let client = Client {
             addr: ip.parse().unwrap(),
             auth: auth.then(|| "alice".to_string()),
+            cert: None,
         };
         policy().check_rcpt(&client, &parse_mailbox(rcpt).unwrap())
     }

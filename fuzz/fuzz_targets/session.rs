@@ -26,7 +26,7 @@ impl Policy for Yes {
 }
 
 fn info() -> TlsInfo {
-    TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), sni: None }
+    TlsInfo { version: "TLSv1.3".into(), cipher: "X".into(), sni: None, client_cert: None }
 }
 
 fuzz_target!(|data: &[u8]| {

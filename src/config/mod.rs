@@ -83,8 +83,19 @@ pub struct Listener {
     pub auth: Option<String>,
     /// `hostname NAME` override for greeting and Received.
     pub hostname: Option<String>,
+    /// `ca FILE ask-cert | verify-cert`: client certificates.
+    pub client_ca: Option<ListenerCa>,
     /// Line of the directive.
     pub line: usize,
+}
+
+/// A listener's `ca FILE ask-cert | verify-cert`.
+#[derive(Debug, Clone)]
+pub struct ListenerCa {
+    /// The CA file and its certificates.
+    pub ca: CaFile,
+    /// `verify-cert`: a certificate chaining to the CA is required.
+    pub require: bool,
 }
 
 /// Outbound TLS policy for a destination (postern.conf(5), `tls`).
@@ -363,6 +374,8 @@ pub enum For {
 pub struct Rule {
     /// `match auth`: only authenticated sessions.
     pub auth: bool,
+    /// `match cert [<table>]`: only clients with a certificate.
+    pub cert: Option<CertRule>,
     /// Client criterion.
     pub from: From,
     /// Recipient criterion.
@@ -371,6 +384,15 @@ pub struct Rule {
     pub action: String,
     /// Line of the directive.
     pub line: usize,
+}
+
+/// Which client certificates a `match cert` rule takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertRule {
+    /// `match cert`: one that chains to the listener's `ca`.
+    Verified,
+    /// `match cert <table>`: one whose SHA-256 fingerprint the table lists.
+    Listed(String),
 }
 
 /// `limit ...` values, each declared once with its default.
@@ -1039,8 +1061,27 @@ impl Parser<'_> {
         let mut pki = None;
         let mut auth = None;
         let mut hostname = None;
+        let mut client_ca = None;
         while let Some(t) = a.next() {
             match t.text() {
+                Some("ca") => {
+                    let path = self.path(a.word("CA file")?);
+                    let require = match a.word("'ask-cert' or 'verify-cert'")? {
+                        "ask-cert" => false,
+                        "verify-cert" => true,
+                        w => {
+                            return Err(format!(
+                                "listen on: ca FILE must be followed by ask-cert or verify-cert, got '{w}'"
+                            ));
+                        }
+                    };
+                    let certs = crate::tls::client::read_ca(&path)
+                        .map_err(|e| format!("listen on: {e}"))?;
+                    client_ca = Some(ListenerCa {
+                        ca: CaFile { path, certs },
+                        require,
+                    });
+                }
                 Some("port") => {
                     let p = a.word("port number")?;
                     port = Some(
@@ -1065,6 +1106,12 @@ impl Parser<'_> {
             }
         }
         let port = port.unwrap_or(if tls == TlsMode::Implicit { 465 } else { 25 });
+        if client_ca.is_some() && tls == TlsMode::Off {
+            return Err(
+                "listen on: client certificates (ca FILE ask-cert|verify-cert) need tls, tls-require or smtps"
+                    .into(),
+            );
+        }
         for ip in ips {
             self.cfg.listeners.push(Listener {
                 addr: SocketAddr::new(ip, port),
@@ -1072,6 +1119,7 @@ impl Parser<'_> {
                 pki: pki.clone(),
                 auth: auth.clone(),
                 hostname: hostname.clone(),
+                client_ca: client_ca.clone(),
                 line,
             });
         }
@@ -1205,6 +1253,14 @@ impl Parser<'_> {
             a.next();
             auth = true;
         }
+        let mut cert = None;
+        if a.peek().and_then(Token::text) == Some("cert") {
+            a.next();
+            cert = Some(match a.peek() {
+                Some(Token::TableRef(_)) => CertRule::Listed(a.table("cert")?),
+                _ => CertRule::Verified,
+            });
+        }
         a.keyword("from")?;
         let from = match a.word("'any', 'local' or 'src'")? {
             "any" => From::Any,
@@ -1238,6 +1294,7 @@ impl Parser<'_> {
         let action = a.word("action name")?.to_string();
         self.cfg.rules.push(Rule {
             auth,
+            cert,
             from,
             rcpt,
             action,
@@ -1406,6 +1463,10 @@ impl Parser<'_> {
                     For::DomainTable(t) => Some(t),
                     _ => None,
                 },
+                match &r.cert {
+                    Some(CertRule::Listed(t)) => Some(t),
+                    _ => None,
+                },
             ];
             for t in tables.into_iter().flatten() {
                 if !self.cfg.tables.contains_key(t) && missing(t) {
@@ -1417,6 +1478,21 @@ impl Parser<'_> {
                 && let Err(e) = table.check_networks()
             {
                 errors.push(err(r.line, format!("from src <{t}>: {e}")));
+            }
+            if let Some(CertRule::Listed(t)) = &r.cert
+                && let Some(table) = self.cfg.tables.get(t)
+            {
+                for k in table.keys() {
+                    let fp = crate::tls::client_auth::normalize_fingerprint(k);
+                    if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        errors.push(err(
+                            r.line,
+                            format!(
+                                "match cert <{t}>: '{k}' is not a SHA-256 certificate fingerprint (64 hex digits, colons allowed: openssl x509 -noout -fingerprint -sha256)"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(t) = &self.cfg.limits.sessions_per_ip_exempt {

@@ -181,6 +181,71 @@ fn actions_and_rules() {
     }
 }
 
+/// `ca FILE ask-cert|verify-cert` on TLS listeners, `match cert [<t>]`,
+/// and fingerprint tables checked when read.
+#[test]
+fn client_certificates() {
+    let base = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(base.path().join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(base.path().join("key.pem"), key.serialize_pem()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        base.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let pki = "pki p cert \"ca.pem\"\npki p key \"key.pem\"\n";
+    let fp = "AB:".repeat(31) + "AB";
+    let text = format!(
+        "{pki}listen on 127.0.0.1 tls pki p ca \"ca.pem\" ask-cert\nlisten on 127.0.0.1 port 2525 tls-require pki p ca \"ca.pem\" verify-cert\n\
+         table certs {{ {fp} }}\naction out relay\n\
+         match cert <certs> from any for any action out\nmatch auth cert from any for any action out\n"
+    );
+    let c = Config::parse("t.conf", &text, base.path()).unwrap();
+    let cas: Vec<Option<bool>> = c
+        .listeners
+        .iter()
+        .map(|l| l.client_ca.as_ref().map(|ca| ca.require))
+        .collect();
+    assert_eq!(cas, vec![Some(false), Some(true)]);
+    assert_eq!(c.rules[0].cert, Some(CertRule::Listed("certs".into())));
+    assert_eq!(
+        (c.rules[1].auth, c.rules[1].cert.clone()),
+        (true, Some(CertRule::Verified))
+    );
+    let bad = |text: &str| {
+        Config::parse("t.conf", text, base.path())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad("listen on 127.0.0.1 ca \"ca.pem\" ask-cert\n").contains(
+            "client certificates (ca FILE ask-cert|verify-cert) need tls, tls-require or smtps"
+        )
+    );
+    assert!(
+        bad(&format!(
+            "{pki}listen on 127.0.0.1 tls pki p ca \"ca.pem\" maybe\n"
+        ))
+        .contains("ca FILE must be followed by ask-cert or verify-cert, got 'maybe'")
+    );
+    assert!(
+        bad(&format!(
+            "{pki}listen on 127.0.0.1 tls pki p ca \"none.pem\" ask-cert\n"
+        ))
+        .contains("none.pem")
+    );
+    assert!(
+        bad("listen on 127.0.0.1\ntable certs { nothex }\naction out relay\nmatch cert <certs> from any for any action out\n")
+            .contains("match cert <certs>: 'nothex' is not a SHA-256 certificate fingerprint")
+    );
+}
+
 /// DANE is the default for MX delivery, never for a smarthost; the
 /// tls-policy table takes the same words.
 #[test]

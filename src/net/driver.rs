@@ -25,10 +25,19 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 fn tls_log(t: Option<&TlsInfo>) -> String {
     match t {
         Some(t) => format!(
-            "tls={t}{}",
+            "tls={t}{}{}",
             t.sni
                 .as_ref()
                 .map(|s| format!(" sni={s}"))
+                .unwrap_or_default(),
+            t.client_cert
+                .as_ref()
+                .map(|c| format!(
+                    " client-cert=sha256:{} verified={} subject=\"{}\"",
+                    c.sha256,
+                    if c.verified { "yes" } else { "no" },
+                    c.subject
+                ))
                 .unwrap_or_default()
         ),
         None => "tls=none".to_string(),
@@ -131,7 +140,12 @@ impl Driver<'_> {
         };
         self.guard.arm(self.ep.cfg.limits.command_timeout);
         match self.stream.upgrade_server(cfg) {
-            Ok(info) => {
+            Ok(mut info) => {
+                if let Some(auth) = &self.ep.client_auth {
+                    let chain = self.stream.client_chain();
+                    let verified = auth.verifies(&chain, rustls::pki_types::UnixTime::now());
+                    info.client_cert = crate::tls::client_auth::ClientCert::of(&chain, verified);
+                }
                 crate::stats::SESSIONS_TLS.inc();
                 log::info!(
                     "{} smtp tls address={peer} {}",

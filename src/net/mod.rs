@@ -25,11 +25,20 @@ pub struct Endpoint {
     pub policy: Arc<dyn Policy>,
     /// TLS server config, when the listener has a pki.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client certificates (`ca FILE ask-cert | verify-cert`).
+    pub client_auth: Option<Arc<crate::tls::client_auth::ClientAuth>>,
 }
 
 impl Endpoint {
     /// Build the endpoint for `l`.
     pub fn build(cfg: &Arc<Config>, l: &Listener) -> Result<Endpoint, String> {
+        let client_auth = match &l.client_ca {
+            Some(c) => Some(Arc::new(
+                crate::tls::client_auth::ClientAuth::new(&c.ca.certs, c.require)
+                    .map_err(|e| format!("CA file {}: {e}", c.ca.path.display()))?,
+            )),
+            None => None,
+        };
         let tls = match &l.pki {
             Some(name) if l.tls != TlsMode::Off => {
                 let pki = cfg
@@ -37,7 +46,7 @@ impl Endpoint {
                     .get(name)
                     .ok_or_else(|| format!("no pki named '{name}'"))?;
                 Some(
-                    crate::tls::server::config(pki, cfg.pki.values())
+                    crate::tls::server::config(pki, cfg.pki.values(), client_auth.as_ref())
                         .map_err(|e| format!("TLS setup for {}: {e}", l.addr))?,
                 )
             }
@@ -64,6 +73,7 @@ impl Endpoint {
             cfg: cfg.clone(),
             listener: l.clone(),
             tls,
+            client_auth,
         })
     }
 }

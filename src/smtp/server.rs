@@ -84,6 +84,8 @@ pub struct Client {
     pub addr: IpAddr,
     /// Authenticated user, if any.
     pub auth: Option<String>,
+    /// The certificate it presented in the TLS handshake, if any.
+    pub cert: Option<crate::tls::client_auth::ClientCert>,
 }
 
 /// Settings a session takes from its listener.
@@ -290,7 +292,11 @@ impl Session {
         let mut s = Session {
             params,
             policy,
-            client: Client { addr, auth: None },
+            client: Client {
+                addr,
+                auth: None,
+                cert: tls.as_ref().and_then(|t| t.client_cert.clone()),
+            },
             state: State::Connected,
             input: Vec::new(),
             pos: 0,
@@ -443,6 +449,7 @@ impl Session {
         if self.state != State::Handshake {
             return;
         }
+        self.client.cert = info.client_cert.clone();
         self.tls = Some(info);
         self.helo = None;
         self.client.auth = None;
@@ -963,6 +970,14 @@ impl Session {
                 "\r\n\t(version={} cipher={})",
                 t.version, t.cipher
             ));
+            if let Some(c) = &t.client_cert {
+                h.push_str(&format!(
+                    "\r\n\t(client-cert subject=\"{}\"\r\n\t sha256={} verified={})",
+                    c.subject,
+                    c.sha256,
+                    if c.verified { "yes" } else { "no" }
+                ));
+            }
         }
         if let [only] = self.tx.rcpts.as_slice() {
             h.push_str(&format!("\r\n\tfor <{}>", only.addr));

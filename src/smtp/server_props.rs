@@ -79,6 +79,7 @@ fn check_stream(tls: TlsMode, chunks: Vec<Vec<u8>>, cut: usize) -> Result<(), Te
         version: "TLSv1.3".into(),
         cipher: "X".into(),
         sni: None,
+        client_cert: None,
     });
     let mut s = Session::new(
         params(tls),
@@ -123,6 +124,7 @@ fn check_stream(tls: TlsMode, chunks: Vec<Vec<u8>>, cut: usize) -> Result<(), Te
                     version: "TLSv1.3".into(),
                     cipher: "X".into(),
                     sni: None,
+                    client_cert: None,
                 }),
                 Action::Abort => began = false,
                 Action::Body(_) | Action::Sleep(_) | Action::Close => {}

@@ -43,6 +43,7 @@ fn tls_info() -> TlsInfo {
         version: "TLSv1.3".into(),
         cipher: "TLS13_AES_128_GCM_SHA256".into(),
         sni: None,
+        client_cert: None,
     }
 }
 
@@ -696,6 +697,31 @@ fn received_header_for_helo_and_tls() {
     d.send(b"x\r\n.\r\n");
     let body = String::from_utf8(d.committed.pop().unwrap()).unwrap();
     assert!(body.contains("with ESMTPS id QID1\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)\r\n\tfor <alice@example.com>"), "{body}");
+}
+
+#[test]
+fn received_header_names_a_client_certificate() {
+    let mut d = Drive::new(TlsMode::Optional, false);
+    assert_eq!(d.one("STARTTLS"), "220 2.0.0");
+    d.s.tls_started(TlsInfo {
+        client_cert: Some(crate::tls::client_auth::ClientCert {
+            sha256: "ab".repeat(32),
+            subject: "CN=laptop".into(),
+            verified: true,
+        }),
+        ..tls_info()
+    });
+    d.pump();
+    assert_eq!(d.s.client().cert.as_ref().map(|c| c.verified), Some(true));
+    d.greeted_tx();
+    d.one("DATA");
+    d.send(b"x\r\n.\r\n");
+    let body = String::from_utf8(d.committed.pop().unwrap()).unwrap();
+    let want = format!(
+        "(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)\r\n\t(client-cert subject=\"CN=laptop\"\r\n\t sha256={} verified=yes)\r\n\tfor <alice@example.com>",
+        "ab".repeat(32)
+    );
+    assert!(body.contains(&want), "{body}");
 }
 
 #[test]

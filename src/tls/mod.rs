@@ -2,6 +2,7 @@
 //! server configuration with SNI ([`server`]).
 
 pub mod client;
+pub mod client_auth;
 pub mod dane;
 pub mod pki;
 pub mod server;
@@ -19,6 +20,9 @@ pub struct TlsInfo {
     pub cipher: String,
     /// Server name the client asked for, if any.
     pub sni: Option<String>,
+    /// The certificate the client presented (inbound, `ca … ask-cert` or
+    /// `verify-cert` listeners).
+    pub client_cert: Option<client_auth::ClientCert>,
 }
 
 /// `TLSv1.3/TLS13_AES_128_GCM_SHA256`, as the logs write it.

@@ -29,6 +29,7 @@ impl ResolvesServerCert for SniResolver {
 pub fn config<'a>(
     default: &Pki,
     all: impl Iterator<Item = &'a Arc<Pki>>,
+    client_auth: Option<&Arc<super::client_auth::ClientAuth>>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let resolver = SniResolver {
         by_name: all
@@ -36,10 +37,13 @@ pub fn config<'a>(
             .collect(),
         fallback: default.key.clone(),
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(super::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let builder = rustls::ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_auth {
+        Some(a) => builder.with_client_cert_verifier(a.verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     // Resumption saves a full handshake per reconnecting client.
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     // One TLS 1.3 ticket is enough for an MTA that reconnects; the default

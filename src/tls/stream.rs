@@ -29,6 +29,18 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The certificates the client presented, inbound.
+    pub fn client_chain(&self) -> Vec<CertificateDer<'static>> {
+        match self {
+            Stream::Tls(t) => t
+                .conn
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The TCP socket underneath.
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
@@ -86,6 +98,7 @@ where
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default(),
         sni: None,
+        client_cert: None,
     })
 }
 

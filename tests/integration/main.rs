@@ -2,6 +2,7 @@
 //! One test binary (ripgrep's layout); each test gets its own temp dir,
 //! certificate, config and daemon.
 
+mod clientcert;
 mod clients;
 mod daemon;
 mod dane;
