@@ -183,6 +183,8 @@ pub struct RelayAction {
     /// `mta-sts on|off`: honour MTA-STS policies (RFC 8461) under `tls
     /// dane`; on by default.
     pub mta_sts: bool,
+    /// `pki NAME`: the client certificate to present when asked.
+    pub pki: Option<String>,
 }
 
 impl RelayAction {
@@ -1151,6 +1153,7 @@ impl Parser<'_> {
                 let (mut host, mut auth, mut tls_policy, mut tls, mut port, mut ca) =
                     (None, None, None, None, None, None);
                 let mut mta_sts = true;
+                let mut pki = None;
                 while let Some(t) = a.next() {
                     match t.text() {
                         Some("host") => {
@@ -1184,6 +1187,7 @@ impl Parser<'_> {
                                     .map_err(|_| format!("action {name}: bad port '{p}'"))?,
                             );
                         }
+                        Some("pki") => pki = Some(a.word("pki name")?.to_string()),
                         Some("mta-sts") => {
                             mta_sts = match a.word("'on' or 'off'")? {
                                 "on" => true,
@@ -1235,6 +1239,7 @@ impl Parser<'_> {
                     port,
                     ca,
                     mta_sts,
+                    pki,
                 })
             }
             w => {
@@ -1403,6 +1408,11 @@ impl Parser<'_> {
                 }
             }
             let Delivery::Relay(r) = d else { continue };
+            if let Some(p) = &r.pki
+                && !self.cfg.pki.contains_key(p)
+            {
+                errors.push(err(line, format!("action {name}: no pki named '{p}'")));
+            }
             if let Some(p) = &mut r.tls_policy
                 && let Some(table) = tables.get(&p.table)
             {
@@ -1410,7 +1420,7 @@ impl Parser<'_> {
                     Err(e) => errors.push(err(
                         line,
                         format!(
-                            "action {name}: tls-policy <{}>: {e} (use none, may, encrypt or verify)",
+                            "action {name}: tls-policy <{}>: {e} (use none, may, encrypt, verify, dane or dane-only)",
                             p.table
                         ),
                     )),

@@ -177,8 +177,15 @@ impl Context {
             }
             tls.insert(
                 name.clone(),
-                ClientTls::new(roots.clone(), a.ca.as_ref())
-                    .map_err(|e| format!("action {name}: {e}"))?,
+                ClientTls::new(
+                    roots.clone(),
+                    a.ca.as_ref(),
+                    a.pki
+                        .as_ref()
+                        .and_then(|p| cfg.pki.get(p))
+                        .map(|p| p.key.clone()),
+                )
+                .map_err(|e| format!("action {name}: {e}"))?,
             );
         }
         let local_ips = nix::ifaddrs::getifaddrs()

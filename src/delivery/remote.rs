@@ -728,7 +728,7 @@ impl Connection {
                 crate::tls::provider(),
             );
             let cfg = v
-                .client_config()
+                .client_config(tls.client_key.as_ref())
                 .map_err(|what| Fail::Next(Fault::Config { what }))?;
             dane = Some(v);
             (cfg, ht.names.first().map_or(name, String::as_str))

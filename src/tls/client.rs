@@ -72,6 +72,23 @@ pub struct ClientTls {
     /// For `verify`.
     pub verified: Arc<ClientConfig>,
     verifier: Arc<WebPkiServerVerifier>,
+    /// The action's `pki`, presented when a server asks for a client
+    /// certificate.
+    pub client_key: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// A client config builder finished with `key` as the client certificate
+/// (sent only when the server asks), or without one.
+pub fn with_client_key(
+    b: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    key: Option<&Arc<rustls::sign::CertifiedKey>>,
+) -> ClientConfig {
+    match key {
+        Some(k) => {
+            b.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(k.clone())))
+        }
+        None => b.with_no_client_auth(),
+    }
 }
 
 /// The system CA store, loaded once at start-up.
@@ -115,6 +132,7 @@ impl ClientTls {
     pub fn new(
         mut roots: RootCertStore,
         ca: Option<&crate::config::CaFile>,
+        client_key: Option<Arc<rustls::sign::CertifiedKey>>,
     ) -> Result<ClientTls, String> {
         if let Some(ca) = ca {
             for c in &ca.certs {
@@ -130,21 +148,26 @@ impl ClientTls {
                 .map_err(|e| format!("certificate verifier: {e}"))?;
         let versions: &[&rustls::SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
-        let verified = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions)
-            .map_err(|e| e.to_string())?
-            .with_webpki_verifier(verifier.clone())
-            .with_no_client_auth();
-        let opportunistic = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(versions)
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
+        let verified = with_client_key(
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .with_webpki_verifier(verifier.clone()),
+            client_key.as_ref(),
+        );
+        let opportunistic = with_client_key(
+            ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .map_err(|e| e.to_string())?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+            client_key.as_ref(),
+        );
         Ok(ClientTls {
             opportunistic: Arc::new(opportunistic),
             verified: Arc::new(verified),
             verifier,
+            client_key,
         })
     }
 

@@ -123,17 +123,20 @@ impl DaneVerifier {
         }
     }
 
-    /// A client config that checks the server with this verifier.
-    pub fn client_config(self: &Arc<Self>) -> Result<Arc<ClientConfig>, String> {
+    /// A client config that checks the server with this verifier and
+    /// presents `client_key` when the server asks for a certificate.
+    pub fn client_config(
+        self: &Arc<Self>,
+        client_key: Option<&Arc<rustls::sign::CertifiedKey>>,
+    ) -> Result<Arc<ClientConfig>, String> {
         let versions: &[&rustls::SupportedProtocolVersion] =
             &[&rustls::version::TLS13, &rustls::version::TLS12];
-        let cfg = ClientConfig::builder_with_provider(self.provider.clone())
+        let b = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(versions)
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(self.clone())
-            .with_no_client_auth();
-        Ok(Arc::new(cfg))
+            .with_custom_certificate_verifier(self.clone());
+        Ok(Arc::new(super::client::with_client_key(b, client_key)))
     }
 
     /// The check itself; `Ok` names the record that matched.

@@ -203,3 +203,68 @@ match cert from any for domain "branch.example" action "out"
         p.log_text()
     );
 }
+
+/// A relay action with `pki` presents that certificate to a server that
+/// asks for one: here a receiving postern that takes mail for its domain
+/// only from that certificate.
+#[test]
+fn relay_action_presents_its_pki() {
+    need("openssl", "openssl");
+    let issuer = Issuer::new();
+    let mut fp = String::new();
+    let receiver = Postern::start_named(&["mx.test"], |d| {
+        use rcgen::ExtendedKeyUsagePurpose::ServerAuth;
+        write_mode(&d.join("ca.pem"), &issuer.ca.pem(), 0o644);
+        issuer.write(d, "branch", true, ServerAuth);
+        fp = openssl_fingerprint(&d.join("branch.pem"));
+        format!(
+            r#"hostname mx.test
+queue "{d}/queue"
+pki mx.test cert "{d}/cert.pem"
+pki mx.test key "{d}/key.pem"
+table locals {{ alice }}
+table branches {{ {fp} }}
+listen on 127.0.0.2 port 0 tls pki mx.test ca "{d}/ca.pem" ask-cert
+action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+match cert <branches> from any for domain "example.test" action "local"
+"#,
+            d = d.display()
+        )
+    });
+    let port = receiver.addrs[0].port();
+    let (cert, key) = (
+        receiver.dir.path().join("branch.pem"),
+        receiver.dir.path().join("branch.key"),
+    );
+    let sender = Postern::start_with(|d| {
+        format!(
+            r#"hostname branch.example
+queue "{d}/queue"
+pki branch cert "{cert}"
+pki branch key "{key}"
+listen on 127.0.0.1 port 0
+action "out" relay host smtp://127.0.0.2:{port} pki branch
+match from local for any action "out"
+"#,
+            d = d.display(),
+            cert = cert.display(),
+            key = key.display()
+        )
+    });
+    let id = crate::harness::submit(
+        sender.addrs[0],
+        "carol@branch.example",
+        &["alice@example.test"],
+        "Subject: from a branch\r\n\r\nHello.\r\n",
+    );
+    let line = sender.wait_log(
+        &format!("{id}: to=<alice@example.test>"),
+        Duration::from_secs(20),
+    );
+    assert!(line.contains("status=sent"), "{line}");
+    let fp = fp.replace(':', "").to_ascii_lowercase();
+    receiver.wait_log(
+        &format!("client-cert=sha256:{fp} verified=yes subject=\"CN=branch\""),
+        Duration::from_secs(5),
+    );
+}
