@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::Endpoint;
 use crate::smtp::server::{Action, Session, TlsMode};
-use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
+use crate::spool::envelope::{EnvRcpt, Envelope, RcptState, TlsRequired};
 use crate::spool::{Incoming, Spool};
 use crate::tls::TlsInfo;
 use crate::tls::stream::Stream;
@@ -305,6 +305,14 @@ impl Driver<'_> {
             tls: s.tls().map(|t| (t.version.clone(), t.cipher.clone())),
             eight_bit: tx.eight_bit,
             size: tx.size,
+            // REQUIRETLS wins over TLS-Required: No (RFC 8689 §5).
+            tls_required: if tx.requiretls {
+                TlsRequired::Require
+            } else if tx.tls_optional {
+                TlsRequired::Optional
+            } else {
+                TlsRequired::Policy
+            },
             rcpts: tx
                 .rcpts
                 .iter()

@@ -30,6 +30,8 @@ pub enum Command {
         size: Option<u64>,
         /// `BODY=`.
         body: Body,
+        /// `REQUIRETLS` (RFC 8689 §4.1).
+        requiretls: bool,
     },
     /// `RCPT TO:<path>`.
     Rcpt(Mailbox),
@@ -178,6 +180,7 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
     }
     let mut size = None;
     let mut body = Body::SevenBit;
+    let mut requiretls = false;
     for p in params.split(' ').filter(|p| !p.is_empty()) {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         match k.to_ascii_uppercase().as_str() {
@@ -186,10 +189,16 @@ fn parse_mail(args: &str) -> Result<Command, Reply> {
             "BODY" if v.eq_ignore_ascii_case("7BIT") => body = Body::SevenBit,
             // RFC 4954 §5: AUTH= on MAIL is optional to honour; we ignore it.
             "AUTH" => {}
+            "REQUIRETLS" if v.is_empty() && !p.contains('=') => requiretls = true,
             _ => return Err(reply::SYNTAX_PARAMS),
         }
     }
-    Ok(Command::Mail { from, size, body })
+    Ok(Command::Mail {
+        from,
+        size,
+        body,
+        requiretls,
+    })
 }
 
 fn parse_rcpt(args: &str) -> Result<Command, Reply> {
@@ -271,12 +280,31 @@ mod tests {
     #[test]
     fn mail_with_params() {
         let c = parse(b"MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME").unwrap();
-        let Command::Mail { from, size, body } = c else {
+        let Command::Mail {
+            from,
+            size,
+            body,
+            requiretls,
+        } = c
+        else {
             panic!("not MAIL")
         };
         assert_eq!(from.unwrap().to_string(), "a@b.example");
         assert_eq!(size, Some(1000));
         assert_eq!(body, Body::EightBitMime);
+        assert!(!requiretls);
+        assert!(matches!(
+            parse(b"MAIL FROM:<a@b.example> requiretls"),
+            Ok(Command::Mail {
+                requiretls: true,
+                ..
+            })
+        ));
+        // REQUIRETLS takes no value (RFC 8689 §4.1).
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.example> REQUIRETLS=yes"),
+            Err(reply::SYNTAX_PARAMS)
+        );
         assert!(matches!(
             parse(b"mail from: <>"),
             Ok(Command::Mail { from: None, .. })

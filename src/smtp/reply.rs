@@ -96,6 +96,9 @@ replies! {
     UNKNOWN_MECHANISM = 504, "5.5.4", "Unrecognized authentication type";
     /// 530 on a `tls-require` listener before TLS.
     MUST_STARTTLS_FIRST = 530, "5.7.0", "Must issue a STARTTLS command first";
+    /// 530 for `MAIL FROM:<…> REQUIRETLS` outside TLS (RFC 8689 §4.1:
+    /// the parameter is only valid inside TLS).
+    REQUIRETLS_NEEDS_TLS = 530, "5.7.10", "REQUIRETLS needs a TLS session";
     /// 535 for wrong credentials.
     AUTH_INVALID = 535, "5.7.8", "Authentication credentials invalid";
     /// 538 for AUTH before TLS on an auth listener.

@@ -202,6 +202,10 @@ pub struct Transaction {
     pub eight_bit: bool,
     /// Bytes of body after dot-unstuffing, Received header included.
     pub size: u64,
+    /// `MAIL FROM:<…> REQUIRETLS` (RFC 8689 §4.1).
+    pub requiretls: bool,
+    /// The header section has `TLS-Required: No` (RFC 8689 §5).
+    pub tls_optional: bool,
 }
 
 #[derive(Default)]
@@ -219,6 +223,9 @@ struct DataState {
     in_header: bool,
     /// `Received:` fields seen in the header section.
     hops: u32,
+    /// The last header line was `TLS-Required:` with its value still to
+    /// come on a continuation line.
+    tls_required_folded: bool,
     bare_newline: bool,
     too_big: bool,
 }
@@ -582,7 +589,12 @@ impl Session {
         match cmd {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
-            Command::Mail { from, size, body } => self.mail(from, size, body),
+            Command::Mail {
+                from,
+                size,
+                body,
+                requiretls,
+            } => self.mail(from, size, body, requiretls),
             Command::Rcpt(to) => self.rcpt(to),
             Command::Data => self.data_cmd(),
             Command::Rset => {
@@ -625,6 +637,10 @@ impl Session {
             if self.params.auth && self.tls.is_some() && self.client.auth.is_none() {
                 lines.push("AUTH PLAIN LOGIN".to_string());
             }
+            // RFC 8689 §4.1: only where it can be honoured, inside TLS.
+            if self.tls.is_some() {
+                lines.push("REQUIRETLS".to_string());
+            }
             lines.push("HELP".to_string());
             Reply::dynamic(250, "", &lines)
         } else {
@@ -635,7 +651,7 @@ impl Session {
         self.reply(r);
     }
 
-    fn mail(&mut self, from: Option<Mailbox>, size: Option<u64>, body: Body) {
+    fn mail(&mut self, from: Option<Mailbox>, size: Option<u64>, body: Body, requiretls: bool) {
         match self.state {
             State::Connected => return self.error(reply::HELO_FIRST),
             State::Greeted => {}
@@ -644,9 +660,13 @@ impl Session {
         if size.is_some_and(|s| s > self.params.max_message_size) {
             return self.error(reply::TOO_BIG);
         }
+        if requiretls && self.tls.is_none() {
+            return self.error(reply::REQUIRETLS_NEEDS_TLS);
+        }
         self.tx = Transaction {
             from,
             eight_bit: body == Body::EightBitMime,
+            requiretls,
             ..Transaction::default()
         };
         self.state = State::Mail;
@@ -895,10 +915,18 @@ impl Session {
             content = &content[1..];
         }
         if line_start && self.data.in_header {
+            let folded = std::mem::take(&mut self.data.tls_required_folded);
             if content == b"\r\n" || content == b"\n" {
                 self.data.in_header = false;
             } else if content.len() >= 9 && content[..9].eq_ignore_ascii_case(b"received:") {
                 self.data.hops = self.data.hops.saturating_add(1);
+            } else if content.len() >= 13 && content[..13].eq_ignore_ascii_case(b"tls-required:") {
+                match tls_required_no(&content[13..]) {
+                    Some(no) => self.tx.tls_optional |= no,
+                    None => self.data.tls_required_folded = true,
+                }
+            } else if folded && matches!(content.first(), Some(b' ' | b'\t')) {
+                self.tx.tls_optional |= tls_required_no(content) == Some(true);
             }
         }
         self.append_body(content);
@@ -985,6 +1013,17 @@ impl Session {
         h.push_str(&format!(";\r\n\t{date}\r\n"));
         h
     }
+}
+
+/// The value of a `TLS-Required:` field (RFC 8689 §5): `Some(true)` for
+/// `No` (any case, spaces around it), `Some(false)` for anything else,
+/// `None` when the value is empty (it follows on a continuation line).
+fn tls_required_no(value: &[u8]) -> Option<bool> {
+    let v = value.trim_ascii();
+    if v.is_empty() {
+        return None;
+    }
+    Some(v.eq_ignore_ascii_case(b"no"))
 }
 
 #[cfg(test)]

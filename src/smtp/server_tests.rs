@@ -185,6 +185,7 @@ fn ehlo_lists_extensions_in_spec_order() {
             "8BITMIME",
             "ENHANCEDSTATUSCODES",
             "AUTH PLAIN LOGIN",
+            "REQUIRETLS",
             "HELP"
         ]
     );
@@ -927,5 +928,49 @@ fn only_crlf_dot_crlf_ends_data_when_normalizing() {
         let body = String::from_utf8(d.committed.pop().unwrap()).unwrap();
         assert!(body.contains("MAIL FROM:<evil@x.test>\r\n"), "{body:?}");
         assert_eq!(d.one("NOOP"), "250 2.0.0");
+    }
+}
+
+/// REQUIRETLS (RFC 8689 §4.1): offered and accepted only inside TLS, and
+/// recorded with the transaction.
+#[test]
+fn requiretls_only_inside_tls() {
+    let mut d = Drive::new(TlsMode::Optional, false);
+    assert!(!d.ehlo_lines().contains(&"REQUIRETLS".to_string()));
+    assert_eq!(d.one("MAIL FROM:<s@sender.test> REQUIRETLS"), "530 5.7.10");
+    d.tls_up();
+    assert!(d.ehlo_lines().contains(&"REQUIRETLS".to_string()));
+    assert_eq!(d.one("MAIL FROM:<s@sender.test> REQUIRETLS"), "250 2.1.0");
+    assert!(d.s.transaction().requiretls);
+    assert_eq!(d.one("RSET"), "250 2.0.0");
+    assert_eq!(d.one("MAIL FROM:<s@sender.test>"), "250 2.1.0");
+    assert!(!d.s.transaction().requiretls);
+}
+
+/// `TLS-Required: No` (RFC 8689 §5) in the header section, any case,
+/// folded or not; the same words in the body do not count.
+#[test]
+fn tls_required_no_is_noticed_in_the_header_only() {
+    let cases: &[(&[u8], bool)] = &[
+        (b"Subject: x\r\nTLS-Required: No\r\n\r\nbody\r\n", true),
+        (b"tls-required:   nO  \r\n\r\nbody\r\n", true),
+        (b"TLS-Required:\r\n  No\r\n\r\nbody\r\n", true),
+        (b"TLS-Required: Yes\r\n\r\nbody\r\n", false),
+        (b"Subject: x\r\n\r\nTLS-Required: No\r\n", false),
+        (b"X-TLS-Required: No\r\n\r\nbody\r\n", false),
+    ];
+    for (body, want) in cases {
+        let mut d = Drive::new(TlsMode::Optional, false);
+        d.greeted_tx();
+        d.one("DATA");
+        // Looked at before the final dot: the transaction is reset once
+        // the message is queued (the driver reads it at the commit).
+        d.send(body);
+        assert_eq!(
+            d.s.transaction().tls_optional,
+            *want,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
     }
 }

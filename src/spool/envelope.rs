@@ -94,6 +94,22 @@ pub struct Envelope {
     pub size: u64,
     /// Recipients.
     pub rcpts: Vec<EnvRcpt>,
+    /// What the sender asked of TLS on the way (RFC 8689).
+    pub tls_required: TlsRequired,
+}
+
+/// What the sender asked of TLS for the rest of a message's way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsRequired {
+    /// The destinations' policies.
+    #[default]
+    Policy,
+    /// `MAIL FROM:<…> REQUIRETLS` (RFC 8689 §4): only authenticated TLS
+    /// to servers that take REQUIRETLS too.
+    Require,
+    /// `TLS-Required: No` (RFC 8689 §5): TLS when offered, whatever the
+    /// destination's DANE or MTA-STS policy says.
+    Optional,
 }
 
 fn escape(s: &str) -> String {
@@ -151,6 +167,13 @@ impl Envelope {
             if self.eight_bit { "8bitmime" } else { "7bit" }
         );
         let _ = writeln!(s, "size {}", self.size);
+        // Only when set, so that envelopes of ordinary mail stay readable
+        // by a postern older than the flags.
+        match self.tls_required {
+            TlsRequired::Policy => {}
+            TlsRequired::Require => s.push_str("flags requiretls\n"),
+            TlsRequired::Optional => s.push_str("flags tls-required-no\n"),
+        }
         for r in &self.rcpts {
             let _ = writeln!(
                 s,
@@ -195,6 +218,13 @@ impl Envelope {
                 }
                 "body" => e.eight_bit = v == "8bitmime",
                 "size" => e.size = v.parse().map_err(|_| err("bad size"))?,
+                "flags" => {
+                    e.tls_required = match v {
+                        "requiretls" => TlsRequired::Require,
+                        "tls-required-no" => TlsRequired::Optional,
+                        _ => return Err(err("unknown flags")),
+                    }
+                }
                 "rcpt" => e
                     .rcpts
                     .push(parse_rcpt(v).ok_or_else(|| err("bad recipient"))?),
@@ -266,7 +296,29 @@ mod tests {
                     error: String::new(),
                 },
             ],
+            tls_required: TlsRequired::Policy,
         }
+    }
+
+    /// The flags line appears only when a flag is set, and reads back.
+    #[test]
+    fn tls_flags_round_trip() {
+        let plain = sample().to_text();
+        assert!(!plain.contains("flags"), "{plain}");
+        for (flag, line) in [
+            (TlsRequired::Require, "flags requiretls\n"),
+            (TlsRequired::Optional, "flags tls-required-no\n"),
+        ] {
+            let e = Envelope {
+                tls_required: flag,
+                ..sample()
+            };
+            let text = e.to_text();
+            assert!(text.contains(line), "{text}");
+            assert_eq!(Envelope::parse(&text).unwrap(), e);
+        }
+        let bad = plain.replace("size 42\n", "size 42\nflags nonsense\n");
+        assert!(Envelope::parse(&bad).unwrap_err().contains("unknown flags"));
     }
 
     #[test]
