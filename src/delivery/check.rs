@@ -125,6 +125,7 @@ pub fn check(ctx: &Context, domain: &str) -> Result<Report, String> {
     let route = Route {
         action: action.clone(),
         domain: domain.clone(),
+        tls: Default::default(),
     };
     let mut report = Report {
         domain: domain.clone(),

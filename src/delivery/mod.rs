@@ -43,6 +43,8 @@ pub struct Item {
     pub rcpts: Vec<(usize, String)>,
     /// Body file.
     pub body: PathBuf,
+    /// Sent with `MAIL FROM:<…> REQUIRETLS` (RFC 8689).
+    pub requiretls: bool,
 }
 
 /// Where a job goes.
@@ -53,6 +55,9 @@ pub struct Route {
     /// Recipient domain (lower-cased) for MX relay; empty for maildir and
     /// smarthost routes.
     pub domain: String,
+    /// REQUIRETLS or TLS-Required: No mail travels on routes of its own,
+    /// so that every message of a job asks the same of TLS.
+    pub tls: crate::spool::envelope::TlsRequired,
 }
 
 /// Work for a delivery thread: messages for one route.

@@ -317,12 +317,34 @@ pub enum Fault {
         /// The resolver's words for a failed lookup.
         detail: String,
     },
+    /// A REQUIRETLS message (RFC 8689 §4.2) cannot go to this host.
+    RequireTls {
+        /// The host.
+        host: String,
+        /// Why.
+        why: RequireTlsFault,
+    },
     /// A smarthost to log in to, and why we would not or could not.
     Auth {
         /// Where.
         relay: Relay,
         /// Why.
         why: AuthFault,
+    },
+}
+
+/// Why a REQUIRETLS message cannot go to a host.
+#[derive(Clone, Debug)]
+pub enum RequireTlsFault {
+    /// Its TLS would not be authenticated (no DANE, MTA-STS or `verify`).
+    NotAuthenticated {
+        /// The level that applies to it instead.
+        level: &'static str,
+    },
+    /// Authenticated, but it does not offer REQUIRETLS.
+    NotSupported {
+        /// Where.
+        relay: Relay,
     },
 }
 
@@ -452,6 +474,20 @@ impl Fault {
                     ),
                 },
             ),
+            Fault::RequireTls { host, why } => match why {
+                RequireTlsFault::NotAuthenticated { level } => s(
+                    550,
+                    Enhanced(5, 7, 10),
+                    format!(
+                        "REQUIRETLS: TLS to {host} would not be authenticated (policy {level}; DANE, MTA-STS or tls verify is needed)"
+                    ),
+                ),
+                RequireTlsFault::NotSupported { relay } => s(
+                    550,
+                    Enhanced(5, 7, 30),
+                    format!("REQUIRETLS support required, but {relay} does not offer it"),
+                ),
+            },
             Fault::Auth { relay, why } => {
                 let text = match why {
                     AuthFault::NoSecret { table } => {
@@ -482,7 +518,12 @@ impl Fault {
     /// ourselves too, so that a fixed MX record delivers it).
     pub fn disposition(&self) -> Disposition {
         match self {
-            Fault::NoSuchDomain { .. } | Fault::NullMx { .. } => Disposition::Bounced,
+            // RFC 8689 §4.2: a REQUIRETLS message that no host can take
+            // is returned (after every host was tried: remote.rs prefers
+            // a temporary failure of another host).
+            Fault::NoSuchDomain { .. } | Fault::NullMx { .. } | Fault::RequireTls { .. } => {
+                Disposition::Bounced
+            }
             _ => Disposition::Deferred,
         }
     }

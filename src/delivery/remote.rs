@@ -19,13 +19,14 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 
-use super::outcome::{AuthFault, Disposition, Fault, PeerAuth, Relay, Status};
+use super::outcome::{AuthFault, Disposition, Fault, PeerAuth, Relay, RequireTlsFault, Status};
 use super::tls_decision::{self, Dnssec, Event, Level, Next, Skip, TlsaFound, Why, decide};
 use super::{Context, Item, Job, Outcome, RcptOutcome, Route, log_result};
 use crate::config::{RelayAction, Scheme, TlsPolicy};
 use crate::dns::{Lookup, Tlsa, TlsaAnswer};
 use crate::smtp::client::{self, Hello, Wire};
 use crate::smtp::response::{self, Capabilities, Response};
+use crate::spool::envelope::TlsRequired;
 use crate::tls::TlsInfo;
 use crate::tls::client::ClientTls;
 use crate::tls::dane::{DaneVerifier, Verdict};
@@ -176,6 +177,15 @@ fn deliver_fresh(
     }
     let mut kept = None;
     let mut last = Fault::NoUsableMx;
+    // A temporary failure on some host, which outweighs a REQUIRETLS
+    // refusal by another (RFC 8689 §4.2: DNS and TLSA errors defer).
+    let mut temporary: Option<Fault> = None;
+    let mut note = |f: Fault, last: &mut Fault| {
+        if f.disposition() == Disposition::Deferred && temporary.is_none() {
+            temporary = Some(f.clone());
+        }
+        *last = f;
+    };
     'hosts: for host in &plan.hosts {
         let (addrs, tls) = match prepare_host(ctx, &plan, &job.route, host) {
             Ok(Prepared {
@@ -187,11 +197,11 @@ fn deliver_fresh(
                 tls: Err(fault), ..
             }) => {
                 report_skip(ctx, job, &plan, host, &fault);
-                last = fault;
+                note(fault, &mut last);
                 continue;
             }
             Err(fault) => {
-                last = fault;
+                note(fault, &mut last);
                 continue;
             }
         };
@@ -217,7 +227,7 @@ fn deliver_fresh(
                     ctx, action, job, &mut res, host, addr, &plan, &tls, plaintext,
                 ) {
                     Ok(live) => kept = Some(live),
-                    Err(Fail::Next(fault)) => last = fault,
+                    Err(Fail::Next(fault)) => note(fault, &mut last),
                     Err(Fail::Downgrade { detail, .. }) if !plaintext => {
                         log::warn!(
                             "{relay}: TLS handshake failed ({detail}); retrying once without TLS (policy may)"
@@ -225,7 +235,7 @@ fn deliver_fresh(
                         plaintext = true;
                         continue;
                     }
-                    Err(Fail::Downgrade { fault, .. }) => last = fault,
+                    Err(Fail::Downgrade { fault, .. }) => note(fault, &mut last),
                 }
                 break;
             }
@@ -236,6 +246,9 @@ fn deliver_fresh(
     }
     let refused = res.refused && !res.contact;
     let kept = kept.filter(|_| !res.any_pending());
+    if let (Fault::RequireTls { .. }, Some(t)) = (&last, temporary) {
+        last = t;
+    }
     (finish(job, res, &last), refused, kept)
 }
 
@@ -408,6 +421,19 @@ fn host_tls(
         _ => tls_decision::Sts::None,
     };
     match tls_decision::level(plan.policy, dns, sts) {
+        // REQUIRETLS (RFC 8689 §4.2): only to a server authenticated by
+        // DANE, MTA-STS or an explicit `verify`.
+        Ok(level)
+            if route.tls == TlsRequired::Require
+                && !matches!(level, Level::Dane | Level::Sts | Level::Verify) =>
+        {
+            Err(Fault::RequireTls {
+                host: host.name.clone(),
+                why: RequireTlsFault::NotAuthenticated {
+                    level: level.as_str(),
+                },
+            })
+        }
         Ok(level) => Ok(HostTls {
             level,
             found,
@@ -467,7 +493,12 @@ pub(super) fn plan<'a>(
         });
     }
     let domain = &route.domain;
-    let policy = action.policy_for(domain);
+    // TLS-Required: No (RFC 8689 §5): STARTTLS when offered, whatever
+    // the destination's DANE or MTA-STS policy says.
+    let policy = match route.tls {
+        TlsRequired::Optional => TlsPolicy::May,
+        _ => action.policy_for(domain),
+    };
     let port = action.port.unwrap_or(25);
     let host = |name: String| Host {
         name,
@@ -882,6 +913,15 @@ fn attempt(
         report_session(ctx, job, plan, host, host_tls, &s, &opened);
     }
     let caps = opened?;
+    if job.route.tls == TlsRequired::Require && !caps.requiretls {
+        s.quit();
+        return Err(Fail::Next(Fault::RequireTls {
+            host: host.name.clone(),
+            why: RequireTlsFault::NotSupported {
+                relay: s.relay.clone(),
+            },
+        }));
+    }
     smarthost_auth(action, &mut s, &caps, &host.name).inspect_err(|_| s.quit())?;
     send_all(&mut s, &caps, job, res)?;
     let sent = job.items.len();
@@ -970,6 +1010,7 @@ fn send_item(
         from: &item.from,
         size: item.size,
         eight_bit: item.eight_bit,
+        requiretls: item.requiretls,
         rcpts: &rcpts,
     };
     let mut body =

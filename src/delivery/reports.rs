@@ -172,6 +172,9 @@ fn mail(
         .map_err(|reply| format!("no rule routes mail to <{to}>: {reply}"))?;
     let mut env = super::bounce::envelope(&ctx.cfg.hostname, to, action);
     env.from = cfg.from.clone();
+    // RFC 8460 §5.3.1: a report must get through where the destination's
+    // TLS fails (the message says TLS-Required: No as well).
+    env.tls_required = crate::spool::envelope::TlsRequired::Optional;
     spool.submit(&body, &mut env).map_err(|e| e.to_string())
 }
 

@@ -263,7 +263,7 @@ impl Scheduler {
                     continue;
                 }
                 per_route
-                    .entry(route_of(&self.cfg, r))
+                    .entry(route_of(&self.cfg, &e.env, r))
                     .or_default()
                     .push((idx, r.addr.clone()));
             }
@@ -494,7 +494,7 @@ impl Scheduler {
                 .filter(|(_, r)| {
                     r.state == RcptState::Pending
                         && r.next_try <= now
-                        && route_of(&self.cfg, r) == *route
+                        && route_of(&self.cfg, &e.env, r) == *route
                 })
                 .map(|(i, r)| (i, r.addr.clone()))
                 .collect();
@@ -760,13 +760,18 @@ fn item(spool: &Spool, env: &Envelope, rcpts: Vec<(usize, String)>) -> Item {
         arrival: env.arrival,
         rcpts,
         body: spool.body_path(&env.id),
+        requiretls: env.tls_required == crate::spool::envelope::TlsRequired::Require,
     }
 }
 
 /// The route of a recipient: MX relay routes are per domain.
-fn route_of(cfg: &Config, r: &EnvRcpt) -> Route {
-    let domain = match cfg.actions.get(&r.action) {
-        Some(Delivery::Relay(a)) if a.host.is_none() => r
+fn route_of(cfg: &Config, env: &Envelope, r: &EnvRcpt) -> Route {
+    let relay = match cfg.actions.get(&r.action) {
+        Some(Delivery::Relay(a)) => Some(a),
+        _ => None,
+    };
+    let domain = match relay {
+        Some(a) if a.host.is_none() => r
             .addr
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
@@ -776,6 +781,12 @@ fn route_of(cfg: &Config, r: &EnvRcpt) -> Route {
     Route {
         action: r.action.clone(),
         domain,
+        // Local delivery is final: what TLS the sender asked for is moot.
+        tls: if relay.is_some() {
+            env.tls_required
+        } else {
+            crate::spool::envelope::TlsRequired::Policy
+        },
     }
 }
 

@@ -334,7 +334,7 @@ impl Driver<'_> {
                     crate::stats::MESSAGES_IN_TLS.inc();
                 }
                 log::info!(
-                    "{id}: from=<{}> size={} nrcpt={} client={} {}{} session={}",
+                    "{id}: from=<{}> size={} nrcpt={} client={} {}{}{} session={}",
                     env.from,
                     env.size,
                     env.rcpts.len(),
@@ -344,6 +344,11 @@ impl Driver<'_> {
                         .as_ref()
                         .map(|a| format!(" auth={a}"))
                         .unwrap_or_default(),
+                    match env.tls_required {
+                        TlsRequired::Policy => "",
+                        TlsRequired::Require => " requiretls=yes",
+                        TlsRequired::Optional => " tls-required=no",
+                    },
                     self.sid
                 );
                 Ok(())

@@ -68,6 +68,8 @@ pub struct Envelope<'a> {
     pub size: u64,
     /// BODY=8BITMIME (RFC 6152) when offered.
     pub eight_bit: bool,
+    /// REQUIRETLS (RFC 8689 §4.2); the caller made sure it is offered.
+    pub requiretls: bool,
     /// Forward paths.
     pub rcpts: &'a [&'a str],
 }
@@ -124,6 +126,9 @@ pub fn send_message(
     }
     if caps.eight_bit && env.eight_bit {
         mail.push_str(" BODY=8BITMIME");
+    }
+    if env.requiretls {
+        mail.push_str(" REQUIRETLS");
     }
     let rcpt_lines = env.rcpts.iter().map(|r| format!("RCPT TO:<{r}>\r\n"));
     let (mail, rcpts) = if caps.pipelining {

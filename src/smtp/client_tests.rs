@@ -234,6 +234,7 @@ fn transactions_as_a_table() {
             from: "s@y",
             size: 5,
             eight_bit: true,
+            requiretls: false,
             rcpts,
         };
         let r = send_message(&mut p, &caps(ehlo), &env, &mut &b"hi\r\n"[..])
@@ -256,6 +257,7 @@ fn pipelining_sends_mail_and_rcpts_in_one_write() {
         from: "",
         size: 0,
         eight_bit: false,
+        requiretls: false,
         rcpts: &["a@x", "b@x", "c@x"],
     };
     let mut p = ScriptedPeer::new(&script);
@@ -277,6 +279,15 @@ fn pipelining_sends_mail_and_rcpts_in_one_write() {
     let mut p = ScriptedPeer::new(&script);
     let _ = send_message(&mut p, &caps(EHLO_NONE), &env, &mut &b""[..]);
     assert_eq!(p.writes, 5, "{:?}", p.seen);
+
+    // REQUIRETLS goes on MAIL FROM when the message asks for it.
+    let env = Envelope {
+        requiretls: true,
+        ..env
+    };
+    let mut p = ScriptedPeer::new(&script);
+    let _ = send_message(&mut p, &caps(EHLO_ALL), &env, &mut &b""[..]);
+    assert_eq!(p.seen[0], "MAIL FROM:<> SIZE=0 REQUIRETLS");
 }
 
 #[test]
@@ -304,6 +315,7 @@ fn the_body_is_dot_stuffed_wherever_it_is_cut() {
         from: "s@y",
         size: body.len() as u64,
         eight_bit: false,
+        requiretls: false,
         rcpts: &["a@x"],
     };
     send_message(&mut p, &caps(EHLO_NONE), &env, &mut &body[..]).unwrap();
@@ -322,6 +334,7 @@ fn a_broken_connection_is_an_error_not_a_reply() {
         from: "s@y",
         size: 1,
         eight_bit: false,
+        requiretls: false,
         rcpts: &["a@x"],
     };
     assert!(send_message(&mut p, &caps(EHLO_NONE), &env, &mut &b"x"[..]).is_err());

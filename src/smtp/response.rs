@@ -118,6 +118,8 @@ pub struct Capabilities {
     pub eight_bit: bool,
     /// AUTH mechanisms, upper-cased.
     pub auth: Vec<String>,
+    /// REQUIRETLS (RFC 8689 §4.1).
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -132,6 +134,7 @@ impl Capabilities {
                 "STARTTLS" => c.starttls = true,
                 "PIPELINING" => c.pipelining = true,
                 "8BITMIME" => c.eight_bit = true,
+                "REQUIRETLS" => c.requiretls = true,
                 "SIZE" => c.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "AUTH" => c.auth = words.map(|w| w.to_ascii_uppercase()).collect(),
                 _ => {}
@@ -165,7 +168,7 @@ mod tests {
             (r.code, r.lines.clone(), n),
             (220, vec!["mx ESMTP".to_string()], 14)
         );
-        let ehlo = b"250-me\r\n250-8BITMIME\r\n250-SIZE 42\r\n250-STARTTLS\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n";
+        let ehlo = b"250-me\r\n250-8BITMIME\r\n250-SIZE 42\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-REQUIRETLS\r\n250 AUTH PLAIN LOGIN\r\n";
         let (r, n) = parse(ehlo).unwrap().unwrap();
         assert_eq!(n, ehlo.len());
         let caps = Capabilities::from_ehlo(&r);
@@ -176,12 +179,13 @@ mod tests {
                 pipelining: true,
                 size: Some(42),
                 eight_bit: true,
-                auth: vec!["PLAIN".into(), "LOGIN".into()]
+                auth: vec!["PLAIN".into(), "LOGIN".into()],
+                requiretls: true,
             }
         );
         assert_eq!(
             r.one_line(),
-            "250 me / 8BITMIME / SIZE 42 / STARTTLS / PIPELINING / AUTH PLAIN LOGIN"
+            "250 me / 8BITMIME / SIZE 42 / STARTTLS / PIPELINING / REQUIRETLS / AUTH PLAIN LOGIN"
         );
     }
 

@@ -99,7 +99,7 @@ pub struct Envelope {
 }
 
 /// What the sender asked of TLS for the rest of a message's way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TlsRequired {
     /// The destinations' policies.
     #[default]

@@ -447,14 +447,14 @@ fn kill_dash_nine_loses_nothing_and_delivers_once() {
 }
 
 /// aiosmtpd as the receiving side.
-struct Peer {
+pub struct Peer {
     child: Child,
     out: tempfile::TempDir,
-    port: u16,
+    pub port: u16,
 }
 
 impl Peer {
-    fn start(ip: &str, tls: Option<&Postern>, fail_first: bool) -> Peer {
+    pub fn start(ip: &str, tls: Option<&Postern>, fail_first: bool) -> Peer {
         need("python3", "python3");
         let ok = Command::new("python3")
             .args(["-c", "import aiosmtpd"])
@@ -504,7 +504,7 @@ impl Peer {
         Peer { child, out, port }
     }
 
-    fn messages(&self) -> Vec<String> {
+    pub fn messages(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.out.path())
             .unwrap()
             .filter_map(|e| e.ok())

@@ -15,5 +15,6 @@ mod inbound;
 mod ops;
 mod peer;
 mod privilege;
+mod requiretls;
 mod security;
 mod sts;
