@@ -86,9 +86,9 @@ fn listeners() {
     assert!(err("listen on 127.0.0.1 auth users\n").contains("expected <table> after auth"));
 }
 
-#[test]
-fn actions_and_rules() {
-    // A real CA file, named relative to the configuration's directory.
+/// A temporary directory holding `ca.pem`, a self-signed certificate, and
+/// its key.
+fn ca_dir() -> (tempfile::TempDir, rcgen::KeyPair) {
     let base = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let ca = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
@@ -96,6 +96,13 @@ fn actions_and_rules() {
         .self_signed(&key)
         .unwrap();
     std::fs::write(base.path().join("ca.pem"), ca.pem()).unwrap();
+    (base, key)
+}
+
+#[test]
+fn actions_and_rules() {
+    // A real CA file, named relative to the configuration's directory.
+    let (base, _) = ca_dir();
     let c = Config::parse(
         "t.conf",
         "listen on 127.0.0.1\ntable d { a.example }\ntable n { 10.0.0.0/8 }\n\
@@ -185,13 +192,7 @@ fn actions_and_rules() {
 /// and fingerprint tables checked when read.
 #[test]
 fn client_certificates() {
-    let base = tempfile::tempdir().unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let ca = rcgen::CertificateParams::new(vec!["ca.test".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    std::fs::write(base.path().join("ca.pem"), ca.pem()).unwrap();
+    let (base, key) = ca_dir();
     std::fs::write(base.path().join("key.pem"), key.serialize_pem()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(

@@ -12,39 +12,31 @@ use crate::harness::{Postern, maildir_files, need, wait_until, write_mode};
 
 /// Issues client certificates from a test CA.
 struct Issuer {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ca: crate::harness::TestCa,
 }
 
 impl Issuer {
     fn new() -> Issuer {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "Branch CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         Issuer {
-            ca: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+            ca: crate::harness::TestCa::new("Branch CA"),
         }
     }
 
     /// Write `NAME.pem` and `NAME.key` in `dir`: issued by the CA (with
     /// only the given key usage), or self-signed.
     fn write(&self, dir: &Path, name: &str, by_ca: bool, eku: rcgen::ExtendedKeyUsagePurpose) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec![format!("{name}.example")]).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.extended_key_usages = vec![eku];
-        let cert = if by_ca {
-            p.signed_by(&key, &self.ca).unwrap()
+        let host = format!("{name}.example");
+        let (cert, key) = if by_ca {
+            self.ca.issue_with(&[&host], Some(name), &[eku])
         } else {
-            p.self_signed(&key).unwrap()
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut p = rcgen::CertificateParams::new(vec![host]).unwrap();
+            p.distinguished_name.push(rcgen::DnType::CommonName, name);
+            p.extended_key_usages = vec![eku];
+            (p.self_signed(&key).unwrap().pem(), key.serialize_pem())
         };
-        write_mode(&dir.join(format!("{name}.pem")), &cert.pem(), 0o644);
-        write_mode(
-            &dir.join(format!("{name}.key")),
-            &key.serialize_pem(),
-            0o600,
-        );
+        write_mode(&dir.join(format!("{name}.pem")), &cert, 0o644);
+        write_mode(&dir.join(format!("{name}.key")), &key, 0o600);
     }
 }
 

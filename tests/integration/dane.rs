@@ -63,22 +63,9 @@ match from any for any action "local"
 /// A private CA and a leaf it signed for `name`: (chain PEM: leaf then
 /// CA, leaf key PEM, CA PEM).
 fn ca_chain(name: &str) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name
-        .push(rcgen::DnType::CommonName, "DANE test CA");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec![name.to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (
-        format!("{}{}", leaf.pem(), ca.pem()),
-        key.serialize_pem(),
-        ca.pem(),
-    )
+    let ca = crate::harness::TestCa::new("DANE test CA");
+    let (leaf, key) = ca.issue(&[name]);
+    (format!("{leaf}{}", ca.pem()), key, ca.pem())
 }
 
 pub fn msg(subject: &str) -> String {

@@ -39,6 +39,53 @@ pub fn make_cert(names: &[&str]) -> TestCert {
     }
 }
 
+/// A CA made for a test, issuing certificates.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    /// A CA whose subject is `CN=cn`.
+    pub fn new(cn: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        TestCa {
+            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// Its certificate, PEM.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// (certificate PEM, key PEM) for `names`.
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        self.issue_with(names, None, &[])
+    }
+
+    /// As [`TestCa::issue`], with a subject `CN=cn` and these extended key
+    /// usages.
+    pub fn issue_with(
+        &self,
+        names: &[&str],
+        cn: Option<&str>,
+        eku: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = rcgen::CertificateParams::new(names).unwrap();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
+        p.extended_key_usages = eku.to_vec();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A temp dir with `cert.pem`, `key.pem` (mode 600) for `names` and a
 /// `users` table with alice's hash: what every test config refers to.
 pub fn test_dir(names: &[&str]) -> (tempfile::TempDir, TestCert) {

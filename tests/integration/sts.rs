@@ -10,38 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::dane::{deliver_and_check, mail_of, receiver, spki_sha256};
 use crate::dnssec::{Unbound, Zone};
-use crate::harness::{Postern, need};
+use crate::harness::{Postern, TestCa, need};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A CA that issues certificates for the test.
-struct TestCa {
-    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
-}
-
-impl TestCa {
-    fn new() -> TestCa {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "MTA-STS test CA");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        TestCa {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `names`.
-    fn issue(&self, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// Python's HTTPS server, answering `/.well-known/mta-sts.txt` with the
 /// file named after the Host header in its directory: 404 when there is
@@ -208,7 +179,7 @@ tls-report from "tlsrpt@sender.test" dkim-key "{q}/dkim.pem" selector tlsrpt org
 
 #[test]
 fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
-    let ca = TestCa::new();
+    let ca = TestCa::new("MTA-STS test CA");
     let good = ca.issue(&["mx-good.sts.test"]);
     let wrong = ca.issue(&["elsewhere.sts.test"]);
     let a = receiver(
@@ -272,7 +243,7 @@ fn mta_sts_enforces_tests_caches_and_yields_to_dane() {
     );
     let dns1 = dns(port, &phase1, &b_311);
     let mut s = Postern::start_with(|dir| {
-        std::fs::write(dir.join("ca.pem"), ca.issuer.pem()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         dkim_key(dir);
         sender_config(dir, dns1.port, port, web.port)
     });
