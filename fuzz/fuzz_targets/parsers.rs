@@ -1,6 +1,7 @@
 //! Arbitrary bytes into the parsers of what remote servers send outside
 //! SMTP: MTA-STS TXT records and policy files (RFC 8461 §3), HTTP
-//! responses, and certificates summarised for tls-check. None may panic,
+//! responses, certificates summarised for tls-check, and PROXY protocol
+//! headers. None may panic,
 //! and no body may pass the HTTP parser's size cap.
 #![no_main]
 
@@ -11,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    match which % 4 {
+    match which % 5 {
         0 => {
             if let Ok(p) = postern::sts::parse_policy(&text) {
                 assert!(p.max_age <= 31_557_600);
@@ -38,8 +39,18 @@ fuzz_target!(|data: &[u8]| {
                 assert!(r.body.len() <= 1024);
             }
         }
-        _ => {
+        3 => {
             let _ = postern::tls::x509::summary(rest);
+        }
+        _ => {
+            // A complete header is never longer than its input, and every
+            // prefix of a complete header is incomplete, not an error.
+            if let Ok(Some((_, used))) = postern::net::proxy::parse(rest) {
+                assert!(used <= rest.len());
+                for cut in [0, used / 2, used.saturating_sub(1)] {
+                    assert_eq!(postern::net::proxy::parse(&rest[..cut]), Ok(None));
+                }
+            }
         }
     }
 });

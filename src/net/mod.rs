@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod listener;
+pub mod proxy;
 pub mod throttle;
 
 use std::sync::Arc;
