@@ -85,8 +85,20 @@ pub struct Listener {
     pub hostname: Option<String>,
     /// `ca FILE ask-cert | verify-cert`: client certificates.
     pub client_ca: Option<ListenerCa>,
+    /// `proxy [from <table>]`: every connection starts with a PROXY
+    /// protocol header, from the addresses in the table if one is named.
+    pub proxy: Option<ProxyFrom>,
     /// Line of the directive.
     pub line: usize,
+}
+
+/// Who may send a listener's PROXY headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyFrom {
+    /// Any peer (`proxy`).
+    Any,
+    /// The addresses and networks of this table (`proxy from <table>`).
+    Table(String),
 }
 
 /// A listener's `ca FILE ask-cert | verify-cert`.
@@ -1064,8 +1076,17 @@ impl Parser<'_> {
         let mut auth = None;
         let mut hostname = None;
         let mut client_ca = None;
+        let mut proxy = None;
         while let Some(t) = a.next() {
             match t.text() {
+                Some("proxy") => {
+                    proxy = Some(if a.peek().and_then(Token::text) == Some("from") {
+                        a.next();
+                        ProxyFrom::Table(a.table("proxy from")?)
+                    } else {
+                        ProxyFrom::Any
+                    });
+                }
                 Some("ca") => {
                     let path = self.path(a.word("CA file")?);
                     let require = match a.word("'ask-cert' or 'verify-cert'")? {
@@ -1122,6 +1143,7 @@ impl Parser<'_> {
                 auth: auth.clone(),
                 hostname: hostname.clone(),
                 client_ca: client_ca.clone(),
+                proxy: proxy.clone(),
                 line,
             });
         }
@@ -1501,6 +1523,23 @@ impl Parser<'_> {
                                 "match cert <{t}>: '{k}' is not a SHA-256 certificate fingerprint (64 hex digits, colons allowed: openssl x509 -noout -fingerprint -sha256)"
                             ),
                         ));
+                    }
+                }
+            }
+        }
+        for l in &self.cfg.listeners {
+            let Some(ProxyFrom::Table(t)) = &l.proxy else {
+                continue;
+            };
+            match self.cfg.tables.get(t) {
+                None if missing(t) => errors.push(err(
+                    l.line,
+                    format!("listen on: proxy from: no table named '{t}'"),
+                )),
+                None => {}
+                Some(table) => {
+                    if let Err(e) = table.check_networks() {
+                        errors.push(err(l.line, format!("listen on: proxy from <{t}>: {e}")));
                     }
                 }
             }

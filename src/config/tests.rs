@@ -188,6 +188,24 @@ fn actions_and_rules() {
     }
 }
 
+#[test]
+fn proxy_listeners() {
+    let c = parse(
+        "table lbs { 10.0.0.0/24 }\nlisten on 127.0.0.1 proxy\nlisten on 127.0.0.1 port 26 proxy from <lbs>\n",
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].proxy, Some(ProxyFrom::Any));
+    assert_eq!(c.listeners[1].proxy, Some(ProxyFrom::Table("lbs".into())));
+    assert!(
+        err("listen on 127.0.0.1 proxy from <none>\n")
+            .contains("t.conf:1: listen on: proxy from: no table named 'none'")
+    );
+    assert!(
+        err("table lbs { mx.example }\nlisten on 127.0.0.1 proxy from <lbs>\n")
+            .contains("listen on: proxy from <lbs>:")
+    );
+}
+
 /// `ca FILE ask-cert|verify-cert` on TLS listeners, `match cert [<t>]`,
 /// and fingerprint tables checked when read.
 #[test]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::Endpoint;
+use crate::smtp::reply;
 use crate::smtp::server::{Action, Session, TlsMode};
 use crate::spool::envelope::{EnvRcpt, Envelope, RcptState, TlsRequired};
 use crate::spool::{Incoming, Spool};
@@ -52,10 +53,77 @@ enum End {
     Handshake(io::Error),
 }
 
+/// How long a load balancer may take to send its PROXY header (Postfix's
+/// smtpd_upstream_proxy_timeout).
+const PROXY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// On a `proxy` listener: the client the PROXY header names (the proxy
+/// itself for its health checks), or why the session is refused.
+fn proxied_client(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    ep: &Endpoint,
+) -> Result<SocketAddr, String> {
+    if let Some(crate::config::ProxyFrom::Table(t)) = &ep.listener.proxy {
+        let listed = ep
+            .cfg
+            .tables
+            .get(t)
+            .is_some_and(|tb| tb.contains_ip(peer.ip()));
+        if !listed {
+            return Err(format!(
+                "a connection from {} on a proxy listener, which is not in <{t}>: add the load balancer to <{t}>, or connect through it",
+                peer.ip()
+            ));
+        }
+    }
+    match super::proxy::read(tcp, PROXY_TIMEOUT) {
+        Ok(super::proxy::Header::Proxied { client, .. }) => Ok(client),
+        Ok(super::proxy::Header::Local) => Ok(peer),
+        Err(e) => Err(format!(
+            "{e}; this listener says 'proxy': every connection must come through the load balancer with send-proxy or send-proxy-v2"
+        )),
+    }
+}
+
 /// Run one session to its end.
-pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
+pub fn run(
+    mut tcp: TcpStream,
+    lb: SocketAddr,
+    ep: &Endpoint,
+    spool: &Spool,
+    slot: &mut super::listener::Slot,
+) {
     let sid = format!("{:08x}", SESSION_IDS.fetch_add(1, Ordering::Relaxed));
     let started = Instant::now();
+    let (peer, via) = if ep.listener.proxy.is_some() {
+        match proxied_client(&mut tcp, lb, ep) {
+            Ok(client) => (client, format!(" proxy={lb}")),
+            Err(why) => {
+                log::warn!("{sid} smtp refused address={lb} reason=proxy error=\"{why}\"");
+                crate::stats::SESSIONS_REFUSED.inc();
+                let mut out = Vec::new();
+                reply::PROXY_REQUIRED.write_to(&mut out);
+                let _ = tcp.write_all(&out);
+                return;
+            }
+        }
+    } else {
+        (lb, String::new())
+    };
+    if ep.listener.proxy.is_some() {
+        let lim = &ep.cfg.limits;
+        let key = super::client_key(peer.ip(), lim.ipv6_prefix);
+        let exempt = crate::rules::per_ip_exempt(&ep.cfg, peer.ip());
+        if !slot.claim(key, lim.sessions_per_ip, exempt) {
+            crate::stats::SESSIONS_REFUSED.inc();
+            log::warn!("smtp refused address={peer}{via} reason=limit-sessions-per-ip");
+            let mut out = Vec::new();
+            reply::BUSY.write_to(&mut out);
+            let _ = tcp.write_all(&out);
+            return;
+        }
+    }
     let timeout = Some(ep.cfg.limits.command_timeout);
     // TCP_NODELAY: without it the reply after a TLS 1.3 handshake waits for
     // the client's delayed ACK (40 ms per connection).
@@ -74,7 +142,7 @@ pub fn run(tcp: TcpStream, peer: SocketAddr, ep: &Endpoint, spool: &Spool) {
     crate::stats::SESSIONS_TOTAL.inc();
     crate::stats::SESSIONS_ACTIVE.inc();
     log::info!(
-        "{sid} smtp connected address={peer} listener={}",
+        "{sid} smtp connected address={peer}{via} listener={}",
         ep.listener.addr
     );
     let mut d = Driver {

@@ -41,17 +41,39 @@ struct Counts {
 /// way the session ends.
 pub struct Slot {
     counts: Arc<Mutex<Counts>>,
-    ip: IpAddr,
+    /// The client key counted per address: the peer's, or for a `proxy`
+    /// listener the proxied client's, once its header was read.
+    ip: Option<IpAddr>,
+}
+
+impl Slot {
+    /// Count the session under `ip` (the client behind a proxy) unless
+    /// that address is at `limit sessions-per-ip`; false when it is.
+    pub fn claim(&mut self, ip: IpAddr, limit: usize, exempt: bool) -> bool {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= limit && !exempt {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = c.per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&ip);
             }
         }
     }
@@ -61,7 +83,7 @@ struct Job {
     stream: TcpStream,
     peer: SocketAddr,
     ep: Arc<Endpoint>,
-    _slot: Slot,
+    slot: Slot,
 }
 
 /// Bind every configured listener (before any privilege drop).
@@ -194,8 +216,8 @@ impl Server {
                 // address space, not memory.
                 .stack_size(SESSION_STACK)
                 .spawn(move || {
-                    for job in rx {
-                        super::driver::run(job.stream, job.peer, &job.ep, &spool);
+                    for mut job in rx {
+                        super::driver::run(job.stream, job.peer, &job.ep, &spool, &mut job.slot);
                     }
                 })?;
             pool.push(h);
@@ -298,18 +320,24 @@ impl Server {
                 }
             };
             let ip = super::client_key(peer.ip(), lim.ipv6_prefix);
+            // Behind a proxy the peer is the load balancer: the session
+            // is counted per address once its header names the client.
+            let proxied = self.endpoints[i].listener.proxy.is_some();
             let refused = {
                 let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
                 let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
                 if c.total >= lim.sessions {
                     Some("sessions")
-                } else if per_ip >= lim.sessions_per_ip
+                } else if !proxied
+                    && per_ip >= lim.sessions_per_ip
                     && !crate::rules::per_ip_exempt(&self.cfg, peer.ip())
                 {
                     Some("sessions-per-ip")
                 } else {
                     c.total += 1;
-                    *c.per_ip.entry(ip).or_insert(0) += 1;
+                    if !proxied {
+                        *c.per_ip.entry(ip).or_insert(0) += 1;
+                    }
                     None
                 }
             };
@@ -321,7 +349,7 @@ impl Server {
             }
             let slot = Slot {
                 counts: self.counts.clone(),
-                ip,
+                ip: (!proxied).then_some(ip),
             };
             let std_stream: TcpStream = stream.into();
             if let Err(e) = std_stream.set_nonblocking(false) {
@@ -332,7 +360,7 @@ impl Server {
                 stream: std_stream,
                 peer,
                 ep: self.endpoints[i].clone(),
-                _slot: slot,
+                slot,
             };
             match tx.try_send(job) {
                 Ok(()) => {}

@@ -99,6 +99,8 @@ replies! {
     /// 530 for `MAIL FROM:<…> REQUIRETLS` outside TLS (RFC 8689 §4.1:
     /// the parameter is only valid inside TLS).
     REQUIRETLS_NEEDS_TLS = 530, "5.7.10", "REQUIRETLS needs a TLS session";
+    /// 421 on a `proxy` listener without a good PROXY header.
+    PROXY_REQUIRED = 421, "4.7.0", "A PROXY protocol header from a trusted load balancer is required here";
     /// 535 for wrong credentials.
     AUTH_INVALID = 535, "5.7.8", "Authentication credentials invalid";
     /// 538 for AUTH before TLS on an auth listener.

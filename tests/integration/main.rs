@@ -15,6 +15,7 @@ mod inbound;
 mod ops;
 mod peer;
 mod privilege;
+mod proxy;
 mod requiretls;
 mod security;
 mod sts;

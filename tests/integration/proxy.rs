@@ -1,0 +1,177 @@
+//! PROXY protocol behind a real haproxy (send-proxy and send-proxy-v2,
+//! STARTTLS and smtps backends): the client's own address, not the load
+//! balancer's, reaches the rules, the Received header and the logs; a
+//! connection without a header, or from a peer not in `proxy from`, gets
+//! 421.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Conn, Postern, connect_from, maildir_files, need, wait_until};
+
+struct Haproxy {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// haproxy with one frontend per (backend address, send-proxy option);
+/// returns it and the frontends' ports in order.
+fn haproxy(backends: &[(SocketAddr, &str)]) -> (Haproxy, Vec<u16>) {
+    need("haproxy", "haproxy");
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = String::from(
+        "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n",
+    );
+    let mut ports = Vec::new();
+    for (i, (addr, opt)) in backends.iter().enumerate() {
+        let port = free_port();
+        ports.push(port);
+        conf.push_str(&format!(
+            "frontend f{i}\n  bind 127.0.0.1:{port}\n  default_backend b{i}\nbackend b{i}\n  server s{i} {addr} {opt}\n"
+        ));
+    }
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, conf).unwrap();
+    let check = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let h = Haproxy { child, _dir: dir };
+    let t0 = Instant::now();
+    // Bounded: 10 s for haproxy to listen on every frontend.
+    for p in &ports {
+        while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "haproxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (h, ports)
+}
+
+#[test]
+fn clients_behind_haproxy_keep_their_address() {
+    let p = Postern::start_with(|d| {
+        format!(
+            r#"hostname mx.test
+queue "{d}/queue"
+pki mx.test cert "{d}/cert.pem"
+pki mx.test key "{d}/key.pem"
+table lbs {{ 127.0.0.1 }}
+table nobody {{ 192.0.2.0/24 }}
+table relayers {{ 127.0.0.5 }}
+table locals {{ alice }}
+listen on 127.0.0.1 port 0 tls pki mx.test proxy from <lbs>
+listen on 127.0.0.1 port 0 smtps pki mx.test proxy
+listen on 127.0.0.1 port 0 tls pki mx.test proxy from <nobody>
+resolver 127.0.0.1:9
+action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+action "out" relay
+match from any for domain "example.test" action "local"
+match from src <relayers> for any action "out"
+"#,
+            d = d.display()
+        )
+    });
+    let (starttls, smtps, untrusted) = (p.addrs[0], p.addrs[1], p.addrs[2]);
+    let (_h, fronts) = haproxy(&[
+        (starttls, "send-proxy"),
+        (starttls, "send-proxy-v2"),
+        (smtps, "send-proxy-v2"),
+        (untrusted, "send-proxy"),
+    ]);
+    let front = |i: usize| SocketAddr::from(([127, 0, 0, 1], fronts[i]));
+    // v1 and v2 to the STARTTLS listener, from 127.0.0.5: relaying is
+    // allowed for that address (not for haproxy's 127.0.0.1), and the
+    // message is stamped with it.
+    for (i, version) in [(0, "v1"), (1, "v2")] {
+        let mut c = Conn::from_tcp(connect_from("127.0.0.5", front(i)), &p.cert.der);
+        c.expect("220");
+        c.ehlo();
+        c.cmd("MAIL FROM:<carol@client.test>", "250");
+        c.cmd("RCPT TO:<bob@far.example>", "250");
+        c.cmd("RCPT TO:<alice@example.test>", "250");
+        c.cmd("DATA", "354");
+        c.send_raw(format!("Subject: via {version}\r\n\r\nHello.\r\n.\r\n").as_bytes());
+        c.expect("250");
+        c.cmd("QUIT", "221");
+    }
+    // smtps behind send-proxy-v2: the header, then the TLS handshake.
+    let mut c = Conn::from_tcp(connect_from("127.0.0.5", front(2)), &p.cert.der);
+    c.tls("mx.test").unwrap();
+    c.expect("220");
+    c.ehlo();
+    c.cmd("MAIL FROM:<carol@client.test>", "250");
+    c.cmd("RCPT TO:<alice@example.test>", "250");
+    c.cmd("QUIT", "221");
+    // Another client address behind the same haproxy is not a relayer.
+    let mut c = Conn::from_tcp(connect_from("127.0.0.6", front(0)), &p.cert.der);
+    c.expect("220");
+    c.ehlo();
+    c.cmd("MAIL FROM:<carol@client.test>", "250");
+    c.cmd("RCPT TO:<bob@far.example>", "554");
+    c.cmd("QUIT", "221");
+    let maildir = p.dir.path().join("mail/alice/Maildir");
+    wait_until(Duration::from_secs(20), "two messages for alice", || {
+        maildir_files(&maildir).len() == 2
+    });
+    for f in maildir_files(&maildir) {
+        let m = std::fs::read_to_string(f).unwrap();
+        assert!(
+            m.contains("Received: from client.test ([127.0.0.5])"),
+            "{m}"
+        );
+    }
+    let log = p.log_text();
+    assert!(
+        log.contains("smtp connected address=127.0.0.5:") && log.contains(" proxy=127.0.0.1:"),
+        "{log}"
+    );
+    // Straight to the proxy listener, without a header: 421.
+    let mut c = Conn::connect(starttls, &p.cert.der);
+    c.send_raw(b"EHLO client.test\r\n");
+    assert!(c.reply().is_some_and(|r| r.starts_with("421 4.7.0")));
+    // Through haproxy, but to a listener whose <nobody> does not list it.
+    let mut c = Conn::from_tcp(connect_from("127.0.0.5", front(3)), &p.cert.der);
+    assert!(c.reply().is_some_and(|r| r.starts_with("421 4.7.0")));
+    p.wait_log(
+        "which is not in <nobody>: add the load balancer",
+        Duration::from_secs(5),
+    );
+    p.wait_log(
+        "every connection must come through the load balancer",
+        Duration::from_secs(5),
+    );
+}
