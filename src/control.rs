@@ -46,11 +46,8 @@ pub struct Message {
 pub enum Answer {
     /// One row per recipient of every queued message.
     Queue(Vec<QueueRow>),
-    /// The counters, and how many messages are queued.
-    Stats {
-        /// Messages in the queue.
-        queued: usize,
-    },
+    /// The counters, and the queue's size and oldest message.
+    Stats(crate::stats::Queue),
     /// How many messages were scheduled for now.
     Scheduled(usize),
     /// How many messages were removed.
@@ -104,7 +101,7 @@ fn render(answer: Result<Answer, String>) -> String {
             }
             out
         }
-        Ok(Answer::Stats { queued }) => format!("ok\n{}", crate::stats::report(queued)),
+        Ok(Answer::Stats(q)) => format!("ok\n{}", crate::stats::report(q)),
         Ok(Answer::Scheduled(n)) => format!("ok\n{n} messages scheduled\n"),
         Ok(Answer::Removed(n)) => format!("ok\n{n} messages removed\n"),
         Ok(Answer::Text(t)) => format!("ok\n{t}"),

@@ -34,6 +34,7 @@ pub mod dns;
 pub mod https;
 pub mod json;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod passwd;
 pub mod rules;

@@ -96,6 +96,12 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     // Privileged ports are bound, and keys and tables were read with the
     // configuration, before anything else.
     let bound = listener::bind(&cfg)?;
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).map_err(|e| format!("metrics on {addr}: {e}"))?)
+        }
+        None => None,
+    };
     if !args.foreground {
         let pid_file = postern::sys::open_pid_file(&args.pid_file)?;
         postern::sys::daemonize()?;
@@ -135,6 +141,9 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     let spool = spool.with_notify(delivery.notify);
     let server = Server::new(cfg.clone(), Some(args.file.clone()), bound, Arc::new(spool))?
         .with_delivery(delivery.reloader);
+    if let Some(m) = metrics {
+        postern::metrics::serve(m, ctl_tx.clone())?;
+    }
     postern::control::serve(
         &postern::control::socket_path(&cfg.queue),
         ctl_tx,

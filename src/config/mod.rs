@@ -529,6 +529,7 @@ pub const KEYWORDS: &[&str] = &[
     "smtp",
     "mta-sts",
     "tls-report",
+    "metrics",
 ];
 
 /// `tls-report from ADDRESS dkim-key FILE selector NAME [org NAME]`.
@@ -584,6 +585,8 @@ pub struct Config {
     pub mta_sts_port: u16,
     /// `tls-report`: send TLS reports (RFC 8460).
     pub tls_report: Option<TlsReport>,
+    /// `metrics on ADDR port N`: the Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
     /// `log`.
     pub log: LogTarget,
     /// `smtp bare-newline`.
@@ -631,6 +634,7 @@ impl Config {
             resolvers: Vec::new(),
             mta_sts_port: 443,
             tls_report: None,
+            metrics: None,
             log: LogTarget::Default,
             bare_newline: crate::smtp::server::BareNewline::Normalize,
         }
@@ -997,6 +1001,19 @@ impl Parser<'_> {
                     }),
                     w => return Err(format!("log: expected 'stderr' or 'syslog', got '{w}'")),
                 };
+            }
+            "metrics" => {
+                a.keyword("on")?;
+                let ip = a.word("address")?;
+                let ip: IpAddr = ip
+                    .parse()
+                    .map_err(|_| format!("metrics on: '{ip}' is not an IP address"))?;
+                a.keyword("port")?;
+                let p = a.word("port number")?;
+                let port: u16 = p
+                    .parse()
+                    .map_err(|_| format!("metrics on: bad port '{p}'"))?;
+                self.cfg.metrics = Some(SocketAddr::new(ip, port));
             }
             "tls-report" => {
                 let (mut from, mut key, mut selector, mut org) = (None, None, None, None);

@@ -189,6 +189,17 @@ fn actions_and_rules() {
 }
 
 #[test]
+fn metrics_endpoint() {
+    let c = parse("listen on 127.0.0.1\nmetrics on 127.0.0.1 port 9125\n").unwrap();
+    assert_eq!(c.metrics, Some("127.0.0.1:9125".parse().unwrap()));
+    assert!(
+        err("listen on 127.0.0.1\nmetrics on localhost port 9125\n")
+            .contains("t.conf:2: metrics on: 'localhost' is not an IP address")
+    );
+    assert!(err("listen on 127.0.0.1\nmetrics on 127.0.0.1 port x\n").contains("bad port 'x'"));
+}
+
+#[test]
 fn proxy_listeners() {
     let c = parse(
         "table lbs { 10.0.0.0/24 }\nlisten on 127.0.0.1 proxy\nlisten on 127.0.0.1 port 26 proxy from <lbs>\n",

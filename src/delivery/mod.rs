@@ -464,8 +464,11 @@ pub fn log_result(item: &Item, addr: &str, r: &RcptOutcome) {
                 if r.tls.is_some() {
                     crate::stats::DELIVERED_TLS.inc();
                 }
-                if r.auth == PeerAuth::Dane {
-                    crate::stats::DELIVERED_DANE.inc();
+                match r.auth {
+                    PeerAuth::Dane => crate::stats::DELIVERED_DANE.inc(),
+                    PeerAuth::Sts => crate::stats::DELIVERED_STS.inc(),
+                    PeerAuth::Ca => crate::stats::DELIVERED_CA.inc(),
+                    PeerAuth::No => {}
                 }
             }
             log::info!("{line}")

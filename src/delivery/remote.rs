@@ -181,6 +181,17 @@ fn deliver_fresh(
     // refusal by another (RFC 8689 §4.2: DNS and TLSA errors defer).
     let mut temporary: Option<Fault> = None;
     let mut note = |f: Fault, last: &mut Fault| {
+        match &f {
+            Fault::Tls { why, .. } => match why {
+                Why::NotOffered => crate::stats::POLICY_NOT_OFFERED.inc(),
+                Why::Refused => crate::stats::POLICY_REFUSED.inc(),
+                Why::HandshakeFailed => crate::stats::POLICY_HANDSHAKE.inc(),
+                Why::BytesAfter220 => crate::stats::POLICY_BYTES_AFTER_220.inc(),
+            },
+            Fault::Skipped { .. } => crate::stats::POLICY_SKIPPED.inc(),
+            Fault::RequireTls { .. } => crate::stats::POLICY_REQUIRETLS.inc(),
+            _ => {}
+        }
         if f.disposition() == Disposition::Deferred && temporary.is_none() {
             temporary = Some(f.clone());
         }
@@ -229,6 +240,7 @@ fn deliver_fresh(
                     Ok(live) => kept = Some(live),
                     Err(Fail::Next(fault)) => note(fault, &mut last),
                     Err(Fail::Downgrade { detail, .. }) if !plaintext => {
+                        crate::stats::DOWNGRADES.inc();
                         log::warn!(
                             "{relay}: TLS handshake failed ({detail}); retrying once without TLS (policy may)"
                         );

@@ -707,9 +707,15 @@ impl Scheduler {
                     })
                     .collect(),
             ),
-            Request::ShowStats => Answer::Stats {
-                queued: self.queue.len(),
-            },
+            Request::ShowStats => Answer::Stats(crate::stats::Queue {
+                messages: self.queue.len(),
+                oldest: self
+                    .queue
+                    .values()
+                    .map(|e| now.saturating_sub(e.env.arrival))
+                    .max()
+                    .unwrap_or(0),
+            }),
             Request::Schedule(which) => {
                 let ids = self.select(&which)?;
                 for id in &ids {

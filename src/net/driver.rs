@@ -209,6 +209,10 @@ impl Driver<'_> {
         self.guard.arm(self.ep.cfg.limits.command_timeout);
         match self.stream.upgrade_server(cfg) {
             Ok(mut info) => {
+                match info.version.as_str() {
+                    "TLSv1.2" => crate::stats::TLS_V12.inc(),
+                    _ => crate::stats::TLS_V13.inc(),
+                }
                 if let Some(auth) = &self.ep.client_auth {
                     let chain = self.stream.client_chain();
                     let verified = auth.verifies(&chain, rustls::pki_types::UnixTime::now());
@@ -223,6 +227,16 @@ impl Driver<'_> {
                 Ok(info)
             }
             Err(e) => {
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                ) {
+                    crate::stats::TLS_CLIENT_GAVE_UP.inc();
+                } else {
+                    crate::stats::TLS_HANDSHAKE_ERRORS.inc();
+                }
                 log::warn!(
                     "{} smtp tls-failed address={peer} reason=\"{}\" error=\"{e}\"",
                     self.sid,
@@ -398,6 +412,7 @@ impl Driver<'_> {
         match m.commit(&env) {
             Ok(()) => {
                 crate::stats::MESSAGES_IN.inc();
+                crate::stats::BYTES_IN.add(env.size);
                 if env.tls.is_some() {
                     crate::stats::MESSAGES_IN_TLS.inc();
                 }

@@ -632,6 +632,7 @@ impl Session {
                 "ENHANCEDSTATUSCODES".to_string(),
             ];
             if self.starttls_offered() {
+                crate::stats::STARTTLS_OFFERED.inc();
                 lines.push("STARTTLS".to_string());
             }
             if self.params.auth && self.tls.is_some() && self.client.auth.is_none() {
@@ -817,9 +818,11 @@ impl Session {
 
     fn auth_check(&mut self, user: String, pass: &[u8]) {
         if !user.is_empty() && self.policy.check_auth(&user, pass) {
+            crate::stats::AUTH_OK.inc();
             self.client.auth = Some(user);
             self.reply(reply::AUTH_OK);
         } else {
+            crate::stats::AUTH_FAILED.inc();
             self.auth_failed(&user);
         }
     }
@@ -967,6 +970,7 @@ impl Session {
             None
         };
         if let Some(r) = refusal {
+            crate::stats::MESSAGES_REFUSED.inc();
             self.out.push_back(Action::Abort);
             self.reset_transaction();
             self.state = State::Greeted;

@@ -785,12 +785,14 @@ impl Incoming {
                 return Err(e);
             }
         }
+        let started = std::time::Instant::now();
         f.sync_all().map_err(|e| at(&self.body_path, e))?;
         drop(f);
         let fin = self.spool.body_path(&self.id);
         let renamed = fs::rename(&self.body_path, &fin)
             .map_err(|e| at(&self.body_path, e))
             .and_then(|_| self.spool.dirsync[bucket(&self.id)].sync(&self.spool.mail_of(&self.id)));
+        crate::stats::SPOOL_FSYNC.observe(started.elapsed());
         if let Err(e) = renamed {
             // Undo whatever got into mail/: the client will be told 452, so
             // the message must not be delivered.
@@ -798,6 +800,7 @@ impl Incoming {
             return Err(e);
         }
         self.body_path = PathBuf::new();
+        crate::stats::SPOOL_COMMITS.inc();
         if let Some(n) = &self.spool.notify {
             // The scheduler may be gone during shutdown; the message is
             // safe on disk and found by the next start's scan.

@@ -12,6 +12,7 @@ mod docs;
 mod harness;
 mod hostile;
 mod inbound;
+mod metrics;
 mod ops;
 mod peer;
 mod privilege;
