@@ -175,3 +175,128 @@ match from src <relayers> for any action "out"
         Duration::from_secs(5),
     );
 }
+
+/// Two postern nodes, each with its own spool, behind one haproxy with
+/// SMTP health checks (the shipped etc/haproxy.cfg's settings): when one
+/// is killed, new sessions succeed through the other within 10 s, and the
+/// mail the killed node acknowledged is delivered once it is back.
+#[test]
+fn two_nodes_as_one_service() {
+    let ports = [free_port(), free_port()];
+    // Both hold their queues (delivery-workers 0) until the end.
+    let conf = |d: &std::path::Path, port: u16, workers: usize| {
+        format!(
+            r#"hostname node{port}.test
+queue "{d}/queue"
+table lbs {{ 127.0.0.1 }}
+table locals {{ alice }}
+listen on 127.0.0.1 port {port} proxy from <lbs>
+action "local" maildir "{d}/mail/%{{user}}/Maildir" users <locals>
+match from any for domain "example.test" action "local"
+limit delivery-workers {workers}
+"#,
+            d = d.display()
+        )
+    };
+    let mut nodes: Vec<Postern> = ports
+        .iter()
+        .map(|&port| Postern::start_with(|d| conf(d, port, 0)))
+        .collect();
+    need("haproxy", "haproxy");
+    let dir = tempfile::tempdir().unwrap();
+    let front = free_port();
+    let cfg = format!(
+        "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n\
+         frontend smtp\n  bind 127.0.0.1:{front}\n  default_backend nodes\n\
+         backend nodes\n  balance roundrobin\n  option smtpchk HELO haproxy.test\n\
+         default-server send-proxy-v2 check-send-proxy check inter 300ms fall 1 rise 1\n\
+         server n1 127.0.0.1:{}\n  server n2 127.0.0.1:{}\n",
+        ports[0], ports[1]
+    );
+    std::fs::write(dir.path().join("h.cfg"), cfg).unwrap();
+    let child = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(dir.path().join("h.cfg"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _h = Haproxy { child, _dir: dir };
+    let front = SocketAddr::from(([127, 0, 0, 1], front));
+    let send = |subject: &str| -> Option<String> {
+        let s = std::net::TcpStream::connect_timeout(&front, Duration::from_secs(2)).ok()?;
+        let mut c = Conn::from_tcp(s, &nodes_cert());
+        let greeting = c.reply()?;
+        if !greeting.starts_with("220") {
+            return None;
+        }
+        c.ehlo();
+        Some(c.send_message(
+            "carol@client.test",
+            &["alice@example.test"],
+            &format!("Subject: {subject}\r\n\r\nHello.\r\n"),
+        ))
+    };
+    // Bounded: haproxy up and both nodes checked healthy within 10 s.
+    let t0 = Instant::now();
+    while send("warm-up").is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "haproxy never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let mut acked = 1;
+    for i in 0..6 {
+        assert!(send(&format!("before {i}")).is_some());
+        acked += 1;
+    }
+    // Both nodes took some.
+    assert!(nodes.iter().all(|n| !n.queued_ids().is_empty()));
+    nodes[0].child.kill().unwrap();
+    nodes[0].child.wait().unwrap();
+    // Within 10 s every new session goes to the node that is left.
+    let t0 = Instant::now();
+    let mut ok_in_a_row = 0;
+    while ok_in_a_row < 4 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "sessions kept failing after a node died"
+        );
+        if send("after").is_some() {
+            ok_in_a_row += 1;
+            acked += 1;
+        } else {
+            ok_in_a_row = 0;
+        }
+    }
+    // Both back with delivery on: every acknowledged message arrives.
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let d = n.dir.path().to_path_buf();
+        std::fs::write(
+            &n.config,
+            crate::harness::as_root_too(conf(&d, ports[i], 2)),
+        )
+        .unwrap();
+        // The killed node starts again; the other restarts to take the
+        // new configuration (kill -9 loses nothing either way).
+        n.kill9_and_restart();
+    }
+    let delivered = || -> usize {
+        nodes
+            .iter()
+            .map(|n| maildir_files(&n.dir.path().join("mail/alice/Maildir")).len())
+            .sum()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "every acknowledged message delivered",
+        || delivered() == acked,
+    );
+}
+
+/// Any certificate will do: the nodes above speak no TLS.
+fn nodes_cert() -> rustls::pki_types::CertificateDer<'static> {
+    crate::harness::make_cert(&["unused.test"]).der
+}
