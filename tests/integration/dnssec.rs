@@ -101,7 +101,7 @@ impl Unbound {
         let mut tries = 0;
         loop {
             tries += 1;
-            let port = free_port();
+            let port = free_tcp_udp_port();
             let conf = format!(
                 "server:\n  interface: 127.0.0.1\n  port: {port}\n  so-reuseport: no\n\
                  do-not-query-localhost: no\n\
@@ -152,7 +152,7 @@ impl Unbound {
 }
 
 /// A loopback port free for both TCP and UDP just now (bounded tries).
-fn free_port() -> u16 {
+fn free_tcp_udp_port() -> u16 {
     for _ in 0..100 {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();

@@ -705,6 +705,15 @@ pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
     s
 }
 
+/// A TCP port on 127.0.0.1 that was free just now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Poll `cond` every 50 ms for up to `limit`; panics with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -63,11 +63,7 @@ fn value(samples: &str, key: &str) -> f64 {
 
 #[test]
 fn metrics_parse_and_count_sessions() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let p = Postern::start_with(|d| {
         standard_config(d) + &format!("metrics on 127.0.0.1 port {port}\n")
     });

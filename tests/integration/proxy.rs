@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Conn, Postern, connect_from, maildir_files, need, wait_until};
+use crate::harness::{Conn, Postern, connect_from, free_port, maildir_files, need, wait_until};
 
 struct Haproxy {
     child: Child,
@@ -20,14 +20,6 @@ impl Drop for Haproxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// haproxy with one frontend per (backend address, send-proxy option);

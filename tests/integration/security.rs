@@ -7,14 +7,6 @@ use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn relaying_to_our_own_listener_defers_instead_of_looping() {
     // The shipped rules relay for local clients; a message

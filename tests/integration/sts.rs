@@ -75,11 +75,7 @@ impl PolicyServer {
         std::fs::write(dir.path().join("cert.pem"), &cert.0).unwrap();
         std::fs::write(dir.path().join("key.pem"), &cert.1).unwrap();
         std::fs::write(dir.path().join("server.py"), SERVER).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::harness::free_port();
         let mut child = Command::new("python3")
             .arg(dir.path().join("server.py"))
             .arg(dir.path())
