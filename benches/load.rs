@@ -1,8 +1,9 @@
 //! `make bench`: a closed-loop SMTP load generator against a real postern,
 //! and the machine's own ceilings, written to `bench/RESULTS.md`.
 //!
-//! Every connection makes a full TLS 1.3 handshake (no resumption), ECDSA
-//! P-256, 4 KiB messages unless a row says otherwise; every 250 is fsynced.
+//! Every connection makes a full TLS 1.3 handshake (no resumption; row (k)
+//! resumes, as real senders do), ECDSA P-256, 4 KiB messages unless a row
+//! says otherwise; every 250 is fsynced.
 //! The queue is held (`limit delivery-workers 0`) so the inbound figures
 //! are inbound only. Loopback only; every run is bounded in time.
 
@@ -124,6 +125,12 @@ impl Client {
 }
 
 fn client_tls(cert: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    client_tls_with(cert, false)
+}
+
+/// As [`client_tls`], with TLS session resumption as real senders use it
+/// (rustls's in-memory session cache, shared by every client thread).
+fn client_tls_with(cert: &CertificateDer<'static>, resume: bool) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.clone()).unwrap();
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -133,8 +140,10 @@ fn client_tls(cert: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    // Full handshakes only, as in the anchor measurements.
-    c.resumption = rustls::client::Resumption::disabled();
+    // Full handshakes only, as in the anchor measurements, unless asked.
+    if !resume {
+        c.resumption = rustls::client::Resumption::disabled();
+    }
     Arc::new(c)
 }
 
@@ -423,6 +432,7 @@ fn main() {
     let der = cert.der().clone();
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
     let cfg = client_tls(&der);
+    let resuming = client_tls_with(&der, true);
 
     let fsync1 = fsync_ceiling(&d.join("fsync1"), 1);
     let fsync16 = fsync_ceiling(&d.join("fsync16"), 16);
@@ -435,6 +445,13 @@ fn main() {
     let mut figures = Vec::new();
     for (name, tls, clients, per, size) in [
         ("(a) STARTTLS, 1 msg/conn, 1 client", true, 1, 1, 4096),
+        (
+            "(k) STARTTLS with session resumption, 1 msg/conn, 16 clients",
+            true,
+            16,
+            1,
+            4096,
+        ),
         ("(a) STARTTLS, 1 msg/conn, 16 clients", true, 16, 1, 4096),
         ("(a) STARTTLS, 1 msg/conn, 128 clients", true, 128, 1, 4096),
         (
@@ -464,11 +481,16 @@ fn main() {
             continue;
         }
         let addr = if tls { daemon.tls } else { daemon.plain };
+        let client = if name.contains("resumption") {
+            &resuming
+        } else {
+            &cfg
+        };
         let f = load(
             name,
             daemon.child.id(),
             addr,
-            tls.then(|| cfg.clone()),
+            tls.then(|| client.clone()),
             clients,
             per,
             size,
@@ -528,7 +550,7 @@ fn main() {
     let now = postern::time::rfc5322(postern::time::unix_now());
     let mut md = format!(
         "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
-         Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption), ECDSA P-256, \
+         Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
          4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row.\n\n\
          | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling |\n|---|---|---|---|---|---|\n",
         machine(),
