@@ -86,6 +86,40 @@ fn proxied_client(
     }
 }
 
+/// On a `proxy` listener: the client behind the balancer `lb`, counted
+/// under its own address for `limit sessions-per-ip`; or None, after a
+/// 421 and a log line saying why.
+fn admit_proxied(
+    tcp: &mut TcpStream,
+    lb: SocketAddr,
+    ep: &Endpoint,
+    slot: &mut super::listener::Slot,
+    sid: &str,
+) -> Option<SocketAddr> {
+    let (refusal, why) = match proxied_client(tcp, lb, ep) {
+        Err(why) => (
+            reply::PROXY_REQUIRED,
+            format!("address={lb} reason=proxy error=\"{why}\""),
+        ),
+        Ok(client) => {
+            let lim = &ep.cfg.limits;
+            let key = super::client_key(client.ip(), lim.ipv6_prefix);
+            let exempt = crate::rules::per_ip_exempt(&ep.cfg, client.ip());
+            if slot.claim(key, lim.sessions_per_ip, exempt) {
+                return Some(client);
+            }
+            (
+                reply::BUSY,
+                format!("address={client} proxy={lb} reason=limit-sessions-per-ip"),
+            )
+        }
+    };
+    crate::stats::SESSIONS_REFUSED.inc();
+    log::warn!("{sid} smtp refused {why}");
+    super::listener::refuse(tcp, &refusal);
+    None
+}
+
 /// Run one session to its end.
 pub fn run(
     mut tcp: TcpStream,
@@ -97,33 +131,13 @@ pub fn run(
     let sid = format!("{:08x}", SESSION_IDS.fetch_add(1, Ordering::Relaxed));
     let started = Instant::now();
     let (peer, via) = if ep.listener.proxy.is_some() {
-        match proxied_client(&mut tcp, lb, ep) {
-            Ok(client) => (client, format!(" proxy={lb}")),
-            Err(why) => {
-                log::warn!("{sid} smtp refused address={lb} reason=proxy error=\"{why}\"");
-                crate::stats::SESSIONS_REFUSED.inc();
-                let mut out = Vec::new();
-                reply::PROXY_REQUIRED.write_to(&mut out);
-                let _ = tcp.write_all(&out);
-                return;
-            }
+        match admit_proxied(&mut tcp, lb, ep, slot, &sid) {
+            Some(client) => (client, format!(" proxy={lb}")),
+            None => return,
         }
     } else {
         (lb, String::new())
     };
-    if ep.listener.proxy.is_some() {
-        let lim = &ep.cfg.limits;
-        let key = super::client_key(peer.ip(), lim.ipv6_prefix);
-        let exempt = crate::rules::per_ip_exempt(&ep.cfg, peer.ip());
-        if !slot.claim(key, lim.sessions_per_ip, exempt) {
-            crate::stats::SESSIONS_REFUSED.inc();
-            log::warn!("smtp refused address={peer}{via} reason=limit-sessions-per-ip");
-            let mut out = Vec::new();
-            reply::BUSY.write_to(&mut out);
-            let _ = tcp.write_all(&out);
-            return;
-        }
-    }
     let timeout = Some(ep.cfg.limits.command_timeout);
     // TCP_NODELAY: without it the reply after a TLS 1.3 handshake waits for
     // the client's delayed ACK (40 ms per connection).

@@ -37,6 +37,19 @@ struct Counts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
+impl Counts {
+    /// Count one more session for `ip` unless it is at `limit` (and not
+    /// exempt); false when it is.
+    fn take_ip(&mut self, ip: IpAddr, limit: usize, exempt: bool) -> bool {
+        let n = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= limit && !exempt {
+            return false;
+        }
+        *self.per_ip.entry(ip).or_insert(0) += 1;
+        true
+    }
+}
+
 /// A session's place in the connection counts; released on drop, whichever
 /// way the session ends.
 pub struct Slot {
@@ -51,14 +64,9 @@ impl Slot {
     /// that address is at `limit sessions-per-ip`; false when it is.
     pub fn claim(&mut self, ip: IpAddr, limit: usize, exempt: bool) -> bool {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= limit && !exempt {
-            if *n == 0 {
-                c.per_ip.remove(&ip);
-            }
+        if !c.take_ip(ip, limit, exempt) {
             return false;
         }
-        *n += 1;
         self.ip = Some(ip);
         true
     }
@@ -325,19 +333,18 @@ impl Server {
             let proxied = self.endpoints[i].listener.proxy.is_some();
             let refused = {
                 let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-                let per_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
                 if c.total >= lim.sessions {
                     Some("sessions")
                 } else if !proxied
-                    && per_ip >= lim.sessions_per_ip
-                    && !crate::rules::per_ip_exempt(&self.cfg, peer.ip())
+                    && !c.take_ip(
+                        ip,
+                        lim.sessions_per_ip,
+                        crate::rules::per_ip_exempt(&self.cfg, peer.ip()),
+                    )
                 {
                     Some("sessions-per-ip")
                 } else {
                     c.total += 1;
-                    if !proxied {
-                        *c.per_ip.entry(ip).or_insert(0) += 1;
-                    }
                     None
                 }
             };
@@ -461,9 +468,14 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 /// 421 from the acceptor itself, without blocking it (a non-blocking or
 /// short-timeout socket).
 fn busy(stream: &mut impl Write) {
+    refuse(stream, &reply::BUSY);
+}
+
+/// A one-line refusal before any session, in one write: a fresh socket's
+/// send buffer always has room for one line; if it does not, the client is
+/// not reading and loses nothing by missing it.
+pub(super) fn refuse(stream: &mut impl Write, r: &reply::Reply) {
     let mut out = Vec::new();
-    reply::BUSY.write_to(&mut out);
-    // A fresh socket's send buffer always has room for one line; if it
-    // does not, the client is not reading and loses nothing by missing it.
+    r.write_to(&mut out);
     let _ = stream.write(&out);
 }
