@@ -137,10 +137,12 @@ pub struct Resolver {
 
 fn random_u16() -> u16 {
     let mut b = [0u8; 2];
-    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+    // The kernel's generator through aws-lc (getrandom(2)): no file to
+    // open per query, and it works in a bare chroot.
+    match aws_lc_rs::rand::fill(&mut b) {
         Ok(()) => u16::from_ne_bytes(b),
-        // Without /dev/urandom (a bare chroot) fall back to the clock: the
-        // answer check still matches id, type and question.
+        // Should the generator fail, fall back to the clock: the answer
+        // check still matches id, type and question.
         Err(_) => std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() as u16)

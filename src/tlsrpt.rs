@@ -308,7 +308,11 @@ impl Recorder {
         if !self.asks(resolver, &ev.domain, now) {
             return;
         }
-        let line = ev.to_line(now);
+        self.append(&ev.to_line(now));
+    }
+
+    /// Append `text` (whole lines) to `current.log`, one writer at a time.
+    fn append(&self, text: &str) {
         let _one_writer = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.dir.join("current.log");
         let r = std::fs::create_dir_all(&self.dir).and_then(|_| {
@@ -316,7 +320,7 @@ impl Recorder {
                 .create(true)
                 .append(true)
                 .open(&path)?
-                .write_all(line.as_bytes())
+                .write_all(text.as_bytes())
         });
         if let Err(e) = r {
             log::warn!("TLS report data {}: {e}", path.display());
@@ -345,17 +349,8 @@ impl Recorder {
         if lines.is_empty() {
             return;
         }
-        let _one_writer = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let path = self.dir.join("current.log");
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let r = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(text.as_bytes()));
-        if let Err(e) = r {
-            log::warn!("TLS report data {}: {e}", path.display());
-        }
+        self.append(&text);
     }
 
     /// The lines recorded so far, for `posternctl tls-report show`.

@@ -160,20 +160,15 @@ fn deliver_fresh(
         Err(fault) => return (finish(job, res, &fault), false, None),
     };
     if let (Some(e), Some(rec)) = (&plan.sts_error, reporting(ctx, job)) {
-        let ev = crate::tlsrpt::Event {
-            domain: job.route.domain.clone(),
-            policy: crate::tlsrpt::PolicyType::Sts,
-            strings: Vec::new(),
-            mx: Vec::new(),
-            failure: Some(crate::tlsrpt::Failure {
-                result: "sts-policy-fetch-error",
-                sending_ip: String::new(),
-                mx_host: String::new(),
-                receiving_ip: String::new(),
-                detail: e.clone(),
-            }),
+        let policy = (crate::tlsrpt::PolicyType::Sts, Vec::new(), Vec::new());
+        let failure = crate::tlsrpt::Failure {
+            result: "sts-policy-fetch-error",
+            sending_ip: String::new(),
+            mx_host: String::new(),
+            receiving_ip: String::new(),
+            detail: e.clone(),
         };
-        rec.record(&ctx.resolver, &ev, crate::time::unix_now());
+        record(ctx, rec, job, policy, Some(failure));
     }
     let mut kept = None;
     let mut last = Fault::NoUsableMx;
@@ -1112,7 +1107,6 @@ fn report_session(
     };
     let tlsa =
         matches!(ht.found, TlsaFound::Usable | TlsaFound::Unusable).then_some(ht.tlsa.as_slice());
-    let (policy, strings, mx) = report_policy(plan, tlsa);
     let (sending_ip, receiving_ip) = match s.tcp_addrs() {
         Some((l, r)) => (l.ip().to_string(), r.ip().to_string()),
         None => (String::new(), String::new()),
@@ -1124,6 +1118,18 @@ fn report_session(
         receiving_ip,
         detail,
     });
+    record(ctx, rec, job, report_policy(plan, tlsa), failure);
+}
+
+/// Record one TLS result for the job's domain: under `policy` (its type,
+/// strings and MX patterns), a success or `failure`.
+fn record(
+    ctx: &Context,
+    rec: &crate::tlsrpt::Recorder,
+    job: &Job,
+    (policy, strings, mx): (crate::tlsrpt::PolicyType, Vec<String>, Vec<String>),
+    failure: Option<crate::tlsrpt::Failure>,
+) {
     let ev = crate::tlsrpt::Event {
         domain: job.route.domain.clone(),
         policy,
@@ -1148,19 +1154,12 @@ fn report_skip(ctx: &Context, job: &Job, plan: &Plan<'_>, host: &Host, fault: &F
         Skip::Unusable => ("tlsa-invalid", Some(&[])),
         Skip::NotInStsPolicy => ("validation-failure", None),
     };
-    let (policy, strings, mx) = report_policy(plan, tlsa);
-    let ev = crate::tlsrpt::Event {
-        domain: job.route.domain.clone(),
-        policy,
-        strings,
-        mx,
-        failure: Some(crate::tlsrpt::Failure {
-            result,
-            sending_ip: String::new(),
-            mx_host: host.name.clone(),
-            receiving_ip: String::new(),
-            detail: fault.status().text,
-        }),
+    let failure = crate::tlsrpt::Failure {
+        result,
+        sending_ip: String::new(),
+        mx_host: host.name.clone(),
+        receiving_ip: String::new(),
+        detail: fault.status().text,
     };
-    rec.record(&ctx.resolver, &ev, crate::time::unix_now());
+    record(ctx, rec, job, report_policy(plan, tlsa), Some(failure));
 }
