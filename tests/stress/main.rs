@@ -12,6 +12,7 @@
 mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -211,11 +212,17 @@ fn full_disk_answers_452_and_recovers() {
             + "limit max-message-size 1M\nlimit retry-interval 1s\nlimit queue-minfree 0\n"
     });
     let queue = fs.join("queue");
-    // Leave about 1 MiB free.
+    // Leave about 1 MiB free, and hold 300 KiB back ("room") for the maildir case below.
     let ballast = fs.join("ballast");
+    let room = fs.join("room");
     let mut free = nix::sys::statvfs::statvfs(&fs).unwrap();
     let avail = free.blocks_available() as u64 * free.fragment_size() as u64;
-    std::fs::write(&ballast, vec![0u8; (avail - (1 << 20)) as usize]).unwrap();
+    std::fs::write(&room, vec![0u8; 300 << 10]).unwrap();
+    std::fs::write(
+        &ballast,
+        vec![0u8; (avail - (1 << 20) - (300 << 10)) as usize],
+    )
+    .unwrap();
     let body = format!(
         "Subject: big\r\n\r\n{}",
         format!("{}\r\n", "y".repeat(998)).repeat(200)
@@ -251,8 +258,30 @@ fn full_disk_answers_452_and_recovers() {
             Ok(_) => {}
         }
     }
-    // Maildir delivery on the full disk defers, never drops.
-    p.wait_log("maildir delivery failed", Duration::from_secs(20));
+    // Maildir delivery on a full disk defers, never drops. Whether a message was still queued when
+    // the disk filled above depends on timing (the maildir copies may have taken the last page), so
+    // make the case: fill the disk to its last page, then free room for one message in the spool
+    // but not for its maildir copy as well (about 50 pages each out of 75).
+    let filler = fs.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let page = [0u8; 4096];
+        // Bounded: less than 1 MiB was free.
+        for _ in 0..1024 {
+            if f.write_all(&page).is_err() {
+                break;
+            }
+        }
+    }
+    std::fs::remove_file(&room).unwrap();
+    let stuck = harness::submit(p.plain(), "a@sender.test", &["alice@example.com"], &body);
+    let line = p.wait_log(&format!("{stuck}: to="), Duration::from_secs(20));
+    assert!(line.contains("maildir delivery failed"), "{line}");
+    assert!(
+        spool.envelope(&stuck).is_ok(),
+        "{stuck} left the queue although its maildir delivery failed"
+    );
+    std::fs::remove_file(&filler).unwrap();
     std::fs::remove_file(&ballast).unwrap();
     free = nix::sys::statvfs::statvfs(&fs).unwrap();
     assert!(free.blocks_available() > 0);
@@ -264,11 +293,11 @@ fn full_disk_answers_452_and_recovers() {
     );
     let maildir = fs.join("mail/alice/Maildir");
     wait_until(Duration::from_secs(30), "every message delivered", || {
-        maildir_files(&maildir).len() == accepted + 1
+        maildir_files(&maildir).len() == accepted + 2
     });
     println!(
-        "full-disk: accepted={accepted} then \"{refused}\"; after freeing space {id} accepted; all {} delivered",
-        accepted + 1
+        "full-disk: accepted={accepted} then \"{refused}\"; {stuck} waited out a full disk; after freeing space {id} accepted; all {} delivered",
+        accepted + 2
     );
 }
 
