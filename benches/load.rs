@@ -5,11 +5,15 @@
 //! resumes, as real senders do), ECDSA P-256, 4 KiB messages unless a row
 //! says otherwise; every 250 is fsynced.
 //! The queue is held (`limit delivery-workers 0`) so the inbound figures
-//! are inbound only. Loopback only; every run is bounded in time.
+//! are inbound only. Each row runs again, in the same run, against a
+//! private Postfix that holds what it receives (`../shared/peers/postfix.sh`,
+//! where Postfix is installed and the bench runs as root), and the table
+//! gives both servers' rate and CPU per message side by side. Loopback
+//! only; every run is bounded in time.
 
 mod common;
 
-use common::{free_port, wait_port, write};
+use common::{free_port, postfix, wait_port, write};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -18,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 const RUN: Duration = Duration::from_secs(5);
 
@@ -195,8 +201,10 @@ struct Figure {
     rate: f64,
     p50: Duration,
     p99: Duration,
-    /// postern's CPU (user + system) per message.
+    /// The server's CPU (user + system) per message.
     cpu_per_msg: Duration,
+    /// The same load against Postfix, in the same run.
+    postfix: Option<Box<Figure>>,
 }
 
 impl Figure {
@@ -212,10 +220,142 @@ impl Figure {
             format!("{:.0}%", self.rate * 100.0 / ceiling),
         ]
     }
+
+    /// Postfix's rate and CPU per message, and postern's rate over
+    /// Postfix's and Postfix's CPU over postern's; dashes without Postfix.
+    fn versus(&self) -> [String; 4] {
+        match &self.postfix {
+            Some(pf) => [
+                format!("{:.0}", pf.rate),
+                format!("{:.2} ms", pf.cpu_per_msg.as_secs_f64() * 1000.0),
+                format!("{:.1}x", self.rate / pf.rate.max(0.001)),
+                format!(
+                    "{:.1}x",
+                    pf.cpu_per_msg.as_secs_f64() / self.cpu_per_msg.as_secs_f64().max(1e-9)
+                ),
+            ],
+            None => ["-".into(), "-".into(), "-".into(), "-".into()],
+        }
+    }
+}
+
+/// Postfix's test certificate (`postfix.sh`) is self-signed with CA:TRUE,
+/// which WebPKI refuses as a server's own certificate, so toward Postfix
+/// the load generator checks the handshake signature and nothing else.
+/// Client-side work only: it is not in either server's CPU figure.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The client configuration toward Postfix: as [`client_tls_with`], with
+/// [`AnyCert`] in place of the root store.
+fn postfix_tls(resume: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    if !resume {
+        c.resumption = rustls::client::Resumption::disabled();
+    }
+    Arc::new(c)
+}
+
+/// A private Postfix (`postfix.sh`, relay mode) that accepts everything
+/// from loopback and holds it, as postern's bench configuration holds its
+/// queue: both sides receive, fsync and answer 250, and deliver nothing.
+/// `in_flow_delay = 0`, so Postfix does not pace its clients.
+struct Postfix {
+    base: std::path::PathBuf,
+    addr: SocketAddr,
+    master: u32,
+}
+
+impl Postfix {
+    fn start() -> Result<Postfix, String> {
+        if let Some(why) = postfix::unavailable() {
+            return Err(why);
+        }
+        let base = postfix::base("postern-load");
+        let port = postfix::port_from(10300);
+        let b = base.join("hold");
+        postfix::postfix_sh(
+            &[("HOLD", "1"), ("IN_FLOW_DELAY", "0"), ("PROCS", "300")],
+            &[
+                "start",
+                &b.display().to_string(),
+                &port.to_string(),
+                "relay",
+                // Never used: every message is held.
+                "127.0.0.1:10999",
+            ],
+        )?;
+        Ok(Postfix {
+            master: postfix::master_pid(&b),
+            base,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        })
+    }
+
+    /// CPU used so far by the master and every process under it.
+    fn cpu(&self) -> Duration {
+        Duration::from_secs_f64(postfix::tree_cpu_ms(self.master) / 1000.0)
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let b = self.base.join("hold");
+        let _ = postfix::postfix_sh(&[], &["stop", &b.display().to_string()]);
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
 }
 
 /// CPU time a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
+fn process_cpu(pid: u32) -> Duration {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name: utime is the 12th, stime the 13th.
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -239,14 +379,14 @@ fn body(size: usize) -> Vec<u8> {
 
 fn load(
     name: &str,
-    pid: u32,
+    cpu_time: &dyn Fn() -> Duration,
     addr: SocketAddr,
     tls: Option<Arc<rustls::ClientConfig>>,
     clients: usize,
     per_conn: usize,
     size: usize,
 ) -> Figure {
-    let cpu0 = cpu_time(pid);
+    let cpu0 = cpu_time();
     let stop = Arc::new(AtomicBool::new(false));
     let lat = Arc::new(Mutex::new(Vec::new()));
     let body = Arc::new(body(size));
@@ -289,13 +429,14 @@ fn load(
             .copied()
             .unwrap_or_default()
     };
-    let cpu = cpu_time(pid).saturating_sub(cpu0);
+    let cpu = cpu_time().saturating_sub(cpu0);
     Figure {
         name: name.to_string(),
         rate: l.len() as f64 / elapsed.as_secs_f64(),
         p50: pick(0.50),
         p99: pick(0.99),
         cpu_per_msg: cpu / (l.len().max(1) as u32),
+        postfix: None,
     }
 }
 
@@ -442,6 +583,10 @@ fn main() {
     );
 
     let daemon = start(d, "", "");
+    let postfix = Postfix::start();
+    if let Err(why) = &postfix {
+        println!("Postfix rows skipped: {why}");
+    }
     let mut figures = Vec::new();
     for (name, tls, clients, per, size) in [
         ("(a) STARTTLS, 1 msg/conn, 1 client", true, 1, 1, 4096),
@@ -486,9 +631,10 @@ fn main() {
         } else {
             &cfg
         };
-        let f = load(
+        let pid = daemon.child.id();
+        let mut f = load(
             name,
-            daemon.child.id(),
+            &|| process_cpu(pid),
             addr,
             tls.then(|| client.clone()),
             clients,
@@ -500,9 +646,33 @@ fn main() {
             "{}: {rate} msgs/s, p50 {p50}, p99 {p99}, postern CPU {cpu}/msg ({share} of the 16-thread commit ceiling)",
             f.name
         );
+        if let Ok(pf) = &postfix {
+            let theirs = load(
+                name,
+                &|| pf.cpu(),
+                pf.addr,
+                tls.then(|| postfix_tls(name.contains("resumption"))),
+                clients,
+                per,
+                size,
+            );
+            f.postfix = Some(Box::new(theirs));
+            let [rate, cpu, faster, less] = f.versus();
+            println!(
+                "    Postfix: {rate} msgs/s, CPU {cpu}/msg: postern {faster} the rate at {less} less CPU per message"
+            );
+        }
         figures.push(f);
     }
     drop(daemon);
+    let postfix_note = match &postfix {
+        Ok(_) => "The Postfix columns: the same load in the same run against a private Postfix \
+                  (`../shared/peers/postfix.sh`, relay mode holding every message, `in_flow_delay = 0`, \
+                  its CPU summed over the master and every process under it)."
+            .to_string(),
+        Err(why) => format!("Postfix columns skipped: {why}."),
+    };
+    drop(postfix);
 
     // A relay: the same load while 4 delivery threads write each message to
     // a Maildir and free its spool file, which the next message reuses.
@@ -515,9 +685,10 @@ fn main() {
         "limit delivery-workers 4\n",
     );
     let name = "(h) relay: STARTTLS, 100 msgs/conn, 16 clients, delivered to Maildir meanwhile";
+    let pid = daemon.child.id();
     let f = load(
         name,
-        daemon.child.id(),
+        &|| process_cpu(pid),
         daemon.tls,
         Some(cfg.clone()),
         16,
@@ -551,15 +722,17 @@ fn main() {
     let mut md = format!(
         "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
          Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
-         4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row.\n\n\
-         | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling |\n|---|---|---|---|---|---|\n",
+         4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row. {postfix_note}\n\n\
+         | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling | Postfix msgs/s | Postfix CPU/msg | postern rate / Postfix rate | Postfix CPU / postern CPU |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         machine(),
         RUN.as_secs()
     );
     for f in &figures {
         let [rate, p50, p99, cpu, share] = f.cells(fsync16);
+        let [prate, pcpu, faster, less] = f.versus();
         md.push_str(&format!(
-            "| {} | {rate} | {p50} | {p99} | {cpu} | {share} |\n",
+            "| {} | {rate} | {p50} | {p99} | {cpu} | {share} | {prate} | {pcpu} | {faster} | {less} |\n",
             f.name
         ));
     }

@@ -11,11 +11,12 @@
 
 mod common;
 
+use common::postfix::{self, master_pid, postfix_sh, tree_cpu_ms};
 use common::{set_result_line, wait_port, write};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,34 +26,9 @@ const N: usize = 2000;
 const LIMIT: Duration = Duration::from_secs(600);
 const ROW: &str = "(j) outbound vs Postfix";
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/postfix.sh")
-}
-
 fn skip(why: &str) {
     println!("versus postfix: skipped: {why}");
     set_result_line(ROW, &format!("{ROW}: skipped ({why})."));
-}
-
-/// Run postfix.sh with `args`; its output, or why it failed.
-fn postfix_sh(env: &[(&str, &str)], args: &[&str]) -> Result<String, String> {
-    let out = Command::new("bash")
-        .arg(script())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .map_err(|e| format!("postfix.sh: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "postfix.sh {}: {}{}",
-            args.join(" "),
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 /// Run `program` with `args`; an error unless it exits 0.
@@ -69,13 +45,6 @@ fn run_ok(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// A port in the script's range that nothing listens on.
-fn free_port(from: u16) -> u16 {
-    (from..11000)
-        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        .expect("a free port in 10000-10999")
-}
-
 fn body() -> String {
     let line = format!("{}\r\n", "x".repeat(78));
     let mut body = String::from(
@@ -85,68 +54,6 @@ fn body() -> String {
         body.push_str(&line);
     }
     body
-}
-
-/// Fields of /proc/PID/stat after the command name, numeric ones only
-/// (the state letter dropped): ppid is [0], utime [10], stime [11],
-/// cutime [12], cstime [13].
-fn proc_stat(pid: u32) -> Option<Vec<u64>> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(
-        st.rsplit(')')
-            .next()?
-            .split_whitespace()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
-    )
-}
-
-/// CPU milliseconds used by `root` and everything under it: the live
-/// descendants' own time, and the root's own and reaped children's time
-/// (so a process that ends between two readings still counts). Clock
-/// ticks are 10 ms on Linux.
-fn tree_cpu_ms(root: u32) -> f64 {
-    if root == 0 {
-        return 0.0;
-    }
-    let mut parent = std::collections::HashMap::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-            && let Some(f) = proc_stat(pid)
-            && let Some(&pp) = f.first()
-        {
-            parent.insert(pid, (pp as u32, f));
-        }
-    }
-    let under = |mut p: u32| {
-        // Bounded: a parent chain is at most as long as the process list.
-        for _ in 0..parent.len() {
-            match parent.get(&p) {
-                Some((pp, _)) if *pp == root => return true,
-                Some((pp, _)) if *pp > 1 => p = *pp,
-                _ => return false,
-            }
-        }
-        false
-    };
-    let mut ticks = 0;
-    for (pid, (_, f)) in &parent {
-        let own = f.get(10).unwrap_or(&0) + f.get(11).unwrap_or(&0);
-        if *pid == root {
-            ticks += own + f.get(12).unwrap_or(&0) + f.get(13).unwrap_or(&0);
-        } else if under(*pid) {
-            ticks += own;
-        }
-    }
-    ticks as f64 * 10.0
-}
-
-/// A Postfix instance's master process.
-fn master_pid(base: &Path) -> u32 {
-    std::fs::read_to_string(base.join("queue/pid/master.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// (busy, total) jiffies of the whole machine, from /proc/stat.
@@ -360,30 +267,13 @@ fn postern_phase(d: &Path, sink: u16, sink_pid: u32) -> Result<Phase, String> {
 }
 
 fn main() {
-    if !script().exists() {
-        return skip("../shared/peers/postfix.sh not found");
+    if let Some(why) = postfix::unavailable() {
+        return skip(&why);
     }
-    if Command::new("postfix").arg("-h").output().is_err()
-        && !Path::new("/usr/sbin/postfix").exists()
-    {
-        return skip(
-            "Postfix is not installed (Debian: debconf postfix/main_mailer_type = No configuration, then apt-get install postfix)",
-        );
-    }
-    if !nix::unistd::Uid::effective().is_root() {
-        return skip("running Postfix instances needs root");
-    }
-    // Postfix's daemons run as `postfix`: the base must be reachable.
-    let base = PathBuf::from(format!(
-        "/tmp/bench/postern-vs-postfix-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::create_dir_all(&base);
-    let _ = Command::new("chmod").args(["755", "/tmp/bench"]).status();
-    let _ = Command::new("chmod").arg("755").arg(&base).status();
+    let base = postfix::base("postern-vs-postfix");
     let (sink_base, relay_base) = (base.join("sink"), base.join("relay"));
-    let sink = free_port(10200);
-    let relay = free_port(sink + 1);
+    let sink = postfix::port_from(10200);
+    let relay = postfix::port_from(sink + 1);
     let result = run(&base, &sink_base, &relay_base, sink, relay);
     for b in [&relay_base, &sink_base] {
         let _ = postfix_sh(&[], &["stop", &b.display().to_string()]);

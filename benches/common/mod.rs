@@ -3,6 +3,8 @@
 // Each program uses its own part of this.
 #![allow(dead_code)]
 
+pub mod postfix;
+
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
