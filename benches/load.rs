@@ -583,6 +583,9 @@ fn main() {
     );
 
     let daemon = start(d, "", "");
+    // Rows (l): the same spool committing with one shared syncfs(2) per
+    // batch instead of one fsync per file (postern(8) DURABILITY).
+    let grouped = start(d, "", "limit queue-sync filesystem\n");
     let postfix = Postfix::start();
     if let Err(why) = &postfix {
         println!("Postfix rows skipped: {why}");
@@ -620,11 +623,37 @@ fn main() {
             100,
             100 * 1024,
         ),
+        (
+            "(l) STARTTLS, 1 msg/conn, 16 clients, queue-sync filesystem",
+            true,
+            16,
+            1,
+            4096,
+        ),
+        (
+            "(l) STARTTLS, 100 msgs/conn, 16 clients, queue-sync filesystem",
+            true,
+            16,
+            100,
+            4096,
+        ),
+        (
+            "(l) plaintext, 100 msgs/conn, 16 clients, queue-sync filesystem",
+            false,
+            16,
+            100,
+            4096,
+        ),
     ] {
         // BENCH_ONLY=text runs only the rows whose name has it, to profile one.
         if std::env::var("BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
             continue;
         }
+        let daemon = if name.contains("queue-sync filesystem") {
+            &grouped
+        } else {
+            &daemon
+        };
         let addr = if tls { daemon.tls } else { daemon.plain };
         let client = if name.contains("resumption") {
             &resuming
@@ -665,6 +694,7 @@ fn main() {
         figures.push(f);
     }
     drop(daemon);
+    drop(grouped);
     let postfix_note = match &postfix {
         Ok(_) => "The Postfix columns: the same load in the same run against a private Postfix \
                   (`../shared/peers/postfix.sh`, relay mode holding every message, `in_flow_delay = 0`, \

@@ -121,11 +121,16 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     let spool = Spool::open(&cfg.queue)
         .map_err(|e| format!("queue: {e}"))?
         .with_spares(cfg.limits.spare_files)
+        .with_durability(cfg.limits.queue_sync)
         .with_min_free(cfg.limits.queue_minfree());
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
-        "queue {}: {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",
+        "queue {} (queue-sync {}): {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",
         cfg.queue.display(),
+        match cfg.limits.queue_sync {
+            postern::spool::Durability::File => "file",
+            postern::spool::Durability::Filesystem => "filesystem",
+        },
         report.messages,
         report.converted,
         report.removed_tmp,

@@ -466,6 +466,8 @@ pub struct Limits {
     /// `sessions-per-ip-exempt <table>`: networks not held to
     /// `sessions-per-ip` (loopback never is).
     pub sessions_per_ip_exempt: Option<String>,
+    /// `queue-sync`: how a commit is made durable.
+    pub queue_sync: crate::spool::Durability,
     /// `queue-minfree`: free space the spool's file system keeps; `auto`
     /// (None) is 1.5 × max-message-size, as Postfix's queue_minfree check.
     pub queue_minfree: Option<u64>,
@@ -491,6 +493,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("workers", "count", "500"),
     ("delivery-workers", "count", "16"),
     ("spare-files", "count", "512"),
+    ("queue-sync", "file|filesystem", "file"),
     ("command-timeout", "duration", "300s"),
     ("max-errors", "count", "20"),
     ("auth-failures", "count", "3"),
@@ -666,6 +669,7 @@ fn default_limits() -> Limits {
         auth_failures_per_ip: 0,
         auth_lockout: Duration::ZERO,
         queue_minfree: None,
+        queue_sync: crate::spool::Durability::File,
         sessions_per_ip_exempt: None,
         destination_concurrency: 0,
         connection_reuse: 0,
@@ -707,6 +711,17 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "delivery-workers" => l.delivery_workers = count()?,
         "spare-files" if value == "0" => l.spare_files = 0,
         "spare-files" => l.spare_files = count()?,
+        "queue-sync" => {
+            l.queue_sync = match value {
+                "file" => crate::spool::Durability::File,
+                "filesystem" => crate::spool::Durability::Filesystem,
+                _ => {
+                    return Err(format!(
+                        "limit {name}: expected file or filesystem, got '{value}'"
+                    ));
+                }
+            }
+        }
         "command-timeout" => l.command_timeout = dur()?,
         "max-errors" => l.max_errors = count32()?,
         "auth-failures" => l.auth_failures = count32()?,

@@ -33,6 +33,14 @@ fn zero_is_a_setting_only_where_it_means_something() {
     let mut l = default_limits();
     assert_eq!(set_limit(&mut l, "spare-files", "0"), Ok(()));
     assert_eq!(l.spare_files, 0);
+    assert_eq!(l.queue_sync, crate::spool::Durability::File);
+    assert_eq!(set_limit(&mut l, "queue-sync", "filesystem"), Ok(()));
+    assert_eq!(l.queue_sync, crate::spool::Durability::Filesystem);
+    assert!(
+        set_limit(&mut l, "queue-sync", "fsync")
+            .unwrap_err()
+            .contains("expected file or filesystem, got 'fsync'")
+    );
     assert_eq!(set_limit(&mut l, "delivery-workers", "0"), Ok(()));
     assert_eq!(l.delivery_workers, 0);
     assert!(

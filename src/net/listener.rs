@@ -455,6 +455,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
             "limit delivery-workers",
         ),
         (o.spare_files != n.spare_files, "limit spare-files"),
+        (o.queue_sync != n.queue_sync, "limit queue-sync"),
         (
             o.queue_minfree() != n.queue_minfree(),
             "limit queue-minfree",

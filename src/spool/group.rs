@@ -1,14 +1,14 @@
-//! Group commit for the spool directory's fsync.
+//! Group commit: sessions committing at the same time share one flush.
 //!
-//! Every commit renames its files into `mail/` and then needs `mail/`
-//! fsynced before its 250. Sessions committing at the same time share one
-//! fsync: a caller takes a ticket after its renames; whoever finds no fsync
-//! running starts one covering every ticket taken so far, and the others
-//! wait for the fsync that covers theirs. Nobody is told "durable" before an
-//! fsync that started after their renames has completed.
+//! Every commit renames its file into `mail/` and then needs a flush (the
+//! bucket directory's fsync, or with `limit queue-sync filesystem` one
+//! syncfs(2) of the spool's file system) before its 250. A caller takes a
+//! ticket after its rename; whoever finds no flush running starts one
+//! covering every ticket taken so far, and the others wait for the flush
+//! that covers theirs. Nobody is told "durable" before a flush that started
+//! after their rename has completed.
 
 use std::io;
-use std::path::Path;
 use std::sync::{Condvar, Mutex};
 
 #[derive(Default)]
@@ -25,24 +25,22 @@ struct State {
 
 /// Shared by every clone of a `Spool`.
 #[derive(Default)]
-pub struct DirSync {
+pub struct Group {
     state: Mutex<State>,
     cv: Condvar,
 }
 
-impl std::fmt::Debug for DirSync {
+impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DirSync")
+        f.write_str("Group")
     }
 }
 
-fn fsync(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
-impl DirSync {
-    /// Return once `dir` has been fsynced after this call began.
-    pub fn sync(&self, dir: &Path) -> io::Result<()> {
+impl Group {
+    /// Return once `flush` (this caller's or another's: every caller of one
+    /// group passes the same) has completed, begun after this call began.
+    /// Its error names what failed.
+    pub fn sync(&self, flush: impl Fn() -> io::Result<()>) -> io::Result<()> {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         g.issued += 1;
         let mine = g.issued;
@@ -61,12 +59,12 @@ impl DirSync {
                 g.busy = true;
                 let (from, upto) = (g.done + 1, g.issued);
                 drop(g);
-                let r = fsync(dir);
+                let r = flush();
                 g = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 g.busy = false;
                 g.done = upto;
                 if let Err(e) = r {
-                    g.failed = Some((from, upto, e.kind(), format!("{}: {e}", dir.display())));
+                    g.failed = Some((from, upto, e.kind(), e.to_string()));
                 }
                 self.cv.notify_all();
                 continue;
@@ -79,16 +77,21 @@ impl DirSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::sync::Arc;
+
+    fn fsync(dir: &Path) -> io::Result<()> {
+        std::fs::File::open(dir)?.sync_all()
+    }
 
     #[test]
     fn concurrent_callers_all_return() {
         let d = tempfile::tempdir().unwrap();
-        let s = Arc::new(DirSync::default());
+        let s = Arc::new(Group::default());
         let hs: Vec<_> = (0..16)
             .map(|_| {
                 let (s, p) = (s.clone(), d.path().to_path_buf());
-                std::thread::spawn(move || (0..50).all(|_| s.sync(&p).is_ok()))
+                std::thread::spawn(move || (0..50).all(|_| s.sync(|| fsync(&p)).is_ok()))
             })
             .collect();
         assert!(hs.into_iter().all(|h| h.join().unwrap()));
@@ -97,12 +100,40 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_callers_share_flushes() {
+        let s = Arc::new(Group::default());
+        let flushes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hs: Vec<_> = (0..16)
+            .map(|_| {
+                let (s, flushes) = (s.clone(), flushes.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10 {
+                        s.sync(|| {
+                            flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            std::thread::sleep(std::time::Duration::from_millis(2));
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let n = flushes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(n < 160, "160 commits took {n} flushes: none were shared");
+    }
+
+    #[test]
     fn failures_reach_their_batch() {
-        let s = DirSync::default();
-        let e = s.sync(Path::new("/nonexistent/postern")).unwrap_err();
+        let s = Group::default();
+        let e = s
+            .sync(|| fsync(Path::new("/nonexistent/postern")))
+            .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         // A later batch that succeeds is not told about the old failure.
         let d = tempfile::tempdir().unwrap();
-        assert!(s.sync(d.path()).is_ok());
+        assert!(s.sync(|| fsync(d.path())).is_ok());
     }
 }

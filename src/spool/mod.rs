@@ -66,8 +66,15 @@ pub struct Spool {
     corrupt: PathBuf,
     notify: Option<crossbeam_channel::Sender<Envelope>>,
     free: PathBuf,
-    /// One group commit per bucket of `mail/`.
-    dirsync: std::sync::Arc<Vec<group::DirSync>>,
+    /// One group commit per bucket of `mail/`...
+    dirsync: std::sync::Arc<Vec<group::Group>>,
+    /// ...the bucket directories, held open for their fsyncs...
+    mail_dirs: std::sync::Arc<Vec<File>>,
+    /// ...or, with [`Durability::Filesystem`], one for the whole spool,
+    /// whose syncfs(2) goes through `root_dir`.
+    fs_group: std::sync::Arc<group::Group>,
+    root_dir: std::sync::Arc<File>,
+    durability: Durability,
     /// Names in `free/` that no message is being written to.
     spares: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// At most this many are kept (`limit spare-files`).
@@ -75,6 +82,20 @@ pub struct Spool {
     /// New messages are refused while less than this is free on the
     /// spool's file system (`limit queue-minfree`).
     min_free: u64,
+}
+
+/// How a commit becomes durable (`limit queue-sync`, postern(8) FILES).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The message file is fsynced, renamed into `mail/X/`, and that
+    /// directory fsynced (shared by the commits of the moment).
+    #[default]
+    File,
+    /// The message file is written and renamed without an fsync, and one
+    /// syncfs(2) of the spool's file system, shared by every commit of the
+    /// moment, makes them all durable. For a spool with a file system of
+    /// its own: the syncfs also writes whatever else is pending there.
+    Filesystem,
 }
 
 /// At most this many spare files are kept in `free/` by default...
@@ -186,32 +207,43 @@ fn at(path: &Path, e: io::Error) -> io::Error {
 impl Spool {
     /// Open (creating if needed) the spool at `root`.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        let s = Spool {
-            root: root.to_path_buf(),
-            tmp: root.join("tmp"),
-            mail: root.join("mail"),
-            corrupt: root.join("corrupt"),
-            free: root.join("free"),
-            notify: None,
-            dirsync: std::sync::Arc::new((0..BUCKETS).map(|_| group::DirSync::default()).collect()),
-            spares: Default::default(),
-            spare_limit: SPARES,
-            min_free: 0,
-        };
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent).map_err(|e| at(parent, e))?;
         }
         mkdir(root).map_err(|e| at(root, e))?;
-        // sts/: the MTA-STS policy cache (crate::sts); tlsrpt/: TLS
-        // results for reports (crate::tlsrpt).
-        let (sts, tlsrpt) = (root.join("sts"), root.join("tlsrpt"));
-        for d in [&s.tmp, &s.mail, &s.corrupt, &s.free, &sts, &tlsrpt] {
+        let (tmp, mail) = (root.join("tmp"), root.join("mail"));
+        let mut mail_dirs = Vec::with_capacity(BUCKETS);
+        for d in [&tmp, &mail] {
             mkdir(d).map_err(|e| at(d, e))?;
         }
         for b in 0..BUCKETS {
-            for d in [s.tmp.join(bucket_name(b)), s.mail.join(bucket_name(b))] {
+            for d in [tmp.join(bucket_name(b)), mail.join(bucket_name(b))] {
                 mkdir(&d).map_err(|e| at(&d, e))?;
             }
+            let d = mail.join(bucket_name(b));
+            mail_dirs.push(File::open(&d).map_err(|e| at(&d, e))?);
+        }
+        let s = Spool {
+            root: root.to_path_buf(),
+            tmp,
+            mail,
+            corrupt: root.join("corrupt"),
+            free: root.join("free"),
+            notify: None,
+            dirsync: std::sync::Arc::new((0..BUCKETS).map(|_| group::Group::default()).collect()),
+            mail_dirs: std::sync::Arc::new(mail_dirs),
+            fs_group: Default::default(),
+            root_dir: std::sync::Arc::new(File::open(root).map_err(|e| at(root, e))?),
+            durability: Durability::File,
+            spares: Default::default(),
+            spare_limit: SPARES,
+            min_free: 0,
+        };
+        // sts/: the MTA-STS policy cache (crate::sts); tlsrpt/: TLS
+        // results for reports (crate::tlsrpt).
+        let (sts, tlsrpt) = (root.join("sts"), root.join("tlsrpt"));
+        for d in [&s.corrupt, &s.free, &sts, &tlsrpt] {
+            mkdir(d).map_err(|e| at(d, e))?;
         }
         Ok(s)
     }
@@ -230,6 +262,34 @@ impl Spool {
         self
     }
 
+    /// Make commits durable as `d` says. [`Durability::Filesystem`] keeps
+    /// no spare files: a message written over a spare without its own
+    /// fsync could, after a power loss, show the old message's envelope
+    /// under new text; a fresh file can only be short or fail its checksum.
+    /// Set before [`Spool::recover`].
+    pub fn with_durability(mut self, d: Durability) -> Spool {
+        self.durability = d;
+        if d == Durability::Filesystem {
+            self.spare_limit = 0;
+        }
+        self
+    }
+
+    /// Run `flush`, or wait for a flush run by another commit, so that
+    /// everything renamed before this call is durable.
+    fn flush_bucket(&self, b: usize) -> io::Result<()> {
+        match self.durability {
+            Durability::File => self.dirsync[b].sync(|| {
+                self.mail_dirs[b]
+                    .sync_all()
+                    .map_err(|e| at(&self.mail.join(bucket_name(b)), e))
+            }),
+            Durability::Filesystem => self.fs_group.sync(|| {
+                nix::unistd::syncfs(&*self.root_dir).map_err(|e| at(&self.root, io::Error::from(e)))
+            }),
+        }
+    }
+
     /// Rewrite a committed envelope atomically: new file, fsync, rename
     /// over the old one, fsync the directory.
     pub fn update(&self, env: &Envelope) -> io::Result<()> {
@@ -238,8 +298,10 @@ impl Spool {
         let done = write_synced(&tmp, env.to_text().as_bytes())
             .and_then(|_| fs::rename(&tmp, self.envelope_path(&env.id)).map_err(|e| at(&tmp, e)))
             .and_then(|_| {
-                let dir = self.mail_of(&env.id);
-                fsync_dir(&dir).map_err(|e| at(&dir, e))
+                let b = bucket(&env.id);
+                self.mail_dirs[b]
+                    .sync_all()
+                    .map_err(|e| at(&self.mail_of(&env.id), e))
             });
         if done.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -361,7 +423,7 @@ impl Spool {
         for b in 0..BUCKETS {
             if owed.0[b] {
                 let dir = self.mail.join(bucket_name(b));
-                fsync_dir(&dir).map_err(|e| at(&dir, e))?;
+                self.mail_dirs[b].sync_all().map_err(|e| at(&dir, e))?;
                 owed.0[b] = false;
             }
         }
@@ -438,6 +500,13 @@ impl Spool {
             let (id, kind) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
             let has_msg = self.body_path(id).exists();
             let problem = match kind {
+                // Files under queue-sync filesystem were renamed before they
+                // were durable: after a power loss one that was never
+                // acknowledged may be short or hold stale blocks.
+                "msg" if self.durability == Durability::Filesystem => verify(&p)
+                    .and_then(|_| self.envelope(id).map(drop))
+                    .err()
+                    .map(|e| e.to_string()),
                 "msg" => self.envelope(id).err().map(|e| e.to_string()),
                 // A conversion that crashed after its rename: the message
                 // file has everything.
@@ -587,6 +656,7 @@ impl Spool {
             body_path: path,
             file: Some(BufWriter::with_capacity(64 * 1024, f)),
             len: 0,
+            sum: Sum::new(),
             spare,
             failed: None,
         })
@@ -670,38 +740,169 @@ fn invalid(p: &Path, why: &str) -> io::Error {
 }
 
 /// The last line of a message file, fixed width so that it is found with
-/// one read from the end.
+/// one read from the end: `postern-body-length N sum H`, where `H` is the
+/// [`Sum`] of everything before the line. Files written before the sum was
+/// added end at `N`; they are read as before, without a check.
 const FOOTER_KEY: &str = "postern-body-length ";
-const FOOTER_LEN: u64 = FOOTER_KEY.len() as u64 + 20 + 1;
+const OLD_FOOTER_LEN: u64 = FOOTER_KEY.len() as u64 + 20 + 1;
+const SUM_KEY: &str = " sum ";
+const FOOTER_LEN: u64 = OLD_FOOTER_LEN + SUM_KEY.len() as u64 + 16;
 
-fn footer(body_len: u64) -> String {
-    format!("{FOOTER_KEY}{body_len:020}\n")
+fn footer(body_len: u64, sum: u64) -> String {
+    format!("{FOOTER_KEY}{body_len:020}{SUM_KEY}{sum:016x}\n")
 }
 
-/// Body length and file length of a message file.
-fn lengths(f: &File, p: &Path) -> io::Result<(u64, u64)> {
+/// A 64-bit checksum of a message file's contents, so that the start-up
+/// scan can tell a whole file from one that a power loss left short, zeroed
+/// or holding stale blocks (`limit queue-sync filesystem` writes files
+/// without fsyncing each). It detects damage, not tampering: whoever can
+/// write the spool can write a matching sum.
+#[derive(Clone, Copy)]
+struct Sum {
+    h: u64,
+    len: u64,
+    tail: [u8; 8],
+    held: usize,
+}
+
+impl Sum {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn new() -> Sum {
+        Sum {
+            h: Self::K,
+            len: 0,
+            tail: [0; 8],
+            held: 0,
+        }
+    }
+
+    fn word(&mut self, w: u64) {
+        self.h = (self.h.rotate_left(23) ^ w).wrapping_mul(Self::K);
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.held > 0 {
+            let take = (8 - self.held).min(bytes.len());
+            self.tail[self.held..self.held + take].copy_from_slice(&bytes[..take]);
+            self.held += take;
+            bytes = &bytes[take..];
+            if self.held < 8 {
+                return;
+            }
+            self.word(u64::from_le_bytes(self.tail));
+            self.held = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            // chunks_exact(8) yields 8-byte slices.
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            self.word(u64::from_le_bytes(a));
+        }
+        let rest = words.remainder();
+        self.tail[..rest.len()].copy_from_slice(rest);
+        self.held = rest.len();
+    }
+
+    fn finish(mut self) -> u64 {
+        let mut last = [0u8; 8];
+        last[..self.held].copy_from_slice(&self.tail[..self.held]);
+        self.word(u64::from_le_bytes(last));
+        self.word(self.len);
+        // splitmix64's finaliser: every input bit reaches every output bit.
+        let mut z = self.h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Where a message file's parts end, from its last line.
+struct Layout {
+    /// Bytes of Received header and body.
+    body: u64,
+    /// Where the last line starts: the envelope is `body..footer`.
+    footer: u64,
+    /// The recorded [`Sum`] of `0..footer`; None in older files.
+    sum: Option<u64>,
+}
+
+fn layout(f: &File, p: &Path) -> io::Result<Layout> {
     let len = f.metadata().map_err(|e| at(p, e))?.len();
-    if len < FOOTER_LEN {
+    if len < OLD_FOOTER_LEN {
         return Err(invalid(p, "too short to be a postern message file"));
     }
+    let n = len.min(FOOTER_LEN);
     let mut last = [0u8; FOOTER_LEN as usize];
-    f.read_exact_at(&mut last, len - FOOTER_LEN)
-        .map_err(|e| at(p, e))?;
-    let body = std::str::from_utf8(&last)
-        .ok()
-        .and_then(|l| l.strip_prefix(FOOTER_KEY))
-        .and_then(|l| l.strip_suffix('\n'))
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|&n| n <= len - FOOTER_LEN)
+    let last = &mut last[..n as usize];
+    f.read_exact_at(last, len - n).map_err(|e| at(p, e))?;
+    let parse = |line: &[u8]| -> Option<(u64, Option<u64>)> {
+        let l = std::str::from_utf8(line).ok()?.strip_prefix(FOOTER_KEY)?;
+        let l = l.strip_suffix('\n')?;
+        match l.split_once(SUM_KEY) {
+            Some((body, sum)) if sum.len() == 16 => {
+                Some((body.parse().ok()?, Some(u64::from_str_radix(sum, 16).ok()?)))
+            }
+            Some(_) => None,
+            None => Some((l.parse().ok()?, None)),
+        }
+    };
+    let found = if n == FOOTER_LEN {
+        parse(last).map(|(b, s)| (b, s, FOOTER_LEN))
+    } else {
+        None
+    };
+    let (body, sum, footer_len) = found
+        .or_else(|| {
+            let old = &last[(n - OLD_FOOTER_LEN) as usize..];
+            parse(old)
+                .filter(|(_, s)| s.is_none())
+                .map(|(b, s)| (b, s, OLD_FOOTER_LEN))
+        })
+        .filter(|&(b, _, fl)| b <= len - fl)
         .ok_or_else(|| invalid(p, "no postern-body-length line at the end"))?;
-    Ok((body, len))
+    Ok(Layout {
+        body,
+        footer: len - footer_len,
+        sum,
+    })
+}
+
+/// Check a message file against the sum in its last line (files without
+/// one pass): an error names a file that is not what was written.
+pub fn verify(p: &Path) -> io::Result<()> {
+    let f = open_nofollow(p).map_err(|e| at(p, e))?;
+    let l = layout(&f, p)?;
+    let Some(want) = l.sum else {
+        return Ok(());
+    };
+    let mut sum = Sum::new();
+    let mut r = io::BufReader::with_capacity(64 * 1024, (&f).take(l.footer));
+    let mut buf = [0u8; 64 * 1024];
+    // Bounded by the file's length.
+    loop {
+        let n = r.read(&mut buf).map_err(|e| at(p, e))?;
+        if n == 0 {
+            break;
+        }
+        sum.update(&buf[..n]);
+    }
+    if sum.len != l.footer || sum.finish() != want {
+        return Err(invalid(
+            p,
+            "its contents do not match the checksum in its last line (written but not made durable before a crash, or damaged since)",
+        ));
+    }
+    Ok(())
 }
 
 /// The envelope text inside a message file.
 fn trailer(p: &Path) -> io::Result<String> {
     let f = open_nofollow(p).map_err(|e| at(p, e))?;
-    let (body, len) = lengths(&f, p)?;
-    let n = len - FOOTER_LEN - body;
+    let Layout { body, footer, .. } = layout(&f, p)?;
+    let n = footer - body;
     // Thousands of recipients fit in a few MiB; more is damage.
     if n > 64 << 20 {
         return Err(invalid(p, "envelope is larger than 64 MiB"));
@@ -715,7 +916,7 @@ fn trailer(p: &Path) -> io::Result<String> {
 /// body as received, without the envelope after it).
 pub fn open_body(p: &Path) -> io::Result<io::Take<File>> {
     let f = open_nofollow(p).map_err(|e| at(p, e))?;
-    let (body, _) = lengths(&f, p)?;
+    let body = layout(&f, p)?.body;
     Ok(f.take(body))
 }
 
@@ -735,6 +936,8 @@ pub struct Incoming {
     file: Option<BufWriter<File>>,
     /// Body bytes written so far.
     len: u64,
+    /// Their checksum, to which the envelope is added at commit.
+    sum: Sum,
     /// Written over a spare file in `free/`, whose old tail must go.
     spare: bool,
     failed: Option<io::Error>,
@@ -754,7 +957,10 @@ impl Incoming {
         }
         if let Some(f) = self.file.as_mut() {
             match f.write_all(bytes) {
-                Ok(()) => self.len += bytes.len() as u64,
+                Ok(()) => {
+                    self.len += bytes.len() as u64;
+                    self.sum.update(bytes);
+                }
                 Err(e) => self.failed = Some(at(&self.body_path, e)),
             }
         }
@@ -769,7 +975,10 @@ impl Incoming {
         let Some(mut f) = self.file.take() else {
             return Err(io::Error::other("message already committed"));
         };
-        let (text, last) = (env.to_text(), footer(self.len));
+        let text = env.to_text();
+        let mut sum = self.sum;
+        sum.update(text.as_bytes());
+        let last = footer(self.len, sum.finish());
         f.write_all(text.as_bytes())
             .and_then(|_| f.write_all(last.as_bytes()))
             .map_err(|e| at(&self.body_path, e))?;
@@ -786,12 +995,14 @@ impl Incoming {
             }
         }
         let started = std::time::Instant::now();
-        f.sync_all().map_err(|e| at(&self.body_path, e))?;
+        if self.spool.durability == Durability::File {
+            f.sync_all().map_err(|e| at(&self.body_path, e))?;
+        }
         drop(f);
         let fin = self.spool.body_path(&self.id);
         let renamed = fs::rename(&self.body_path, &fin)
             .map_err(|e| at(&self.body_path, e))
-            .and_then(|_| self.spool.dirsync[bucket(&self.id)].sync(&self.spool.mail_of(&self.id)));
+            .and_then(|_| self.spool.flush_bucket(bucket(&self.id)));
         crate::stats::SPOOL_FSYNC.observe(started.elapsed());
         if let Err(e) = renamed {
             // Undo whatever got into mail/: the client will be told 452, so
@@ -878,16 +1089,119 @@ mod tests {
         assert_eq!(body_of(&s, &id), b"hello\r\nworld\r\n");
         assert_eq!(s.envelope(&id).unwrap(), env(&id));
         let file = fs::read_to_string(s.body_path(&id)).unwrap();
+        let text = env(&id).to_text();
+        let mut sum = Sum::new();
+        sum.update(format!("hello\r\nworld\r\n{text}").as_bytes());
         assert!(
             file.ends_with(&format!(
-                "\r\npostern-envelope 1\nid {id}\n{}postern-body-length 00000000000000000014\n",
-                &env(&id).to_text()[format!("postern-envelope 1\nid {id}\n").len()..]
+                "\r\npostern-envelope 1\nid {id}\n{}postern-body-length 00000000000000000014 sum {:016x}\n",
+                &text[format!("postern-envelope 1\nid {id}\n").len()..],
+                sum.finish()
             )),
             "{file}"
         );
+        verify(&s.body_path(&id)).unwrap();
         assert_eq!(count(&s.tmp), 0);
         assert_eq!(count(&s.mail), 1);
         assert_eq!(s.list().unwrap(), [id]);
+    }
+
+    #[test]
+    fn sums_do_not_depend_on_how_the_bytes_arrive() {
+        let data: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37)).collect();
+        let whole = {
+            let mut s = Sum::new();
+            s.update(&data);
+            s.finish()
+        };
+        for cut in 0..data.len() {
+            for cut2 in cut..data.len() {
+                let mut s = Sum::new();
+                s.update(&data[..cut]);
+                s.update(&data[cut..cut2]);
+                s.update(&data[cut2..]);
+                assert_eq!(s.finish(), whole, "split at {cut} and {cut2}");
+            }
+        }
+        // Damage of the kinds a power loss leaves changes it.
+        let sum = |d: &[u8]| {
+            let mut s = Sum::new();
+            s.update(d);
+            s.finish()
+        };
+        let mut zeroed = data.clone();
+        zeroed[40..48].fill(0);
+        let mut swapped = data.clone();
+        swapped.swap(3, 70);
+        for other in [
+            &data[..99],
+            &zeroed[..],
+            &swapped[..],
+            &[data.clone(), vec![0]].concat(),
+        ] {
+            assert_ne!(sum(other), whole);
+        }
+    }
+
+    #[test]
+    fn filesystem_durability_commits_checks_and_quarantines_torn_files() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path())
+            .unwrap()
+            .with_durability(Durability::Filesystem);
+        let ids: Vec<String> = (0..3)
+            .map(|i| {
+                s.submit(
+                    format!("Subject: {i}\r\n\r\nbody\r\n").as_bytes(),
+                    &mut env(""),
+                )
+                .unwrap()
+            })
+            .collect();
+        for id in &ids {
+            verify(&s.body_path(id)).unwrap();
+        }
+        // What a power loss can leave of a file renamed before it was
+        // durable: a block of zeros, or another file's stale block.
+        let p = s.body_path(&ids[1]);
+        let mut torn = fs::read(&p).unwrap();
+        torn[2..10].fill(0);
+        fs::write(&p, torn).unwrap();
+        let e = verify(&p).unwrap_err().to_string();
+        assert!(e.contains("do not match the checksum"), "{e}");
+        let r = s.recover().unwrap();
+        assert_eq!((r.messages, r.quarantined), (2, 1));
+        assert_eq!(s.list().unwrap(), [ids[0].clone(), ids[2].clone()]);
+        assert!(
+            d.path()
+                .join("corrupt")
+                .join(format!("{}.msg", ids[1]))
+                .exists()
+        );
+        // No spares: a message is never written over an old one here.
+        s.remove(&[&ids[0]]).unwrap();
+        assert_eq!(count(&s.free), 0);
+    }
+
+    #[test]
+    fn files_without_a_sum_are_still_read() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path())
+            .unwrap()
+            .with_durability(Durability::Filesystem);
+        let id = s.submit(b"x\r\n", &mut env("")).unwrap();
+        let p = s.body_path(&id);
+        let mut old = fs::read(&p).unwrap();
+        // An older postern's last line: the same without " sum H".
+        let cut = old.len() - (FOOTER_LEN - OLD_FOOTER_LEN) as usize - 1;
+        old.truncate(cut);
+        old.push(b'\n');
+        fs::write(&p, &old).unwrap();
+        assert!(old.ends_with(b"postern-body-length 00000000000000000003\n"));
+        verify(&p).unwrap();
+        assert_eq!(body_of(&s, &id), b"x\r\n");
+        assert_eq!(s.envelope(&id).unwrap().rcpts, env("").rcpts);
+        assert_eq!(s.recover().unwrap().messages, 1);
     }
 
     #[test]
@@ -922,7 +1236,10 @@ mod tests {
             (b"short".to_vec(), "too short"),
             (good[..good.len() - 1].to_vec(), "no postern-body-length"),
             (
-                [&good[..good.len() - 21], b"99999999999999999999\n"].concat(),
+                {
+                    let at = good.len() - FOOTER_LEN as usize + FOOTER_KEY.len();
+                    [&good[..at], b"99999999999999999999", &good[at + 20..]].concat()
+                },
                 "no postern-body-length",
             ),
             (

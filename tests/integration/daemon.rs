@@ -244,6 +244,83 @@ fn startup_removes_leftovers_and_keeps_old_layout_mail() {
 }
 
 #[test]
+fn queue_sync_filesystem_delivers_and_quarantines_torn_files() {
+    use postern::spool::envelope::{EnvRcpt, Envelope, RcptState};
+    use postern::spool::{Durability, Spool};
+    let ids = std::sync::Mutex::new(Vec::new());
+    let p = Postern::start_with(|d| {
+        // Two messages queued under queue-sync filesystem; then one is torn
+        // as a power loss can leave a file renamed before it was durable.
+        let spool = Spool::open(&d.join("queue"))
+            .unwrap()
+            .with_durability(Durability::Filesystem);
+        let mut env = Envelope {
+            arrival: postern::time::unix_now(),
+            from: "a@sender.test".into(),
+            helo: "x".into(),
+            client: "127.0.0.1".into(),
+            rcpts: vec![EnvRcpt {
+                addr: "alice@example.com".into(),
+                action: "local".into(),
+                state: RcptState::Pending,
+                attempts: 0,
+                next_try: 0,
+                error: String::new(),
+            }],
+            ..Envelope::default()
+        };
+        for text in [
+            "Subject: whole\r\n\r\nkept\r\n",
+            "Subject: torn\r\n\r\nlost\r\n",
+        ] {
+            ids.lock()
+                .unwrap()
+                .push(spool.submit(text.as_bytes(), &mut env).unwrap());
+        }
+        let torn = spool.body_path(&ids.lock().unwrap()[1]);
+        let mut bytes = std::fs::read(&torn).unwrap();
+        bytes[..8].fill(0);
+        std::fs::write(&torn, bytes).unwrap();
+        standard_config(d).replace("/cert.pem/%{user}/Maildir", "/mail/%{user}/Maildir")
+            + "limit queue-sync filesystem\n"
+    });
+    let ids = ids.into_inner().unwrap();
+    let line = p.wait_log("is unusable", Duration::from_secs(5));
+    assert!(
+        line.contains(&ids[1]) && line.contains("do not match the checksum"),
+        "{line}"
+    );
+    p.wait_log(
+        "(queue-sync filesystem): 1 messages (0 rewritten from the two-file layout), removed 0 temporary and 0 orphan files, 1 moved to corrupt/, 0 spare files",
+        Duration::from_secs(5),
+    );
+    assert!(p.queue().join(format!("corrupt/{}.msg", ids[1])).exists());
+    // New mail goes through the shared syncfs commit and is delivered with
+    // the whole one.
+    let id = crate::harness::submit(
+        p.plain(),
+        "a@sender.test",
+        &["alice@example.com"],
+        "Subject: new\r\n\r\nsynced\r\n",
+    );
+    let maildir = p.dir.path().join("mail/alice/Maildir");
+    crate::harness::wait_until(Duration::from_secs(10), "both delivered", || {
+        crate::harness::maildir_files(&maildir).len() == 2
+    });
+    let texts: Vec<String> = crate::harness::maildir_files(&maildir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    assert!(texts.iter().any(|t| t.contains("Subject: whole")));
+    assert!(texts.iter().any(|t| t.contains("Subject: new")));
+    p.wait_log(
+        &format!("{id}: to=<alice@example.com>"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(p.files_in("free"), 0);
+}
+
+#[test]
 fn sni_picks_the_matching_pki() {
     let p = Postern::start_with(|d| {
         let other = make_cert(&["other.test"]);
