@@ -118,6 +118,9 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     }
     // The spool is the run-as user's: it is opened and scanned only now,
     // so nothing in it is ever followed or unlinked as root.
+    if cfg.limits.queue_sync == postern::spool::Durability::Filesystem {
+        postern::spool::syncfs_reports_errors()?;
+    }
     let spool = Spool::open(&cfg.queue)
         .map_err(|e| format!("queue: {e}"))?
         .with_spares(cfg.limits.spare_files)

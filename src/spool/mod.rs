@@ -98,6 +98,29 @@ pub enum Durability {
     Filesystem,
 }
 
+/// syncfs(2) returns write-back errors only since Linux 5.8; before, a
+/// failed write could pass unnoticed and a message be acknowledged that is
+/// not on the disk, so `queue-sync filesystem` refuses older kernels.
+pub fn syncfs_reports_errors() -> Result<(), String> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_err(|e| format!("limit queue-sync filesystem: /proc/sys/kernel/osrelease: {e}"))?;
+    kernel_at_least(release.trim(), (5, 8)).then_some(()).ok_or_else(|| {
+        format!(
+            "limit queue-sync filesystem needs Linux 5.8 or later (syncfs(2) reports write errors only since then); this is {}",
+            release.trim()
+        )
+    })
+}
+
+fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= want
+}
+
 /// At most this many spare files are kept in `free/` by default...
 pub const SPARES: usize = 512;
 /// ...each at most this large, so they hold at most 64 MiB of disk.
@@ -1181,6 +1204,20 @@ mod tests {
         // No spares: a message is never written over an old one here.
         s.remove(&[&ids[0]]).unwrap();
         assert_eq!(count(&s.free), 0);
+    }
+
+    #[test]
+    fn kernel_releases_compare() {
+        for (release, ok) in [
+            ("6.18.44-fc-v1045", true),
+            ("5.8.0", true),
+            ("5.10.0-28-amd64", true),
+            ("5.7.19", false),
+            ("4.19.0-6-amd64", false),
+            ("", false),
+        ] {
+            assert_eq!(kernel_at_least(release, (5, 8)), ok, "{release}");
+        }
     }
 
     #[test]
