@@ -285,16 +285,10 @@ impl Spool {
         self
     }
 
-    /// Make commits durable as `d` says. [`Durability::Filesystem`] keeps
-    /// no spare files: a message written over a spare without its own
-    /// fsync could, after a power loss, show the old message's envelope
-    /// under new text; a fresh file can only be short or fail its checksum.
-    /// Set before [`Spool::recover`].
+    /// Make commits durable as `d` says. Set before [`Spool::recover`],
+    /// which checks every file's sum under [`Durability::Filesystem`].
     pub fn with_durability(mut self, d: Durability) -> Spool {
         self.durability = d;
-        if d == Durability::Filesystem {
-            self.spare_limit = 0;
-        }
         self
     }
 
@@ -1201,9 +1195,27 @@ mod tests {
                 .join(format!("{}.msg", ids[1]))
                 .exists()
         );
-        // No spares: a message is never written over an old one here.
+        // A message written over a spare whose new contents did not reach
+        // the disk before a power loss: the old file under the new name
+        // (its envelope names the old id), or new text over an old tail
+        // (the last line and its sum are the old file's).
         s.remove(&[&ids[0]]).unwrap();
-        assert_eq!(count(&s.free), 0);
+        assert_eq!(fs::read_dir(&s.free).unwrap().count(), 1);
+        let old = fs::read(s.body_path(&ids[2])).unwrap();
+        let fresh = s
+            .submit(b"Subject: new\r\n\r\nnew\r\n", &mut env(""))
+            .unwrap();
+        let p = s.body_path(&fresh);
+        fs::write(&p, &old).unwrap();
+        let e = s.envelope(&fresh).unwrap_err().to_string();
+        assert!(e.contains(&format!("envelope is for {}", ids[2])), "{e}");
+        let mut mixed = old.clone();
+        mixed[..8].copy_from_slice(b"Subject:");
+        mixed[8..20].copy_from_slice(b" new\r\n\r\nnew\r");
+        fs::write(&p, &mixed).unwrap();
+        assert!(verify(&p).is_err());
+        let r = s.recover().unwrap();
+        assert_eq!((r.messages, r.quarantined), (1, 1));
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn crash_safety_under_load() {
 #[ignore]
 fn crash_safety_under_load_with_queue_sync_filesystem() {
     let spares = crash_run("filesystem");
-    assert_eq!(spares, 0, "queue-sync filesystem keeps no spare files");
+    assert!(spares > 0, "no finished message was kept for reuse");
 }
 
 /// 20 kill -9s under load with `limit queue-sync SYNC`: nothing
