@@ -9,7 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use postern::spool::envelope::{EnvRcpt, Envelope, RcptState};
+use postern::spool::envelope::{EnvRcpt, Envelope};
 
 /// The envelope of a message from `from` to one pending recipient `to`,
 /// routed to `action`, arrived now.
@@ -19,14 +19,7 @@ pub fn envelope(from: &str, to: &str, action: &str) -> Envelope {
         from: from.into(),
         helo: "bench".into(),
         client: "127.0.0.1".into(),
-        rcpts: vec![EnvRcpt {
-            addr: to.into(),
-            action: action.into(),
-            state: RcptState::Pending,
-            attempts: 0,
-            next_try: 0,
-            error: String::new(),
-        }],
+        rcpts: vec![EnvRcpt::pending(to, action)],
         ..Envelope::default()
     }
 }

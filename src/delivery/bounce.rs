@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read as _};
 use std::path::Path;
 
 use super::outcome::{Relay, Status};
-use crate::spool::envelope::{EnvRcpt, Envelope, RcptState};
+use crate::spool::envelope::{EnvRcpt, Envelope};
 
 /// One failed recipient.
 pub struct Failure<'a> {
@@ -26,14 +26,7 @@ pub fn envelope(hostname: &str, to: &str, action: String) -> Envelope {
         arrival: crate::time::unix_now(),
         helo: hostname.to_string(),
         client: "127.0.0.1".into(),
-        rcpts: vec![EnvRcpt {
-            addr: to.to_string(),
-            action,
-            state: RcptState::Pending,
-            attempts: 0,
-            next_try: 0,
-            error: String::new(),
-        }],
+        rcpts: vec![EnvRcpt::pending(to.to_string(), action)],
         ..Envelope::default()
     }
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::Endpoint;
 use crate::smtp::reply;
 use crate::smtp::server::{Action, Session, TlsMode};
-use crate::spool::envelope::{EnvRcpt, Envelope, RcptState, TlsRequired};
+use crate::spool::envelope::{EnvRcpt, Envelope, TlsRequired};
 use crate::spool::{Incoming, Spool};
 use crate::tls::TlsInfo;
 use crate::tls::stream::Stream;
@@ -412,14 +412,7 @@ impl Driver<'_> {
             rcpts: tx
                 .rcpts
                 .iter()
-                .map(|r| EnvRcpt {
-                    addr: r.addr.to_string(),
-                    action: r.action.clone(),
-                    state: RcptState::Pending,
-                    attempts: 0,
-                    next_try: 0,
-                    error: String::new(),
-                })
+                .map(|r| EnvRcpt::pending(r.addr.to_string(), r.action.clone()))
                 .collect(),
         };
         let id = env.id.clone();

@@ -71,6 +71,20 @@ pub struct EnvRcpt {
     pub error: String,
 }
 
+impl EnvRcpt {
+    /// A recipient not yet tried, routed to `action`.
+    pub fn pending(addr: impl Into<String>, action: impl Into<String>) -> EnvRcpt {
+        EnvRcpt {
+            addr: addr.into(),
+            action: action.into(),
+            state: RcptState::Pending,
+            attempts: 0,
+            next_try: 0,
+            error: String::new(),
+        }
+    }
+}
+
 /// A message's envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Envelope {
@@ -239,14 +253,7 @@ impl Envelope {
 }
 
 fn parse_rcpt(v: &str) -> Option<EnvRcpt> {
-    let mut r = EnvRcpt {
-        addr: String::new(),
-        action: String::new(),
-        state: RcptState::Pending,
-        attempts: 0,
-        next_try: 0,
-        error: String::new(),
-    };
+    let mut r = EnvRcpt::pending("", "");
     for field in v.split(' ') {
         let (k, val) = field.split_once('=')?;
         let val = unescape(val)?;

@@ -731,14 +731,7 @@ pub(crate) fn sample_message(dir: &Path, body: &[u8]) -> PathBuf {
     let s = Spool::open(dir).unwrap();
     let mut env = Envelope {
         from: "a@b.example".into(),
-        rcpts: vec![envelope::EnvRcpt {
-            addr: "c@d.example".into(),
-            action: "local".into(),
-            state: envelope::RcptState::Pending,
-            attempts: 0,
-            next_try: 0,
-            error: String::new(),
-        }],
+        rcpts: vec![envelope::EnvRcpt::pending("c@d.example", "local")],
         ..Envelope::default()
     };
     let id = s.submit(body, &mut env).unwrap();
@@ -1074,14 +1067,7 @@ mod tests {
             id: id.into(),
             arrival: 1,
             from: "a@b.example".into(),
-            rcpts: vec![EnvRcpt {
-                addr: "c@d.example".into(),
-                action: "local".into(),
-                state: RcptState::Pending,
-                attempts: 0,
-                next_try: 0,
-                error: String::new(),
-            }],
+            rcpts: vec![EnvRcpt::pending("c@d.example", "local")],
             ..Envelope::default()
         }
     }

@@ -245,7 +245,7 @@ fn startup_removes_leftovers_and_keeps_old_layout_mail() {
 
 #[test]
 fn queue_sync_filesystem_delivers_and_quarantines_torn_files() {
-    use postern::spool::envelope::{EnvRcpt, Envelope, RcptState};
+    use postern::spool::envelope::{EnvRcpt, Envelope};
     use postern::spool::{Durability, Spool};
     let ids = std::sync::Mutex::new(Vec::new());
     let p = Postern::start_with(|d| {
@@ -259,14 +259,7 @@ fn queue_sync_filesystem_delivers_and_quarantines_torn_files() {
             from: "a@sender.test".into(),
             helo: "x".into(),
             client: "127.0.0.1".into(),
-            rcpts: vec![EnvRcpt {
-                addr: "alice@example.com".into(),
-                action: "local".into(),
-                state: RcptState::Pending,
-                attempts: 0,
-                next_try: 0,
-                error: String::new(),
-            }],
+            rcpts: vec![EnvRcpt::pending("alice@example.com", "local")],
             ..Envelope::default()
         };
         for text in [
