@@ -1059,7 +1059,7 @@ impl Drop for Incoming {
 
 #[cfg(test)]
 mod tests {
-    use super::envelope::{EnvRcpt, RcptState};
+    use super::envelope::EnvRcpt;
     use super::*;
 
     fn env(id: &str) -> Envelope {
