@@ -38,7 +38,7 @@ fn postern(conf: &Path) -> Child {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::Scratch::new("4G");
     let d = dir.path();
     common::self_signed(d, "rcv.bench");
     let port = free_port();

@@ -268,11 +268,11 @@ struct Postfix {
 }
 
 impl Postfix {
-    fn start() -> Result<Postfix, String> {
+    fn start(parent: &Path) -> Result<Postfix, String> {
         if let Some(why) = postfix::unavailable() {
             return Err(why);
         }
-        let base = postfix::base("postern-load");
+        let base = postfix::base_in(parent, "postern-load");
         let port = postfix::port_from(10300);
         let b = base.join("hold");
         postfix::postfix_sh(
@@ -520,8 +520,9 @@ fn machine() -> String {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let scratch = common::Scratch::new("16G");
+    let d = scratch.path();
+    println!("spools on {}", scratch.what());
     let (cert, key) = common::self_signed(d, "mx.bench");
     let der = cert.der().clone();
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
@@ -539,7 +540,7 @@ fn main() {
     // Rows (l): the same spool committing with one shared syncfs(2) per
     // batch instead of one fsync per file (postern(8) DURABILITY).
     let grouped = start(d, "", "limit queue-sync filesystem\n");
-    let postfix = Postfix::start();
+    let postfix = Postfix::start(d);
     if let Err(why) = &postfix {
         println!("Postfix rows skipped: {why}");
     }
@@ -705,11 +706,13 @@ fn main() {
     let mut md = format!(
         "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
          Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
-         4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row. {postfix_note}\n\n\
+         4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row. Spools (both servers') on {}. \
+         {postfix_note}\n\n\
          | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling | Postfix msgs/s | Postfix CPU/msg | postern rate / Postfix rate | Postfix CPU / postern CPU |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         machine(),
-        RUN.as_secs()
+        RUN.as_secs(),
+        scratch.what()
     );
     for f in &figures {
         let [rate, p50, p99, cpu, share] = f.cells(fsync16);

@@ -16,7 +16,7 @@ const RUN: Duration = Duration::from_secs(4);
 const THREADS: usize = 16;
 
 fn cycles(spares: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::Scratch::new("4G");
     let s = Spool::open(dir.path()).unwrap().with_spares(spares);
     s.recover().unwrap();
     let t0 = Instant::now();

@@ -7,6 +7,7 @@ pub mod postfix;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use postern::spool::envelope::{EnvRcpt, Envelope};
@@ -86,4 +87,92 @@ pub fn self_signed(dir: &Path, name: &str) -> (rcgen::Certificate, rcgen::KeyPai
     write(&dir.join("cert.pem"), &cert.pem(), 0o644);
     write(&dir.join("key.pem"), &key.serialize_pem(), 0o600);
     (cert, key)
+}
+
+/// Where a bench keeps its spools: a fresh ext4 file system (mkfs.ext4's
+/// defaults: a journal, data=ordered, as most spools run) on a loop device,
+/// made for this run and removed after it, so that every run starts from
+/// the same state. On the machine's own file system, inode allocation
+/// right after a bench deleted tens of thousands of files (ext4 without a
+/// journal skips recently freed inodes, one by one) cost several times the
+/// commit itself, and one run's clean-up slowed the next. Needs root and a
+/// loop device; otherwise a temporary directory, and [`Scratch::what`] says so.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    mounted: Option<std::path::PathBuf>,
+    what: String,
+}
+
+impl Scratch {
+    pub fn new(size: &str) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().with_extension("img");
+        let mnt = dir.path().join("fs");
+        let ok = nix::unistd::Uid::effective().is_root()
+            && std::fs::create_dir(&mnt).is_ok()
+            && run("truncate", &["-s", size, &image.display().to_string()])
+            && run("mkfs.ext4", &["-q", "-F", &image.display().to_string()])
+            && run(
+                "mount",
+                &[
+                    "-o",
+                    "loop",
+                    &image.display().to_string(),
+                    &mnt.display().to_string(),
+                ],
+            );
+        // Mounted, the loop device keeps it until the unmount frees both.
+        let _ = std::fs::remove_file(&image);
+        if ok {
+            // Postfix's daemons run as `postfix` and must reach their base.
+            let _ = run("chmod", &["755", &mnt.display().to_string()]);
+            let _ = run("chmod", &["755", &dir.path().display().to_string()]);
+            Scratch {
+                dir,
+                mounted: Some(mnt),
+                what: format!(
+                    "a fresh {size} ext4 file system on a loop device (mkfs.ext4 defaults: journal, data=ordered)"
+                ),
+            }
+        } else {
+            let fs = Command::new("findmnt")
+                .args(["-n", "-o", "FSTYPE,OPTIONS", "-T"])
+                .arg(dir.path())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            Scratch {
+                dir,
+                mounted: None,
+                what: format!("the machine's own file system ({fs}; no loop device or not root)"),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.mounted.as_deref().unwrap_or(self.dir.path())
+    }
+
+    /// What the spools are on, for RESULTS.md.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(m) = &self.mounted {
+            // The image file goes with the last reference to the loop device.
+            let _ = run("umount", &[&m.display().to_string()]);
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -30,9 +30,15 @@ pub fn unavailable() -> Option<String> {
 /// default place); Postfix's daemons run as `postfix`, so it must be
 /// reachable by them.
 pub fn base(name: &str) -> PathBuf {
-    let base = PathBuf::from(format!("/tmp/bench/{name}-{}", std::process::id()));
+    base_in(Path::new("/tmp/bench"), name)
+}
+
+/// As [`base`], under `parent` (which Postfix's daemons must be able to
+/// reach).
+pub fn base_in(parent: &Path, name: &str) -> PathBuf {
+    let base = parent.join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&base);
-    let _ = Command::new("chmod").args(["755", "/tmp/bench"]).status();
+    let _ = Command::new("chmod").arg("755").arg(parent).status();
     let _ = Command::new("chmod").arg("755").arg(&base).status();
     base
 }
