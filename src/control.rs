@@ -22,6 +22,8 @@ pub enum Request {
     ShowQueue,
     /// `show stats`.
     ShowStats,
+    /// `show message ID`.
+    ShowMessage(String),
     /// `schedule ID|all`.
     Schedule(String),
     /// `remove ID|all`.
@@ -134,6 +136,7 @@ fn parse(line: &str) -> Result<Parsed, String> {
     Ok(match words.as_slice() {
         ["show", "queue"] => Parsed::Queue(Request::ShowQueue),
         ["show", "stats"] => Parsed::Queue(Request::ShowStats),
+        ["show", "message", id] => Parsed::Queue(Request::ShowMessage(id.to_string())),
         ["schedule", id] => Parsed::Queue(Request::Schedule(id.to_string())),
         ["remove", id] => Parsed::Queue(Request::Remove(id.to_string())),
         ["reload"] => Parsed::Reload,
@@ -141,7 +144,7 @@ fn parse(line: &str) -> Result<Parsed, String> {
         ["tls-report", "send"] => Parsed::Queue(Request::TlsReport { send: true }),
         _ => {
             return Err(format!(
-                "unknown command '{line}' (show queue, show stats, schedule ID|all, remove ID|all, reload, tls-report show|send)"
+                "unknown command '{line}' (show queue, show stats, show message ID, schedule ID|all, remove ID|all, reload, tls-report show|send)"
             ));
         }
     })
@@ -256,6 +259,9 @@ mod tests {
         ));
         assert!(
             matches!(parse("schedule all"), Ok(Parsed::Queue(Request::Schedule(a))) if a == "all")
+        );
+        assert!(
+            matches!(parse("show message 661A2453F0D05005"), Ok(Parsed::Queue(Request::ShowMessage(a))) if a == "661A2453F0D05005")
         );
         assert!(
             matches!(parse("remove 0123"), Ok(Parsed::Queue(Request::Remove(a))) if a == "0123")

@@ -24,7 +24,7 @@ struct Args {
     /// tls-check: print JSON instead of text
     #[argh(switch)]
     json: bool,
-    /// show queue | show stats | schedule ID|all | remove ID|all | reload | tls-check DOMAIN
+    /// show queue | show stats | show message ID | schedule ID|all | remove ID|all | reload | tls-check DOMAIN
     #[argh(positional, greedy)]
     command: Vec<String>,
 }
@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     let command = args.command.join(" ");
     if command.is_empty() {
         eprintln!(
-            "posternctl: no command (show queue, show stats, schedule ID|all, remove ID|all, reload, tls-check DOMAIN)"
+            "posternctl: no command (show queue, show stats, show message ID, schedule ID|all, remove ID|all, reload, tls-check DOMAIN)"
         );
         return ExitCode::from(2);
     }

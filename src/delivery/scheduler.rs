@@ -716,6 +716,21 @@ impl Scheduler {
                     .max()
                     .unwrap_or(0),
             }),
+            // What the daemon holds, read as its own user: posternctl runs
+            // as root and does not open files in the postern user's spool.
+            Request::ShowMessage(id) => {
+                let Some(e) = self.queue.get(&id) else {
+                    return Err(format!("no message {id} in the queue"));
+                };
+                let path = self.spool.body_path(&id);
+                let body = crate::spool::read_body(&path).map_err(|e| e.to_string())?;
+                Answer::Text(format!(
+                    "{}{}\n{}",
+                    e.env.to_text(),
+                    path.display(),
+                    String::from_utf8_lossy(&body)
+                ))
+            }
             Request::Schedule(which) => {
                 let ids = self.select(&which)?;
                 for id in &ids {

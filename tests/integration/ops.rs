@@ -68,6 +68,25 @@ fn posternctl_against_a_queue() {
             && bob.contains("451 4.3.0 maildir delivery failed"),
         "{bob}"
     );
+    // One message with its current envelope, then the message itself.
+    let (ok, shown, err) = p.ctl(&["show", "message", &b]);
+    assert!(ok, "{err}");
+    let (env, msg) = shown.split_once(&format!("{b}.msg\n")).unwrap_or(("", ""));
+    assert!(
+        env.contains(&format!("id {b}\n"))
+            && env.contains("from s@sender.test\n")
+            && env.matches("state=pending attempts=1").count() == 2,
+        "{shown}"
+    );
+    assert!(
+        msg.starts_with("Received: from ") && msg.ends_with("Subject: two\r\n\r\ny\r\n"),
+        "{shown}"
+    );
+    let (ok, _, err) = p.ctl(&["show", "message", "0000000000000000"]);
+    assert!(
+        !ok && err.contains("no message 0000000000000000 in the queue"),
+        "{err}"
+    );
     let (ok, stats, _) = p.ctl(&["show", "stats"]);
     assert!(ok);
     assert!(
