@@ -130,10 +130,7 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     log::info!(
         "queue {} (queue-sync {}): {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",
         cfg.queue.display(),
-        match cfg.limits.queue_sync {
-            postern::spool::Durability::File => "file",
-            postern::spool::Durability::Filesystem => "filesystem",
-        },
+        cfg.limits.queue_sync.name(),
         report.messages,
         report.converted,
         report.removed_tmp,

@@ -712,15 +712,12 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "spare-files" if value == "0" => l.spare_files = 0,
         "spare-files" => l.spare_files = count()?,
         "queue-sync" => {
-            l.queue_sync = match value {
-                "file" => crate::spool::Durability::File,
-                "filesystem" => crate::spool::Durability::Filesystem,
-                _ => {
-                    return Err(format!(
-                        "limit {name}: expected file or filesystem, got '{value}'"
-                    ));
-                }
-            }
+            l.queue_sync = crate::spool::Durability::ALL
+                .into_iter()
+                .find(|d| d.name() == value)
+                .ok_or_else(|| {
+                    format!("limit {name}: expected file or filesystem, got '{value}'")
+                })?
         }
         "command-timeout" => l.command_timeout = dur()?,
         "max-errors" => l.max_errors = count32()?,

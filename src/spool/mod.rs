@@ -98,6 +98,19 @@ pub enum Durability {
     Filesystem,
 }
 
+impl Durability {
+    /// Both modes, for parsing and listing.
+    pub const ALL: [Durability; 2] = [Durability::File, Durability::Filesystem];
+
+    /// Its word after `limit queue-sync`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::File => "file",
+            Durability::Filesystem => "filesystem",
+        }
+    }
+}
+
 /// syncfs(2) returns write-back errors only since Linux 5.8; before, a
 /// failed write could pass unnoticed and a message be acknowledged that is
 /// not on the disk, so `queue-sync filesystem` refuses older kernels.
@@ -178,10 +191,6 @@ pub fn new_id() -> String {
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
     format!("{:013X}{n:03X}", micros & 0xf_ffff_ffff_ffff)
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Create a spool directory (mode 700), or accept one that is a real
@@ -292,15 +301,18 @@ impl Spool {
         self
     }
 
+    /// fsync bucket directory `b` of `mail/`, through its open descriptor.
+    fn sync_bucket(&self, b: usize) -> io::Result<()> {
+        self.mail_dirs[b]
+            .sync_all()
+            .map_err(|e| at(&self.mail.join(bucket_name(b)), e))
+    }
+
     /// Run `flush`, or wait for a flush run by another commit, so that
     /// everything renamed before this call is durable.
     fn flush_bucket(&self, b: usize) -> io::Result<()> {
         match self.durability {
-            Durability::File => self.dirsync[b].sync(|| {
-                self.mail_dirs[b]
-                    .sync_all()
-                    .map_err(|e| at(&self.mail.join(bucket_name(b)), e))
-            }),
+            Durability::File => self.dirsync[b].sync(|| self.sync_bucket(b)),
             Durability::Filesystem => self.fs_group.sync(|| {
                 nix::unistd::syncfs(&*self.root_dir).map_err(|e| at(&self.root, io::Error::from(e)))
             }),
@@ -314,12 +326,7 @@ impl Spool {
         let _ = fs::remove_file(&tmp);
         let done = write_synced(&tmp, env.to_text().as_bytes())
             .and_then(|_| fs::rename(&tmp, self.envelope_path(&env.id)).map_err(|e| at(&tmp, e)))
-            .and_then(|_| {
-                let b = bucket(&env.id);
-                self.mail_dirs[b]
-                    .sync_all()
-                    .map_err(|e| at(&self.mail_of(&env.id), e))
-            });
+            .and_then(|_| self.sync_bucket(bucket(&env.id)));
         if done.is_err() {
             let _ = fs::remove_file(&tmp);
         }
@@ -439,8 +446,7 @@ impl Spool {
     pub fn sync_owed(&self, owed: &mut Unsynced) -> io::Result<()> {
         for b in 0..BUCKETS {
             if owed.0[b] {
-                let dir = self.mail.join(bucket_name(b));
-                self.mail_dirs[b].sync_all().map_err(|e| at(&dir, e))?;
+                self.sync_bucket(b)?;
                 owed.0[b] = false;
             }
         }
@@ -570,8 +576,7 @@ impl Spool {
             }
         }
         for b in 0..BUCKETS {
-            let dir = self.mail.join(bucket_name(b));
-            fsync_dir(&dir).map_err(|e| at(&dir, e))?;
+            self.sync_bucket(b)?;
         }
         report.spares = self.load_spares()?;
         Ok(report)
@@ -889,8 +894,8 @@ pub fn verify(p: &Path) -> io::Result<()> {
         return Ok(());
     };
     let mut sum = Sum::new();
-    let mut r = io::BufReader::with_capacity(64 * 1024, (&f).take(l.footer));
-    let mut buf = [0u8; 64 * 1024];
+    let mut r = (&f).take(l.footer);
+    let mut buf = vec![0u8; 64 * 1024];
     // Bounded by the file's length.
     loop {
         let n = r.read(&mut buf).map_err(|e| at(p, e))?;
