@@ -309,13 +309,8 @@ impl Drop for Postfix {
 
 /// CPU time a process has used so far.
 fn process_cpu(pid: u32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: utime is the 12th, stime the 13th.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let f = common::proc_stat(pid).unwrap_or_default();
+    // utime + stime, in clock ticks of 10 ms on Linux.
     let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }

@@ -12,7 +12,7 @@
 mod common;
 
 use common::postfix::{self, master_pid, postfix_sh, tree_cpu_ms};
-use common::{set_result_line, wait_port, write};
+use common::{run_ok, set_result_line, wait_port, write};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -29,20 +29,6 @@ const ROW: &str = "(j) outbound vs Postfix";
 fn skip(why: &str) {
     println!("versus postfix: skipped: {why}");
     set_result_line(ROW, &format!("{ROW}: skipped ({why})."));
-}
-
-/// Run `program` with `args`; an error unless it exits 0.
-fn run_ok(program: &str, args: &[&str]) -> Result<(), String> {
-    let status = Command::new(program)
-        .args(args)
-        .stderr(Stdio::null())
-        .status()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{program} {} failed", args.join(" ")))
-    }
 }
 
 fn body() -> String {

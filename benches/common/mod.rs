@@ -7,7 +7,7 @@ pub mod postfix;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use postern::spool::envelope::{EnvRcpt, Envelope};
@@ -168,11 +168,36 @@ impl Drop for Scratch {
     }
 }
 
-fn run(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
+/// Fields of /proc/PID/stat after the command name, numeric ones only
+/// (the state letter dropped): ppid is [0], utime [10], stime [11],
+/// cutime [12], cstime [13].
+pub fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        st.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+    )
+}
+
+/// Run `program` with `args`, its output discarded; an error unless it
+/// exits 0.
+pub fn run_ok(program: &str, args: &[&str]) -> Result<(), String> {
+    let status = Command::new(program)
         .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .map_err(|e| format!("{program}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {} failed", args.join(" ")))
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> bool {
+    run_ok(program, args).is_ok()
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::proc_stat;
+
 pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/postfix.sh")
 }
@@ -69,20 +71,6 @@ pub fn port_from(from: u16) -> u16 {
     (from..11000)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port in 10000-10999")
-}
-
-/// Fields of /proc/PID/stat after the command name, numeric ones only
-/// (the state letter dropped): ppid is [0], utime [10], stime [11],
-/// cutime [12], cstime [13].
-fn proc_stat(pid: u32) -> Option<Vec<u64>> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(
-        st.rsplit(')')
-            .next()?
-            .split_whitespace()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
-    )
 }
 
 /// CPU milliseconds used by `root` and everything under it: the live
