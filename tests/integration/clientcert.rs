@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Postern, maildir_files, need, wait_until, write_mode};
+use crate::harness::{Postern, maildir_files, need, stdout_of, wait_until, write_mode};
 
 /// Issues client certificates from a test CA.
 struct Issuer {
@@ -92,19 +92,14 @@ fn client(p: &Postern, port: u16, who: Option<&str>, send: bool, rcpts: &[&str])
         ),
         None => ("-".into(), "-".into()),
     };
-    let out = Command::new("python3")
-        .args(["-c", CLIENT, &port.to_string(), &cert, &key])
-        .arg(d.join("cert.pem"))
-        .arg(if send { "send" } else { "nosend" })
-        .args(rcpts)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    stdout_of(
+        Command::new("python3")
+            .args(["-c", CLIENT, &port.to_string(), &cert, &key])
+            .arg(d.join("cert.pem"))
+            .arg(if send { "send" } else { "nosend" })
+            .args(rcpts),
+        "python3 smtplib client",
+    )
 }
 
 #[test]

@@ -27,17 +27,12 @@ impl Drop for Unbound {
 }
 
 fn run(dir: &std::path::Path, cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    crate::harness::stdout_of(
+        Command::new(cmd).args(args).current_dir(dir),
+        &format!("{cmd} {args:?}"),
+    )
+    .trim()
+    .to_string()
 }
 
 /// A zone for [`Unbound::start`]: its records after the SOA and NS.

@@ -298,33 +298,35 @@ impl Postern {
     /// on purpose must not lose the way to the daemon): success, stdout,
     /// stderr.
     pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-            .arg("-s")
-            .arg(self.queue().join("postern.sock"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
+        let (out, stdout, stderr) =
+            self.run_posternctl("-s", &self.queue().join("postern.sock"), args);
+        (out.status.success(), stdout, stderr)
     }
 
     /// posternctl with `-f` this daemon's configuration (commands that
     /// read it, such as tls-check): exit code, stdout, stderr.
     pub fn posternctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let (out, stdout, stderr) = self.run_posternctl("-f", &self.config, args);
+        (out.status.code(), stdout, stderr)
+    }
+
+    fn run_posternctl(
+        &self,
+        flag: &str,
+        path: &Path,
+        args: &[&str],
+    ) -> (std::process::Output, String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-            .arg("-f")
-            .arg(&self.config)
+            .arg(flag)
+            .arg(path)
             .args(args)
             .output()
             .unwrap();
-        (
-            out.status.code(),
+        let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into(),
             String::from_utf8_lossy(&out.stderr).into(),
-        )
+        );
+        (out, stdout, stderr)
     }
 
     /// The test CA as PEM path, for clients that verify.
@@ -712,6 +714,18 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Run `cmd`; its standard output, after asserting that it exited 0 (the
+/// failure names `what` and shows its standard error).
+pub fn stdout_of(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Poll `cond` every 50 ms for up to `limit`; panics with `what`.

@@ -332,24 +332,20 @@ fn curl_uploads_an_lf_only_file() {
         "From: a@sender.test\nTo: alice@example.com\nSubject: lf\n\nhello\n",
     )
     .unwrap();
-    let out = std::process::Command::new("curl")
-        .arg("--url")
-        .arg(format!("smtp://{}", p.plain()))
-        .args([
-            "--mail-from",
-            "a@sender.test",
-            "--mail-rcpt",
-            "alice@example.com",
-        ])
-        .arg("--upload-file")
-        .arg(&file)
-        .args(["--max-time", "10", "-sS"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::harness::stdout_of(
+        std::process::Command::new("curl")
+            .arg("--url")
+            .arg(format!("smtp://{}", p.plain()))
+            .args([
+                "--mail-from",
+                "a@sender.test",
+                "--mail-rcpt",
+                "alice@example.com",
+            ])
+            .arg("--upload-file")
+            .arg(&file)
+            .args(["--max-time", "10", "-sS"]),
+        "curl",
     );
     let ids = p.queued_ids();
     assert_eq!(ids.len(), 1);

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::harness::{
-    Conn, Postern, as_root_too, need, standard_config, submit, test_dir, wait_until,
+    Conn, Postern, as_root_too, need, standard_config, stdout_of, submit, test_dir, wait_until,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -37,16 +37,12 @@ fn posternctl_against_a_queue() {
         p.envelope(&b).matches("attempts=1").count() == 2
     });
     // -f finds the socket through the configuration's queue line.
-    let out = Command::new(env!("CARGO_BIN_EXE_posternctl"))
-        .arg("-f")
-        .arg(&p.config)
-        .args(["show", "queue"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_posternctl"))
+            .arg("-f")
+            .arg(&p.config)
+            .args(["show", "queue"]),
+        "posternctl -f",
     );
     let (ok, out, err) = p.ctl(&["show", "queue"]);
     assert!(ok, "{err}");

@@ -26,17 +26,13 @@ fn nobody() -> nix::unistd::User {
 /// Run `script` with sh as nobody, as the unprivileged user would.
 fn as_nobody(script: &str) {
     let u = nobody();
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .uid(u.uid.as_raw())
-        .gid(u.gid.as_raw())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "as nobody: {script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    stdout_of(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .uid(u.uid.as_raw())
+            .gid(u.gid.as_raw()),
+        &format!("as nobody: {script}"),
     );
 }
 

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Conn, Postern, connect_from, free_port, maildir_files, need, wait_until};
+use crate::harness::{
+    Conn, Postern, connect_from, free_port, maildir_files, need, stdout_of, wait_until,
+};
 
 struct Haproxy {
     child: Child,
@@ -40,16 +42,9 @@ fn haproxy(backends: &[(SocketAddr, &str)]) -> (Haproxy, Vec<u16>) {
     }
     let path = dir.path().join("haproxy.cfg");
     std::fs::write(&path, conf).unwrap();
-    let check = Command::new("haproxy")
-        .arg("-c")
-        .arg("-f")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
+    stdout_of(
+        Command::new("haproxy").arg("-c").arg("-f").arg(&path),
+        "haproxy -c",
     );
     let child = Command::new("haproxy")
         .args(["-db", "-f"])

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::dane::{deliver_and_check, mail_of, receiver, spki_sha256};
 use crate::dnssec::{Unbound, Zone};
-use crate::harness::{Postern, TestCa, need};
+use crate::harness::{Postern, TestCa, need, stdout_of};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -500,18 +500,13 @@ fn tls_reports(s: &Postern, receiver: &Postern) {
     let maildir = receiver.dir.path().join("mail/alice/Maildir");
     let mut lines = String::new();
     crate::harness::wait_until(WAIT, "two TLS reports delivered", || {
-        let out = Command::new("python3")
-            .args(["-c", READ_REPORTS])
-            .arg(&maildir)
-            .arg(s.dir.path().join("dkim.pem"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        lines = stdout_of(
+            Command::new("python3")
+                .args(["-c", READ_REPORTS])
+                .arg(&maildir)
+                .arg(s.dir.path().join("dkim.pem")),
+            "python3 report reader",
         );
-        lines = String::from_utf8_lossy(&out.stdout).to_string();
         lines.lines().count() >= 2
     });
     let good = lines
