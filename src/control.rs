@@ -56,6 +56,14 @@ pub enum Answer {
     Removed(usize),
     /// Text to print as it is.
     Text(String),
+    /// `show message`: the envelope's current text and the message file,
+    /// read here, on the control thread, not on the scheduler's.
+    Message {
+        /// The envelope as the scheduler holds it.
+        envelope: String,
+        /// The committed message file.
+        path: PathBuf,
+    },
 }
 
 /// One recipient in the queue.
@@ -107,6 +115,14 @@ fn render(answer: Result<Answer, String>) -> String {
         Ok(Answer::Scheduled(n)) => format!("ok\n{n} messages scheduled\n"),
         Ok(Answer::Removed(n)) => format!("ok\n{n} messages removed\n"),
         Ok(Answer::Text(t)) => format!("ok\n{t}"),
+        Ok(Answer::Message { envelope, path }) => match crate::spool::read_body(&path) {
+            Ok(body) => format!(
+                "ok\n{envelope}{}\n{}",
+                path.display(),
+                String::from_utf8_lossy(&body)
+            ),
+            Err(e) => format!("error: {e}\n"),
+        },
     }
 }
 

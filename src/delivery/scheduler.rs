@@ -722,14 +722,10 @@ impl Scheduler {
                 let Some(e) = self.queue.get(&id) else {
                     return Err(format!("no message {id} in the queue"));
                 };
-                let path = self.spool.body_path(&id);
-                let body = crate::spool::read_body(&path).map_err(|e| e.to_string())?;
-                Answer::Text(format!(
-                    "{}{}\n{}",
-                    e.env.to_text(),
-                    path.display(),
-                    String::from_utf8_lossy(&body)
-                ))
+                Answer::Message {
+                    envelope: e.env.to_text(),
+                    path: self.spool.body_path(&id),
+                }
             }
             Request::Schedule(which) => {
                 let ids = self.select(&which)?;
