@@ -48,6 +48,11 @@ impl Drop for Daemon {
 /// row's file creations scan past them (ext4 without a journal), and the
 /// bench would measure its own clean-up.
 fn start(dir: &Path, rules: &str, limits: &str) -> Daemon {
+    start_traced(dir, rules, limits, None)
+}
+
+/// As [`start`]; with `trace`, under `strace -f -c -o TRACE` (row m).
+fn start_traced(dir: &Path, rules: &str, limits: &str, trace: Option<&Path>) -> Daemon {
     static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = RUNS.fetch_add(1, Ordering::Relaxed);
     let (pp, tp) = (free_port(), free_port());
@@ -63,7 +68,17 @@ fn start(dir: &Path, rules: &str, limits: &str) -> Daemon {
         conf.push_str("user root\n");
     }
     write(&dir.join("postern.conf"), &conf, 0o644);
-    let child = Command::new(env!("CARGO_BIN_EXE_postern"))
+    let mut cmd = match trace {
+        Some(out) => {
+            let mut c = Command::new("strace");
+            c.args(["-f", "-c", "-o"])
+                .arg(out)
+                .arg(env!("CARGO_BIN_EXE_postern"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_postern")),
+    };
+    let child = cmd
         .args(["-d", "-f"])
         .arg(dir.join("postern.conf"))
         .env("RUST_LOG", "error")
@@ -202,6 +217,13 @@ struct Figure {
     p99: Duration,
     /// The server's CPU (user + system) per message.
     cpu_per_msg: Duration,
+    /// The load generator's own (this process's) CPU per message: it
+    /// shares the machine with the server.
+    load_cpu_per_msg: Duration,
+    /// The whole machine over the row: busy share of all cores, and the
+    /// share the hypervisor took (steal).
+    busy: f64,
+    steal: f64,
     /// The same load against Postfix, in the same run.
     postfix: Option<Box<Figure>>,
 }
@@ -217,6 +239,18 @@ impl Figure {
             ms(self.p99),
             format!("{:.2} ms", self.cpu_per_msg.as_secs_f64() * 1000.0),
             format!("{:.0}%", self.rate * 100.0 / ceiling),
+        ]
+    }
+
+    /// The load generator's CPU per message and how busy the machine was.
+    fn machine_cells(&self) -> [String; 2] {
+        [
+            format!("{:.2} ms", self.load_cpu_per_msg.as_secs_f64() * 1000.0),
+            format!(
+                "{:.0}% ({:.0}% steal)",
+                self.busy * 100.0,
+                self.steal * 100.0
+            ),
         ]
     }
 
@@ -236,6 +270,14 @@ impl Figure {
             None => ["-".into(), "-".into(), "-".into(), "-".into()],
         }
     }
+}
+
+/// [`Figure::machine_cells`] of the Postfix run of the same row.
+fn theirs_machine(f: &Figure) -> [String; 2] {
+    f.postfix
+        .as_ref()
+        .map(|pf| pf.machine_cells())
+        .unwrap_or_else(|| ["-".into(), "-".into()])
 }
 
 /// The client configuration toward Postfix: as [`client_tls_with`], with
@@ -315,6 +357,25 @@ fn process_cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// Jiffies of all cores since boot (/proc/stat, proc(5)): busy (neither
+/// idle nor waiting for I/O), stolen by the hypervisor, and all.
+fn machine_jiffies() -> [u64; 3] {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal; guest time is
+    // already inside user.
+    let total: u64 = (0..8).map(at).sum();
+    [total - at(3) - at(4) - at(7), at(7), total]
+}
+
 fn body(size: usize) -> Vec<u8> {
     let mut b = b"Subject: load\r\n\r\n".to_vec();
     let line = format!("{}\r\n", "z".repeat(76));
@@ -335,6 +396,8 @@ fn load(
     size: usize,
 ) -> Figure {
     let cpu0 = cpu_time();
+    let me = std::process::id();
+    let (load0, machine0) = (process_cpu(me), machine_jiffies());
     let stop = Arc::new(AtomicBool::new(false));
     let lat = Arc::new(Mutex::new(Vec::new()));
     let body = Arc::new(body(size));
@@ -378,14 +441,119 @@ fn load(
             .unwrap_or_default()
     };
     let cpu = cpu_time().saturating_sub(cpu0);
+    let load_cpu = process_cpu(me).saturating_sub(load0);
+    let [busy, steal, total] =
+        std::array::from_fn(|i| machine_jiffies()[i].saturating_sub(machine0[i]) as f64);
+    let n = l.len().max(1) as u32;
     Figure {
         name: name.to_string(),
         rate: l.len() as f64 / elapsed.as_secs_f64(),
         p50: pick(0.50),
         p99: pick(0.99),
-        cpu_per_msg: cpu / (l.len().max(1) as u32),
+        cpu_per_msg: cpu / n,
+        load_cpu_per_msg: load_cpu / n,
+        busy: busy / total.max(1.0),
+        steal: steal / total.max(1.0),
         postfix: None,
     }
+}
+
+/// `clients` sessions over STARTTLS, each sending `per` messages and
+/// QUIT, all at once; the messages acknowledged.
+fn fixed(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>, clients: usize, per: usize) -> usize {
+    let body = Arc::new(body(4096));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (cfg, body) = (cfg.clone(), body.clone());
+            std::thread::spawn(move || {
+                let Some(mut c) = connect(addr, Some(&cfg)) else {
+                    return 0;
+                };
+                let sent = (0..per)
+                    .take_while(|_| message(&mut c, &body).is_some())
+                    .count();
+                let _ = c.send(b"QUIT\r\n");
+                let _ = c.reply();
+                sent
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap_or(0)).sum()
+}
+
+/// Calls per system call in an `strace -c` summary.
+fn strace_counts(summary: &str) -> std::collections::BTreeMap<String, u64> {
+    summary
+        .lines()
+        .filter_map(|l| {
+            // % time, seconds, usecs/call, calls, [errors,] syscall
+            let t: Vec<&str> = l.split_whitespace().collect();
+            t.first()?.parse::<f64>().ok()?;
+            Some((t.last()?.to_string(), t.get(3)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Row (m): the system calls of one message, counted by `strace -f -c`
+/// over 10 STARTTLS sessions of 100 messages each, less the same 10
+/// sessions sending none (so start-up and the sessions' own calls are not
+/// counted); the calls with at least 0.05 per message, most first, and
+/// "total".
+fn syscalls_per_message(
+    dir: &Path,
+    cfg: &Arc<rustls::ClientConfig>,
+    limits: &str,
+) -> Result<Vec<(String, f64)>, String> {
+    const PER: usize = 100;
+    const CLIENTS: usize = 10;
+    let run = |per: usize| -> Result<std::collections::BTreeMap<String, u64>, String> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let out = dir.join(format!("strace{}", N.fetch_add(1, Ordering::Relaxed)));
+        let mut d = start_traced(dir, "", limits, Some(&out));
+        let sent = fixed(d.tls, cfg, CLIENTS, per);
+        // strace writes its summary when postern, its child, has exited.
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.child.id()))
+            .unwrap_or_default();
+        let postern: i32 = kids
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or("no postern under strace")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(postern),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .map_err(|e| format!("SIGTERM postern: {e}"))?;
+        let t0 = Instant::now();
+        while d.child.try_wait().ok().flatten().is_none() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err("postern under strace did not stop within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if sent != CLIENTS * per {
+            return Err(format!("{sent} of {} messages acknowledged", CLIENTS * per));
+        }
+        let summary =
+            std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        Ok(strace_counts(&summary))
+    };
+    let (idle, busy) = (run(0)?, run(PER)?);
+    let n = (CLIENTS * PER) as f64;
+    let mut per: Vec<(String, f64)> = busy
+        .iter()
+        .map(|(name, &c)| {
+            let less = idle.get(name).copied().unwrap_or(0);
+            (name.clone(), c.saturating_sub(less) as f64 / n)
+        })
+        .filter(|(name, c)| *c >= 0.05 || name == "total")
+        .collect();
+    per.sort_by(|a, b| {
+        (a.0 == "total")
+            .cmp(&(b.0 == "total"))
+            .then(b.1.total_cmp(&a.1))
+    });
+    Ok(per)
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -620,8 +788,10 @@ fn main() {
             size,
         );
         let [rate, p50, p99, cpu, share] = f.cells(fsync16);
+        let [load_cpu, busy] = f.machine_cells();
         println!(
-            "{}: {rate} msgs/s, p50 {p50}, p99 {p99}, postern CPU {cpu}/msg ({share} of the 16-thread commit ceiling)",
+            "{}: {rate} msgs/s, p50 {p50}, p99 {p99}, postern CPU {cpu}/msg ({share} of the 16-thread commit ceiling); \
+             load generator CPU {load_cpu}/msg, machine {busy} busy",
             f.name
         );
         if let Ok(pf) = &postfix {
@@ -636,8 +806,10 @@ fn main() {
             );
             f.postfix = Some(Box::new(theirs));
             let [rate, cpu, faster, less] = f.versus();
+            let [load_cpu, busy] = theirs_machine(&f);
             println!(
-                "    Postfix: {rate} msgs/s, CPU {cpu}/msg: postern {faster} the rate at {less} less CPU per message"
+                "    Postfix: {rate} msgs/s, CPU {cpu}/msg: postern {faster} the rate at {less} less CPU per message; \
+                 load generator CPU {load_cpu}/msg, machine {busy} busy"
             );
         }
         figures.push(f);
@@ -688,6 +860,32 @@ fn main() {
     println!("{relay}");
     drop(daemon);
 
+    // Row (m): what a message costs in system calls, in both commit modes.
+    let syscalls: Vec<String> = if common::run_ok("strace", &["-V"]).is_err() {
+        vec!["(m) system calls per message: skipped, strace is not installed".into()]
+    } else {
+        [("file", ""), ("filesystem", "limit queue-sync filesystem\n")]
+            .iter()
+            .map(|(mode, limits)| {
+                let what = match syscalls_per_message(d, &cfg, limits) {
+                    Ok(calls) => calls
+                        .iter()
+                        .map(|(name, c)| format!("{name} {c:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    Err(e) => format!("failed: {e}"),
+                };
+                format!(
+                    "(m) system calls per message, queue-sync {mode} (`strace -f -c` over 10 STARTTLS sessions \
+                     of 100 4 KiB messages, less the same sessions without messages): {what}"
+                )
+            })
+            .collect()
+    };
+    for l in &syscalls {
+        println!("{l}");
+    }
+
     let daemon = start(d, "", "");
     let (held, rss, hwm) = idle_sessions(&daemon, &cfg);
     println!(
@@ -697,14 +895,15 @@ fn main() {
     );
     drop(daemon);
 
+    let syscall_lines = syscalls.join(".\n\n");
     let now = postern::time::rfc5322(postern::time::unix_now());
     let mut md = format!(
         "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
          Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
          4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row. Spools (both servers') on {}. \
          {postfix_note}\n\n\
-         | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling | Postfix msgs/s | Postfix CPU/msg | postern rate / Postfix rate | Postfix CPU / postern CPU |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling | load generator CPU/msg | machine busy | Postfix msgs/s | Postfix CPU/msg | postern rate / Postfix rate | Postfix CPU / postern CPU |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         machine(),
         RUN.as_secs(),
         scratch.what()
@@ -712,8 +911,9 @@ fn main() {
     for f in &figures {
         let [rate, p50, p99, cpu, share] = f.cells(fsync16);
         let [prate, pcpu, faster, less] = f.versus();
+        let [load_cpu, busy] = f.machine_cells();
         md.push_str(&format!(
-            "| {} | {rate} | {p50} | {p99} | {cpu} | {share} | {prate} | {pcpu} | {faster} | {less} |\n",
+            "| {} | {rate} | {p50} | {p99} | {cpu} | {share} | {load_cpu} | {busy} | {prate} | {pcpu} | {faster} | {less} |\n",
             f.name
         ));
     }
@@ -723,6 +923,7 @@ fn main() {
          (j) outbound vs Postfix: see the `versus postfix:` line of `make bench`.\n\n\
          {relay}.\n\n\
          (i) spool steady state: see the `spool` line of `make bench`.\n\n\
+         {syscall_lines}.\n\n\
          (g) ceilings: {fsync1:.0} durable commits/s from 1 thread, {fsync16:.0}/s from 16 threads \
          (write 4 KiB + fsync + rename + directory fsync); {hs:.0} server-side TLS 1.3 handshakes/s on one core.\n",
         rss as f64 / 1024.0,
