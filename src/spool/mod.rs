@@ -82,6 +82,32 @@ pub struct Spool {
     /// New messages are refused while less than this is free on the
     /// spool's file system (`limit queue-minfree`).
     min_free: u64,
+    free_space: std::sync::Arc<std::sync::Mutex<FreeSpace>>,
+}
+
+/// The last statvfs(2) of the spool's file system, less what was committed
+/// since: `begin` asks the kernel again only when that reading is older
+/// than [`FreeSpace::FRESH`] or comes within [`FreeSpace::MARGIN`] times
+/// the floor, so a message costs no statfs call while the disk is far
+/// from full (postern.conf(5) `limit queue-minfree`).
+#[derive(Debug, Default)]
+struct FreeSpace {
+    free: u64,
+    at: Option<std::time::Instant>,
+}
+
+impl FreeSpace {
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+    const MARGIN: u64 = 4;
+
+    /// The reading, if it may stand in for a new one against `floor`.
+    fn usable(&self, floor: u64) -> Option<u64> {
+        let fresh = self.at.is_some_and(|t| t.elapsed() < Self::FRESH);
+        let far = floor
+            .checked_mul(Self::MARGIN)
+            .is_some_and(|near| self.free >= near);
+        (fresh && far).then_some(self.free)
+    }
 }
 
 /// How a commit becomes durable (`limit queue-sync`, postern(8) FILES).
@@ -270,6 +296,7 @@ impl Spool {
             spares: Default::default(),
             spare_limit: SPARES,
             min_free: 0,
+            free_space: Default::default(),
         };
         // sts/: the MTA-STS policy cache (crate::sts); tlsrpt/: TLS
         // results for reports (crate::tlsrpt).
@@ -633,8 +660,7 @@ impl Spool {
     /// Start receiving a message.
     pub fn begin(&self) -> io::Result<Incoming> {
         if self.min_free > 0 {
-            let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
-            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            let free = self.free_bytes()?;
             if free < self.min_free {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
@@ -656,6 +682,29 @@ impl Spool {
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("no free queue id")))
+    }
+
+    /// Bytes free on the spool's file system, from the last reading
+    /// where [`FreeSpace::usable`] allows.
+    fn free_bytes(&self) -> io::Result<u64> {
+        let mut last = self.free_space.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(free) = last.usable(self.min_free) {
+            return Ok(free);
+        }
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)?;
+        *last = FreeSpace {
+            free: st.blocks_available().saturating_mul(st.fragment_size()),
+            at: Some(std::time::Instant::now()),
+        };
+        Ok(last.free)
+    }
+
+    /// Count `bytes` committed against the last free-space reading.
+    fn used(&self, bytes: u64) {
+        if self.min_free > 0 {
+            let mut last = self.free_space.lock().unwrap_or_else(|p| p.into_inner());
+            last.free = last.free.saturating_sub(bytes);
+        }
     }
 
     fn begin_as(&self, id: &str) -> io::Result<Incoming> {
@@ -998,6 +1047,7 @@ impl Incoming {
             .and_then(|_| f.write_all(last.as_bytes()))
             .map_err(|e| at(&self.body_path, e))?;
         let total = self.len + (text.len() + last.len()) as u64;
+        self.spool.used(total);
         let f = f
             .into_inner()
             .map_err(|e| at(&self.body_path, e.into_error()))?;
@@ -1083,6 +1133,54 @@ mod tests {
 
     fn body_of(s: &Spool, id: &str) -> Vec<u8> {
         read_body(&s.body_path(id)).unwrap()
+    }
+
+    #[test]
+    fn free_space_readings_stand_in_only_while_fresh_and_far_from_the_floor() {
+        let now = std::time::Instant::now();
+        let old = now.checked_sub(FreeSpace::FRESH * 2);
+        for (free, at, floor, want) in [
+            (1000, Some(now), 100, Some(1000)),
+            (400, Some(now), 100, Some(400)),
+            (399, Some(now), 100, None),
+            (1000, old, 100, None),
+            (1000, None, 100, None),
+            (u64::MAX, Some(now), u64::MAX, None),
+        ] {
+            assert_eq!(
+                FreeSpace { free, at }.usable(floor),
+                want,
+                "{free} {at:?} {floor}"
+            );
+        }
+        // Committed bytes count against the reading: once they bring it
+        // near the floor, the kernel is asked again.
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap().with_min_free(100);
+        let real = s.free_bytes().unwrap();
+        assert!(
+            real > 1 << 20,
+            "the test's file system has {real} bytes free"
+        );
+        *s.free_space.lock().unwrap() = FreeSpace {
+            free: 1000,
+            at: Some(now),
+        };
+        assert_eq!(s.free_bytes().unwrap(), 1000);
+        let mut m = s.begin().unwrap();
+        let id = m.id().to_string();
+        m.write(&[b'x'; 700]);
+        m.commit(&env(&id)).unwrap();
+        let left = s.free_space.lock().unwrap().free;
+        assert!(left < 300, "1000 less the committed file left {left}");
+        assert!(s.free_bytes().unwrap() > 1 << 20, "read again");
+        // A floor above what is free refuses every message, however fresh
+        // the last reading.
+        let s = s.with_min_free(u64::MAX);
+        for _ in 0..3 {
+            let e = s.begin().err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::StorageFull, "{e}");
+        }
     }
 
     #[test]
