@@ -28,6 +28,9 @@ const OWED_MAX: Duration = Duration::from_millis(100);
 /// busy destination still spreads over several delivery threads.
 const ITEMS_PER_JOB: usize = 20;
 
+/// New messages taken from the announcement channel in one pass.
+const NEW_BATCH: usize = 256;
+
 /// How long a connection with nothing to send is kept open for new mail
 /// to its destination (Postfix's smtp_connection_cache_time_limit).
 const CONNECTION_IDLE: Duration = Duration::from_secs(2);
@@ -172,7 +175,16 @@ impl Scheduler {
             }
             select! {
                 recv(new) -> env => match env {
-                    Ok(env) => self.insert(env),
+                    Ok(env) => {
+                        self.insert(env);
+                        // Sessions committed together by one flush announce
+                        // together: take them all before the next dispatch
+                        // rather than one per pass (and per select!). At most
+                        // NEW_BATCH, so control requests still get a turn.
+                        for env in new.try_iter().take(NEW_BATCH) {
+                            self.insert(env);
+                        }
+                    }
                     Err(_) => return,
                 },
                 recv(results) -> r => match r {
