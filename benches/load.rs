@@ -272,14 +272,6 @@ impl Figure {
     }
 }
 
-/// [`Figure::machine_cells`] of the Postfix run of the same row.
-fn theirs_machine(f: &Figure) -> [String; 2] {
-    f.postfix
-        .as_ref()
-        .map(|pf| pf.machine_cells())
-        .unwrap_or_else(|| ["-".into(), "-".into()])
-}
-
 /// The client configuration toward Postfix: as [`client_tls_with`], with
 /// postern's opportunistic verifier in place of the root store, since
 /// postfix.sh's certificate is self-signed with CA:TRUE, which WebPKI
@@ -442,8 +434,9 @@ fn load(
     };
     let cpu = cpu_time().saturating_sub(cpu0);
     let load_cpu = process_cpu(me).saturating_sub(load0);
+    let machine1 = machine_jiffies();
     let [busy, steal, total] =
-        std::array::from_fn(|i| machine_jiffies()[i].saturating_sub(machine0[i]) as f64);
+        std::array::from_fn(|i| machine1[i].saturating_sub(machine0[i]) as f64);
     let n = l.len().max(1) as u32;
     Figure {
         name: name.to_string(),
@@ -804,9 +797,9 @@ fn main() {
                 per,
                 size,
             );
+            let [load_cpu, busy] = theirs.machine_cells();
             f.postfix = Some(Box::new(theirs));
             let [rate, cpu, faster, less] = f.versus();
-            let [load_cpu, busy] = theirs_machine(&f);
             println!(
                 "    Postfix: {rate} msgs/s, CPU {cpu}/msg: postern {faster} the rate at {less} less CPU per message; \
                  load generator CPU {load_cpu}/msg, machine {busy} busy"
