@@ -118,8 +118,8 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     }
     // The spool is the run-as user's: it is opened and scanned only now,
     // so nothing in it is ever followed or unlinked as root.
-    if cfg.limits.queue_sync == postern::spool::Durability::Filesystem {
-        postern::spool::syncfs_reports_errors()?;
+    if cfg.limits.queue_sync != postern::spool::Durability::File {
+        postern::spool::syncfs_reports_errors(cfg.limits.queue_sync)?;
     }
     let spool = Spool::open(&cfg.queue)
         .map_err(|e| format!("queue: {e}"))?
@@ -138,6 +138,13 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
         report.quarantined,
         report.spares
     );
+    if cfg.limits.queue_sync == postern::spool::Durability::Log {
+        log::info!(
+            "queue: commit log read: {} message files written again from it, {} files of finished messages removed",
+            report.replayed,
+            report.replay_removed
+        );
+    }
     // Every thread starts after the drop, and no client byte is read before.
     let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
     let (reload_tx, reload_rx) = crossbeam_channel::unbounded();

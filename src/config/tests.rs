@@ -36,10 +36,12 @@ fn zero_is_a_setting_only_where_it_means_something() {
     assert_eq!(l.queue_sync, crate::spool::Durability::File);
     assert_eq!(set_limit(&mut l, "queue-sync", "filesystem"), Ok(()));
     assert_eq!(l.queue_sync, crate::spool::Durability::Filesystem);
+    assert_eq!(set_limit(&mut l, "queue-sync", "log"), Ok(()));
+    assert_eq!(l.queue_sync, crate::spool::Durability::Log);
     assert!(
         set_limit(&mut l, "queue-sync", "fsync")
             .unwrap_err()
-            .contains("expected file or filesystem, got 'fsync'")
+            .contains("expected file, filesystem or log, got 'fsync'")
     );
     assert_eq!(set_limit(&mut l, "delivery-workers", "0"), Ok(()));
     assert_eq!(l.delivery_workers, 0);

@@ -45,6 +45,7 @@
 //! saves the inode and block allocation. A spare is only a name in `free/`:
 //! it becomes a message by the same fsync and rename as a new file.
 
+mod commitlog;
 pub mod envelope;
 mod group;
 
@@ -76,6 +77,8 @@ pub struct Spool {
     fs_group: std::sync::Arc<group::Group>,
     root_dir: std::sync::Arc<File>,
     durability: Durability,
+    /// With [`Durability::Log`], once [`Spool::recover`] has read it.
+    log: std::sync::Arc<std::sync::OnceLock<commitlog::Log>>,
     /// Names in `free/` that no message is being written to.
     spares: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     /// At most this many are kept (`limit spare-files`).
@@ -123,30 +126,39 @@ pub enum Durability {
     /// moment, makes them all durable. For a spool with a file system of
     /// its own: the syncfs also writes whatever else is pending there.
     Filesystem,
+    /// The message file is written and renamed without an fsync, and its
+    /// whole contents appended to the commit log (`log/`), whose one
+    /// fdatasync(2), shared by every commit of the moment, makes them all
+    /// durable (see [`commitlog`]). Files larger than
+    /// [`commitlog::RECORD_MAX`] are committed as under `File`.
+    Log,
 }
 
 impl Durability {
     /// Both modes, for parsing and listing.
-    pub const ALL: [Durability; 2] = [Durability::File, Durability::Filesystem];
+    pub const ALL: [Durability; 3] = [Durability::File, Durability::Filesystem, Durability::Log];
 
     /// Its word after `limit queue-sync`.
     pub fn name(self) -> &'static str {
         match self {
             Durability::File => "file",
             Durability::Filesystem => "filesystem",
+            Durability::Log => "log",
         }
     }
 }
 
 /// syncfs(2) returns write-back errors only since Linux 5.8; before, a
 /// failed write could pass unnoticed and a message be acknowledged that is
-/// not on the disk, so `queue-sync filesystem` refuses older kernels.
-pub fn syncfs_reports_errors() -> Result<(), String> {
+/// not on the disk, so `queue-sync filesystem` and `log` (whose segments
+/// retire after a syncfs) refuse older kernels.
+pub fn syncfs_reports_errors(d: Durability) -> Result<(), String> {
+    let name = d.name();
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_err(|e| format!("limit queue-sync filesystem: /proc/sys/kernel/osrelease: {e}"))?;
+        .map_err(|e| format!("limit queue-sync {name}: /proc/sys/kernel/osrelease: {e}"))?;
     kernel_at_least(release.trim(), (5, 8)).then_some(()).ok_or_else(|| {
         format!(
-            "limit queue-sync filesystem needs Linux 5.8 or later (syncfs(2) reports write errors only since then); this is {}",
+            "limit queue-sync {name} needs Linux 5.8 or later (syncfs(2) reports write errors only since then); this is {}",
             release.trim()
         )
     })
@@ -203,6 +215,10 @@ pub struct ScanReport {
     pub converted: usize,
     /// Spare files in `free/` kept for reuse.
     pub spares: usize,
+    /// Message files written again from the commit log.
+    pub replayed: usize,
+    /// Files of finished messages removed by the commit log's records.
+    pub replay_removed: usize,
     /// Files moved to `corrupt/`.
     pub quarantined: usize,
 }
@@ -294,6 +310,7 @@ impl Spool {
             fs_group: Default::default(),
             root_dir: std::sync::Arc::new(File::open(root).map_err(|e| at(root, e))?),
             durability: Durability::File,
+            log: Default::default(),
             spares: Default::default(),
             spare_limit: SPARES,
             min_free: 0,
@@ -340,7 +357,8 @@ impl Spool {
     /// everything renamed before this call is durable.
     fn flush_bucket(&self, b: usize) -> io::Result<()> {
         match self.durability {
-            Durability::File => self.dirsync[b].sync(|| self.sync_bucket(b)),
+            // Under Log only files too large for the log come here.
+            Durability::File | Durability::Log => self.dirsync[b].sync(|| self.sync_bucket(b)),
             Durability::Filesystem => self.fs_group.sync(|| {
                 nix::unistd::syncfs(&*self.root_dir).map_err(|e| at(&self.root, io::Error::from(e)))
             }),
@@ -373,6 +391,17 @@ impl Spool {
     /// start removes), and note in `owed` the directories whose fsync makes
     /// it durable.
     pub fn unlink(&self, ids: &[&str], owed: &mut Unsynced) -> io::Result<()> {
+        // Under queue-sync log the records go first: a message whose file
+        // is gone but whose record is not would be written back at start.
+        if let Some(log) = self.log.get() {
+            let recs: Vec<_> = ids
+                .iter()
+                .map(|id| (commitlog::Kind::Done, *id, &[][..]))
+                .collect();
+            for part in recs.chunks(1024) {
+                log.append(part)?;
+            }
+        }
         for id in ids {
             owed.0[bucket(id)] = true;
             let msg = self.body_path(id);
@@ -470,8 +499,17 @@ impl Spool {
         Ok(n)
     }
 
-    /// fsync the directories `owed` names.
+    /// fsync the directories `owed` names (under queue-sync log: make the
+    /// `done` records durable; the removals follow with the segment's
+    /// retirement).
     pub fn sync_owed(&self, owed: &mut Unsynced) -> io::Result<()> {
+        if let Some(log) = self.log.get() {
+            if owed.any() {
+                log.sync()?;
+                *owed = Unsynced::default();
+            }
+            return Ok(());
+        }
         for b in 0..BUCKETS {
             if owed.0[b] {
                 self.sync_bucket(b)?;
@@ -536,6 +574,9 @@ impl Spool {
             fs::remove_file(&p).map_err(|e| at(&p, e))?;
             report.removed_tmp += 1;
         }
+        let log = (self.durability == Durability::Log && self.log.get().is_none())
+            .then(|| self.replay(&mut report))
+            .transpose()?;
         let mut entries = Self::files_in(&self.mail)?;
         // ID.body sorts before ID.env before ID.msg: a conversion is done
         // before the files it replaces are looked at.
@@ -554,7 +595,9 @@ impl Spool {
                 // Files under queue-sync filesystem were renamed before they
                 // were durable: after a power loss one that was never
                 // acknowledged may be short or hold stale blocks.
-                "msg" if self.durability == Durability::Filesystem => verify(&p)
+                // The same under queue-sync log for a file whose record was
+                // not flushed: it was never acknowledged.
+                "msg" if self.durability != Durability::File => verify(&p)
                     .and_then(|_| self.envelope(id).map(drop))
                     .err()
                     .map(|e| e.to_string()),
@@ -607,7 +650,79 @@ impl Spool {
             self.sync_bucket(b)?;
         }
         report.spares = self.load_spares()?;
+        if let Some(found) = log {
+            let dir = self.root.join("log");
+            let log = commitlog::Log::start(&dir, found, &self.root_dir, &self.root)?;
+            // Unset: checked above.
+            let _ = self.log.set(log);
+        }
         Ok(report)
+    }
+
+    /// Apply the commit log's records, before the scan: remove the files
+    /// of finished messages, and write again those of the others that are
+    /// missing or do not verify (renamed before a power loss, never made
+    /// durable but acknowledged on the strength of their record).
+    fn replay(&self, report: &mut ScanReport) -> io::Result<commitlog::Found> {
+        use commitlog::Kind;
+        let found = commitlog::find(&self.root.join("log"))?;
+        let mut done = std::collections::HashSet::new();
+        // The segment holding each message's record.
+        let mut held = std::collections::HashMap::new();
+        for (i, (seq, p)) in found.segments.iter().enumerate() {
+            let buf = commitlog::read(p)?;
+            for (kind, id, _) in commitlog::records(&buf, *seq) {
+                match kind {
+                    Kind::Done => done.insert(id.to_string()),
+                    Kind::Message => held.insert(id.to_string(), i).is_none(),
+                };
+            }
+        }
+        for id in &done {
+            for p in [self.body_path(id), self.envelope_path(id)] {
+                match fs::remove_file(&p) {
+                    Ok(()) => report.replay_removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(at(&p, e)),
+                }
+            }
+        }
+        let live: std::collections::HashSet<usize> = held
+            .iter()
+            .filter(|(id, _)| !done.contains(*id))
+            .map(|(_, i)| *i)
+            .collect();
+        for (i, (seq, p)) in found.segments.iter().enumerate() {
+            if !live.contains(&i) {
+                continue;
+            }
+            let buf = commitlog::read(p)?;
+            for (kind, id, payload) in commitlog::records(&buf, *seq) {
+                if kind != Kind::Message || done.contains(id) || held.get(id) != Some(&i) {
+                    continue;
+                }
+                let fin = self.body_path(id);
+                let whole = fs::symlink_metadata(&fin)
+                    .is_ok_and(|m| m.is_file() && m.len() == payload.len() as u64)
+                    && verify(&fin).is_ok();
+                if whole {
+                    continue;
+                }
+                let tmp = self.tmp_of(id).join(format!("{id}.msg"));
+                let _ = fs::remove_file(&tmp);
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .and_then(|mut f| f.write_all(payload))
+                    .map_err(|e| at(&tmp, e))?;
+                fs::rename(&tmp, &fin).map_err(|e| at(&tmp, e))?;
+                log::warn!("spool: {id}: message file written again from the commit log");
+                report.replayed += 1;
+            }
+        }
+        Ok(found)
     }
 
     /// Rewrite a message of the two-file layout as one file: the new file
@@ -731,6 +846,7 @@ impl Spool {
             len: 0,
             sum: Sum::new(),
             spare,
+            logged: self.durability == Durability::Log && self.log.get().is_some(),
             failed: None,
         })
     }
@@ -993,8 +1109,11 @@ pub fn read_body(p: &Path) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// An incoming message reaches its file in writes of this size.
+/// An incoming message reaches its file in writes of this size...
 const WRITE_BUF: usize = 64 * 1024;
+/// ...or, under queue-sync log, is held whole up to this size, to be
+/// written to its file and the log at commit.
+const LOG_BODY: usize = SPARE_MAX as usize;
 
 /// Write buffers of finished messages, for the next ones: allocating
 /// 64 KiB for every message had glibc's malloc consolidate its free lists
@@ -1011,10 +1130,9 @@ fn take_buffer() -> Vec<u8> {
 }
 
 fn return_buffer(mut b: Vec<u8>) {
-    // One that grew past its size (a commit's envelope) is let go, so the
-    // pool's memory stays bounded by IDLE_BUFFERS times WRITE_BUF plus
-    // an envelope each.
-    if b.capacity() > 2 * WRITE_BUF {
+    // One that grew past a logged body and an envelope is let go, so the
+    // pool's memory stays bounded by IDLE_BUFFERS times that.
+    if b.capacity() > LOG_BODY + WRITE_BUF {
         return;
     }
     b.clear();
@@ -1039,6 +1157,9 @@ pub struct Incoming {
     sum: Sum,
     /// Written over a spare file in `free/`, whose old tail must go.
     spare: bool,
+    /// Held whole in `buf` for the commit log: nothing written to `file`
+    /// yet, and at most [`LOG_BODY`] bytes.
+    logged: bool,
     failed: Option<io::Error>,
 }
 
@@ -1056,7 +1177,10 @@ impl Incoming {
         }
         if let Some(f) = self.file.as_mut() {
             let buf = &mut self.buf;
-            let written = if buf.len() + bytes.len() <= WRITE_BUF {
+            let room = if self.logged { LOG_BODY } else { WRITE_BUF };
+            // Too large for the log: written out, and fsynced at commit.
+            self.logged &= buf.len() + bytes.len() <= room;
+            let written = if buf.len() + bytes.len() <= room {
                 buf.extend_from_slice(bytes);
                 Ok(())
             } else {
@@ -1107,14 +1231,28 @@ impl Incoming {
             }
         }
         let started = std::time::Instant::now();
-        if self.spool.durability == Durability::File {
+        let log = self
+            .spool
+            .log
+            .get()
+            .filter(|_| self.logged && self.buf.len() <= commitlog::RECORD_MAX);
+        if log.is_none() && self.spool.durability != Durability::Filesystem {
             f.sync_all().map_err(|e| at(&self.body_path, e))?;
         }
         drop(f);
         let fin = self.spool.body_path(&self.id);
-        let renamed = fs::rename(&self.body_path, &fin)
-            .map_err(|e| at(&self.body_path, e))
-            .and_then(|_| self.spool.flush_bucket(bucket(&self.id)));
+        let renamed = fs::rename(&self.body_path, &fin).map_err(|e| at(&self.body_path, e));
+        let renamed = match log {
+            Some(log) => renamed
+                .and_then(|_| log.append(&[(commitlog::Kind::Message, &self.id, &self.buf)]))
+                .and_then(|_| log.sync())
+                .inspect_err(|_| {
+                    // Told 452: a record that reaches the disk anyway must
+                    // not bring it back at start.
+                    let _ = log.append(&[(commitlog::Kind::Done, &self.id, &[])]);
+                }),
+            None => renamed.and_then(|_| self.spool.flush_bucket(bucket(&self.id))),
+        };
         crate::stats::SPOOL_FSYNC.observe(started.elapsed());
         if let Err(e) = renamed {
             // Undo whatever got into mail/: the client will be told 452, so
@@ -1321,6 +1459,88 @@ mod tests {
         ] {
             assert_ne!(sum(other), whole);
         }
+    }
+
+    #[test]
+    fn log_durability_writes_back_what_a_power_loss_took_and_forgets_finished_mail() {
+        let d = tempfile::tempdir().unwrap();
+        let open = || {
+            let s = Spool::open(d.path())
+                .unwrap()
+                .with_durability(Durability::Log);
+            let r = s.recover().unwrap();
+            (s, r)
+        };
+        let (s, _) = open();
+        let big = vec![b'x'; LOG_BODY + 1];
+        let bodies: Vec<Vec<u8>> = vec![
+            b"Subject: 0\r\n\r\nzero\r\n".to_vec(),
+            b"Subject: 1\r\n\r\none\r\n".to_vec(),
+            b"Subject: 2\r\n\r\ntwo\r\n".to_vec(),
+            big.clone(),
+        ];
+        let ids: Vec<String> = bodies
+            .iter()
+            .map(|b| s.submit(b, &mut env("")).unwrap())
+            .collect();
+        let segment = |s: &Spool| {
+            let cur = commitlog::find(&s.root.join("log")).unwrap().segments;
+            assert_eq!(cur.len(), 1, "{cur:?}");
+            let buf = commitlog::read(&cur[0].1).unwrap();
+            commitlog::records(&buf, cur[0].0)
+                .into_iter()
+                .map(|(k, id, p)| (k, id.to_string(), p.len()))
+                .collect::<Vec<_>>()
+        };
+        // The three small ones are logged whole; the large one is fsynced
+        // as under queue-sync file, and not logged.
+        let recs = segment(&s);
+        assert_eq!(recs.len(), 3, "{recs:?}");
+        for (r, id) in recs.iter().zip(&ids) {
+            let len = fs::metadata(s.body_path(id)).unwrap().len() as usize;
+            assert_eq!(r, &(commitlog::Kind::Message, id.clone(), len));
+        }
+        // Finished: a done record goes before the file.
+        s.remove(&[&ids[0]]).unwrap();
+        assert_eq!(segment(&s).last().unwrap().0, commitlog::Kind::Done);
+        // What a power loss can leave: a logged file missing, another torn,
+        // and the removal of a finished one undone.
+        fs::remove_file(s.body_path(&ids[1])).unwrap();
+        let p = s.body_path(&ids[2]);
+        let mut torn = fs::read(&p).unwrap();
+        torn[2..10].fill(0);
+        fs::write(&p, torn).unwrap();
+        fs::write(s.body_path(&ids[0]), b"the old file").unwrap();
+        drop(s);
+        let (s, r) = open();
+        assert_eq!((r.replayed, r.replay_removed, r.quarantined), (2, 1, 0));
+        assert_eq!(s.list().unwrap(), ids[1..].to_vec());
+        for (id, body) in ids.iter().zip(&bodies).skip(1) {
+            assert_eq!(&body_of(&s, id), body);
+            assert_eq!(s.envelope(id).unwrap().id, *id);
+        }
+        // The records were applied and their segment retired: the new one
+        // starts empty, and a second start changes nothing.
+        assert!(segment(&s).is_empty());
+        drop(s);
+        let (s, r) = open();
+        assert_eq!((r.messages, r.replayed, r.replay_removed), (3, 0, 0));
+        // A file renamed into mail/ whose record never reached the disk was
+        // never acknowledged: torn, it is quarantined as under filesystem.
+        let fresh = s.submit(b"Subject: new\r\n\r\n", &mut env("")).unwrap();
+        let log_dir = s.root.join("log");
+        drop(s);
+        for (seq, p) in commitlog::find(&log_dir).unwrap().segments {
+            let f = OpenOptions::new().write(true).open(&p).unwrap();
+            assert!(seq > 0);
+            f.write_all_at(&[0u8; 64], 0).unwrap();
+        }
+        let p = Spool::open(d.path()).unwrap().body_path(&fresh);
+        let mut torn = fs::read(&p).unwrap();
+        torn[0] ^= 1;
+        fs::write(&p, torn).unwrap();
+        let (_, r) = open();
+        assert_eq!((r.messages, r.replayed, r.quarantined), (3, 0, 1));
     }
 
     #[test]
@@ -1609,6 +1829,7 @@ mod tests {
                 converted: 1,
                 quarantined: 2,
                 spares: 0,
+                ..ScanReport::default()
             }
         );
         let mut want = vec![good, old.to_string()];
