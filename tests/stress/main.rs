@@ -92,6 +92,13 @@ fn crash_safety_under_load_with_queue_sync_filesystem() {
     assert!(spares > 0, "no finished message was kept for reuse");
 }
 
+#[test]
+#[ignore]
+fn crash_safety_under_load_with_queue_sync_log() {
+    let spares = crash_run("log");
+    assert!(spares > 0, "no finished message was kept for reuse");
+}
+
 /// 20 kill -9s under load with `limit queue-sync SYNC`: nothing
 /// acknowledged is lost, nothing delivered twice. Returns the spare files
 /// left in `free/`.
