@@ -696,6 +696,9 @@ fn main() {
     // Rows (l): the same spool committing with one shared syncfs(2) per
     // batch instead of one fsync per file (postern(8) DURABILITY).
     let grouped = start(d, "", "limit queue-sync filesystem\n");
+    // Rows (n): with the commit log, one fdatasync(2) of a log segment per
+    // batch (postern(8) FILES).
+    let logged = start(d, "", "limit queue-sync log\n");
     let postfix = Postfix::start(d);
     if let Err(why) = &postfix {
         println!("Postfix rows skipped: {why}");
@@ -754,6 +757,27 @@ fn main() {
             100,
             4096,
         ),
+        (
+            "(n) STARTTLS, 1 msg/conn, 16 clients, queue-sync log",
+            true,
+            16,
+            1,
+            4096,
+        ),
+        (
+            "(n) STARTTLS, 100 msgs/conn, 16 clients, queue-sync log",
+            true,
+            16,
+            100,
+            4096,
+        ),
+        (
+            "(n) plaintext, 100 msgs/conn, 16 clients, queue-sync log",
+            false,
+            16,
+            100,
+            4096,
+        ),
     ] {
         // BENCH_ONLY=text runs only the rows whose name has it, to profile one.
         if std::env::var("BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
@@ -761,6 +785,8 @@ fn main() {
         }
         let daemon = if name.contains("queue-sync filesystem") {
             &grouped
+        } else if name.contains("queue-sync log") {
+            &logged
         } else {
             &daemon
         };
@@ -853,11 +879,15 @@ fn main() {
     println!("{relay}");
     drop(daemon);
 
-    // Row (m): what a message costs in system calls, in both commit modes.
+    // Row (m): what a message costs in system calls, in each commit mode.
     let syscalls: Vec<String> = if common::run_ok("strace", &["-V"]).is_err() {
         vec!["(m) system calls per message: skipped, strace is not installed".into()]
     } else {
-        [("file", ""), ("filesystem", "limit queue-sync filesystem\n")]
+        [
+            ("file", ""),
+            ("filesystem", "limit queue-sync filesystem\n"),
+            ("log", "limit queue-sync log\n"),
+        ]
             .iter()
             .map(|(mode, limits)| {
                 let what = match syscalls_per_message(d, &cfg, limits) {
@@ -893,7 +923,7 @@ fn main() {
     let mut md = format!(
         "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
          Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
-         4 KiB messages unless the row says otherwise; every 250 fsynced. {}s per row. Spools (both servers') on {}. \
+         4 KiB messages unless the row says otherwise; every 250 flushed to disk first (by fsync, syncfs or the commit log's fdatasync, as the row's queue-sync says). {}s per row. Spools (both servers') on {}. \
          {postfix_note}\n\n\
          | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling | load generator CPU/msg | machine busy | Postfix msgs/s | Postfix CPU/msg | postern rate / Postfix rate | Postfix CPU / postern CPU |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
