@@ -3,7 +3,7 @@
 //!
 //! Every connection makes a full TLS 1.3 handshake (no resumption; row (k)
 //! resumes, as real senders do), ECDSA P-256, 4 KiB messages unless a row
-//! says otherwise; every 250 is fsynced.
+//! says otherwise; every 250 is flushed to disk first (postern(8) FILES).
 //! The queue is held (`limit delivery-workers 0`) so the inbound figures
 //! are inbound only. Each row runs again, in the same run, against a
 //! private Postfix that holds what it receives (`../shared/peers/postfix.sh`,
@@ -696,9 +696,9 @@ fn main() {
     // Rows (l): the same spool committing with one shared syncfs(2) per
     // batch instead of one fsync per file (postern(8) DURABILITY).
     let grouped = start(d, "", "limit queue-sync filesystem\n");
-    // Rows (n): with the commit log, one fdatasync(2) of a log segment per
-    // batch (postern(8) FILES).
-    let logged = start(d, "", "limit queue-sync log\n");
+    // Rows (n): one fsync per message file, as before the commit log
+    // became the default (postern(8) FILES).
+    let per_file = start(d, "", "limit queue-sync file\n");
     let postfix = Postfix::start(d);
     if let Err(why) = &postfix {
         println!("Postfix rows skipped: {why}");
@@ -758,21 +758,21 @@ fn main() {
             4096,
         ),
         (
-            "(n) STARTTLS, 1 msg/conn, 16 clients, queue-sync log",
+            "(n) STARTTLS, 1 msg/conn, 16 clients, queue-sync file",
             true,
             16,
             1,
             4096,
         ),
         (
-            "(n) STARTTLS, 100 msgs/conn, 16 clients, queue-sync log",
+            "(n) STARTTLS, 100 msgs/conn, 16 clients, queue-sync file",
             true,
             16,
             100,
             4096,
         ),
         (
-            "(n) plaintext, 100 msgs/conn, 16 clients, queue-sync log",
+            "(n) plaintext, 100 msgs/conn, 16 clients, queue-sync file",
             false,
             16,
             100,
@@ -785,8 +785,8 @@ fn main() {
         }
         let daemon = if name.contains("queue-sync filesystem") {
             &grouped
-        } else if name.contains("queue-sync log") {
-            &logged
+        } else if name.contains("queue-sync file") {
+            &per_file
         } else {
             &daemon
         };
@@ -884,9 +884,9 @@ fn main() {
         vec!["(m) system calls per message: skipped, strace is not installed".into()]
     } else {
         [
-            ("file", ""),
+            ("log", ""),
+            ("file", "limit queue-sync file\n"),
             ("filesystem", "limit queue-sync filesystem\n"),
-            ("log", "limit queue-sync log\n"),
         ]
             .iter()
             .map(|(mode, limits)| {
@@ -923,7 +923,7 @@ fn main() {
     let mut md = format!(
         "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
          Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
-         4 KiB messages unless the row says otherwise; every 250 flushed to disk first (by fsync, syncfs or the commit log's fdatasync, as the row's queue-sync says). {}s per row. Spools (both servers') on {}. \
+         4 KiB messages unless the row says otherwise; every 250 flushed to disk first: by the commit log's fdatasync (the default, queue-sync log), or as the row's queue-sync says (file: an fsync per message file; filesystem: a shared syncfs). {}s per row. Spools (both servers') on {}. \
          {postfix_note}\n\n\
          | workload | msgs/s | p50 | p99 | postern CPU/msg | of commit ceiling | load generator CPU/msg | machine busy | Postfix msgs/s | Postfix CPU/msg | postern rate / Postfix rate | Postfix CPU / postern CPU |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",

@@ -118,19 +118,27 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
     }
     // The spool is the run-as user's: it is opened and scanned only now,
     // so nothing in it is ever followed or unlinked as root.
-    if cfg.limits.queue_sync != postern::spool::Durability::File {
-        postern::spool::syncfs_reports_errors(cfg.limits.queue_sync)?;
+    let mut durability = cfg.limits.queue_sync;
+    if durability != postern::spool::Durability::File
+        && let Err(why) = postern::spool::syncfs_reports_errors(durability)
+    {
+        // The default gives way on an old kernel; a setting does not.
+        if cfg.limits.queue_sync_set {
+            return Err(why);
+        }
+        log::warn!("{why}: using limit queue-sync file");
+        durability = postern::spool::Durability::File;
     }
     let spool = Spool::open(&cfg.queue)
         .map_err(|e| format!("queue: {e}"))?
         .with_spares(cfg.limits.spare_files)
-        .with_durability(cfg.limits.queue_sync)
+        .with_durability(durability)
         .with_min_free(cfg.limits.queue_minfree());
     let report = spool.recover().map_err(|e| format!("queue: {e}"))?;
     log::info!(
         "queue {} (queue-sync {}): {} messages ({} rewritten from the two-file layout), removed {} temporary and {} orphan files, {} moved to corrupt/, {} spare files",
         cfg.queue.display(),
-        cfg.limits.queue_sync.name(),
+        durability.name(),
         report.messages,
         report.converted,
         report.removed_tmp,
@@ -138,7 +146,7 @@ fn run(cfg: Arc<Config>, args: &Args) -> Result<(), String> {
         report.quarantined,
         report.spares
     );
-    if cfg.limits.queue_sync == postern::spool::Durability::Log {
+    if durability == postern::spool::Durability::Log {
         log::info!(
             "queue: commit log read: {} message files written again from it, {} files of finished messages removed",
             report.replayed,

@@ -468,6 +468,9 @@ pub struct Limits {
     pub sessions_per_ip_exempt: Option<String>,
     /// `queue-sync`: how a commit is made durable.
     pub queue_sync: crate::spool::Durability,
+    /// `queue-sync` was set, not left at its default (which falls back to
+    /// `file` where the kernel is too old for `log`).
+    pub queue_sync_set: bool,
     /// `queue-minfree`: free space the spool's file system keeps; `auto`
     /// (None) is 1.5 × max-message-size, as Postfix's queue_minfree check.
     pub queue_minfree: Option<u64>,
@@ -493,7 +496,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("workers", "count", "500"),
     ("delivery-workers", "count", "16"),
     ("spare-files", "count", "512"),
-    ("queue-sync", "file|filesystem|log", "file"),
+    ("queue-sync", "file|filesystem|log", "log"),
     ("command-timeout", "duration", "300s"),
     ("max-errors", "count", "20"),
     ("auth-failures", "count", "3"),
@@ -669,7 +672,8 @@ fn default_limits() -> Limits {
         auth_failures_per_ip: 0,
         auth_lockout: Duration::ZERO,
         queue_minfree: None,
-        queue_sync: crate::spool::Durability::File,
+        queue_sync: crate::spool::Durability::Log,
+        queue_sync_set: false,
         sessions_per_ip_exempt: None,
         destination_concurrency: 0,
         connection_reuse: 0,
@@ -679,6 +683,8 @@ fn default_limits() -> Limits {
         // unit test `defaults_parse`, so ignoring the Err here is safe.
         let _ = set_limit(&mut l, name, default);
     }
+    // Only the config file sets it.
+    l.queue_sync_set = false;
     l
 }
 
@@ -712,6 +718,7 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
         "spare-files" if value == "0" => l.spare_files = 0,
         "spare-files" => l.spare_files = count()?,
         "queue-sync" => {
+            l.queue_sync_set = true;
             l.queue_sync = crate::spool::Durability::ALL
                 .into_iter()
                 .find(|d| d.name() == value)

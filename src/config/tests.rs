@@ -33,7 +33,11 @@ fn zero_is_a_setting_only_where_it_means_something() {
     let mut l = default_limits();
     assert_eq!(set_limit(&mut l, "spare-files", "0"), Ok(()));
     assert_eq!(l.spare_files, 0);
+    assert_eq!(l.queue_sync, crate::spool::Durability::Log);
+    assert!(!l.queue_sync_set);
+    assert_eq!(set_limit(&mut l, "queue-sync", "file"), Ok(()));
     assert_eq!(l.queue_sync, crate::spool::Durability::File);
+    assert!(l.queue_sync_set);
     assert_eq!(set_limit(&mut l, "queue-sync", "filesystem"), Ok(()));
     assert_eq!(l.queue_sync, crate::spool::Durability::Filesystem);
     assert_eq!(set_limit(&mut l, "queue-sync", "log"), Ok(()));

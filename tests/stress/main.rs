@@ -385,7 +385,9 @@ fn full_disk_answers_452_and_recovers() {
     let root = tempfile::tempdir().unwrap();
     let fs = root.path().join("fs");
     assert!(
-        mount_tmpfs(&fs, "4m"),
+        // Room for the commit log's 8 MiB segment (the default queue-sync
+        // log) beside the messages that fill the rest.
+        mount_tmpfs(&fs, "16m"),
         "mounting a tmpfs failed: this test needs root (CI runs as root)"
     );
     let _guard = Unmount(fs.clone());
