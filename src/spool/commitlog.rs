@@ -187,7 +187,9 @@ pub fn find(dir: &Path) -> io::Result<Found> {
         }
     }
     found.segments.sort();
-    found.idle.truncate(IDLE);
+    for p in found.idle.split_off(found.idle.len().min(IDLE)) {
+        super::remove(&p)?;
+    }
     Ok(found)
 }
 
@@ -532,6 +534,38 @@ mod tests {
         ] {
             assert_eq!(ids(&buf, seq), want, "{name}");
         }
+    }
+
+    #[test]
+    fn start_keeps_at_most_two_idle_segments_and_only_whole_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("log");
+        super::super::mkdir(&dir).unwrap();
+        for name in ["idle-1", "idle-2", "idle-3", "idle-4"] {
+            File::create(dir.join(name))
+                .unwrap()
+                .set_len(SEGMENT)
+                .unwrap();
+        }
+        File::create(dir.join("idle-short"))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        fs::write(dir.join("notes.txt"), b"an operator's").unwrap();
+        fs::write(dir.join("0000000000000007.log"), b"").unwrap();
+        let found = find(&dir).unwrap();
+        assert_eq!(found.idle.len(), IDLE);
+        assert_eq!(found.segments, [(7, dir.join("0000000000000007.log"))]);
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // Two idle ones, the segment, and the file that is no segment.
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(
+            left.contains(&"notes.txt".to_string()) && !left.contains(&"idle-short".to_string())
+        );
     }
 
     #[test]

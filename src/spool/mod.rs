@@ -30,7 +30,10 @@
 //! Commit order (postern(8) DURABILITY): the file is written under `tmp/`
 //! and `fsync`ed, renamed into `mail/`, and `mail/X` itself is `fsync`ed (shared by
 //! concurrent commits, see [`group`]); only then does [`Incoming::commit`]
-//! return and the client get its 250. An [`Incoming`] dropped without commit
+//! return and the client get its 250. Under `limit queue-sync log` (the
+//! default) the file is not fsynced: its contents are appended to the
+//! commit log, whose shared fdatasync stands in for all three (see
+//! [`commitlog`]). An [`Incoming`] dropped without commit
 //! removes its temporary file, so a client that disconnects mid-DATA leaves
 //! nothing. Spools of the earlier two-file layout (`ID.body` + `ID.env`) are
 //! rewritten into this one by the start-up scan.
@@ -135,7 +138,7 @@ pub enum Durability {
 }
 
 impl Durability {
-    /// Both modes, for parsing and listing.
+    /// Every mode, for parsing and listing.
     pub const ALL: [Durability; 3] = [Durability::File, Durability::Filesystem, Durability::Log];
 
     /// Its word after `limit queue-sync`.
@@ -672,10 +675,11 @@ impl Spool {
         for (i, (seq, p)) in found.segments.iter().enumerate() {
             let buf = commitlog::read(p)?;
             for (kind, id, _) in commitlog::records(&buf, *seq) {
-                match kind {
-                    Kind::Done => done.insert(id.to_string()),
-                    Kind::Message => held.insert(id.to_string(), i).is_none(),
-                };
+                if kind == Kind::Done {
+                    done.insert(id.to_string());
+                } else {
+                    held.insert(id.to_string(), i);
+                }
             }
         }
         for id in &done {
