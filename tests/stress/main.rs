@@ -320,7 +320,7 @@ fn power_loss_run(sync: &str) {
     p.kill9_and_restart();
     let maildir = p.dir.path().join("mail/alice/Maildir");
     wait_until(Duration::from_secs(120), "the queue to drain", || {
-        spool_files(&fs.join("queue/mail")) == 0
+        harness::spool_files(&fs.join("queue/mail")).is_empty()
     });
     let delivered = delivered(&maildir);
     let lost: Vec<&String> = acked
@@ -351,16 +351,6 @@ fn power_loss_run(sync: &str) {
     assert!(acked.len() > 20, "too little load to mean anything");
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     assert!(twice.is_empty(), "delivered twice: {twice:?}");
-}
-
-fn spool_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| std::fs::read_dir(e.path()).map(|b| b.count()).unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn mount_tmpfs(dir: &Path, size: &str) -> bool {
