@@ -160,6 +160,10 @@ pub struct Found {
     pub segments: Vec<(u64, PathBuf)>,
     /// Retired segments ready for reuse.
     pub idle: Vec<PathBuf>,
+    /// The highest sequence number any segment here was written under,
+    /// in use or retired: the next segment's is higher, so that records a
+    /// reused segment still holds can never pass for its new ones.
+    pub last: u64,
 }
 
 /// List `log/` (created if missing). Files that are neither are reported
@@ -172,10 +176,14 @@ pub fn find(dir: &Path) -> io::Result<Found> {
         let p = e.path();
         let m = fs::symlink_metadata(&p).map_err(|e| at(&p, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let seq = name
-            .strip_suffix(".log")
-            .filter(|s| s.len() == 16)
-            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        let hex = |s: &str| {
+            (s.len() == 16)
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        let seq = name.strip_suffix(".log").and_then(hex);
+        let retired = name.strip_prefix("idle-").and_then(hex);
+        found.last = found.last.max(seq.or(retired).unwrap_or(0));
         match seq {
             _ if !m.is_file() => {
                 log::warn!("spool: {} is not a log segment; left alone", p.display())
@@ -268,7 +276,7 @@ impl Log {
         let dir_file = File::open(dir).map_err(|e| at(dir, e))?;
         // What the records were applied to, durable before they go.
         nix::unistd::syncfs(root).map_err(|e| at(root_path, io::Error::from(e)))?;
-        let next = found.segments.last().map_or(1, |(s, _)| s + 1);
+        let next = found.last + 1;
         let idle = Arc::new(Mutex::new(found.idle));
         for (seq, p) in &found.segments {
             recycle(dir, *seq, p, &idle)?;
@@ -566,6 +574,31 @@ mod tests {
         assert!(
             left.contains(&"notes.txt".to_string()) && !left.contains(&"idle-short".to_string())
         );
+    }
+
+    #[test]
+    fn a_new_segment_is_numbered_above_every_retired_one() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("log");
+        super::super::mkdir(&dir).unwrap();
+        // A segment retired as number 9 and no segment in use (a crash
+        // after start-up retired them all): its stale records must not
+        // match the number of the segment it becomes.
+        let idle = dir.join(format!("idle-{:016x}", 9));
+        let f = File::create(&idle).unwrap();
+        f.set_len(SEGMENT).unwrap();
+        f.write_all_at(&rec(9, Kind::Message, "00A1", b"old mail"), 0)
+            .unwrap();
+        let found = find(&dir).unwrap();
+        assert_eq!((found.segments.len(), found.last), (0, 9));
+        let root = File::open(d.path()).unwrap();
+        let log = Log::start(&dir, found, &root, d.path()).unwrap();
+        let (seq, path) = {
+            let cur = lock(&log.cur);
+            (cur.seq, cur.path.clone())
+        };
+        assert_eq!(seq, 10);
+        assert!(records(&read(&path).unwrap(), seq).is_empty());
     }
 
     #[test]
