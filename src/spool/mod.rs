@@ -706,9 +706,16 @@ impl Spool {
                     continue;
                 }
                 let fin = self.body_path(id);
+                // Compared byte for byte, not by its sum: a spare whose new
+                // contents were lost holds a whole earlier message.
                 let whole = fs::symlink_metadata(&fin)
                     .is_ok_and(|m| m.is_file() && m.len() == payload.len() as u64)
-                    && verify(&fin).is_ok();
+                    && open_nofollow(&fin)
+                        .and_then(|mut f| {
+                            let mut b = Vec::with_capacity(payload.len());
+                            f.read_to_end(&mut b).map(|_| b)
+                        })
+                        .is_ok_and(|b| b == payload);
                 if whole {
                     continue;
                 }
@@ -1515,10 +1522,29 @@ mod tests {
         torn[2..10].fill(0);
         fs::write(&p, torn).unwrap();
         fs::write(s.body_path(&ids[0]), b"the old file").unwrap();
+        // And a file written over a spare whose new contents were lost: a
+        // whole earlier message of the same length, which verifies.
+        let earlier = s
+            .submit(b"Subject: 9\r\n\r\nnine\r\n", &mut env(""))
+            .unwrap();
+        let replaced = s
+            .submit(b"Subject: 8\r\n\r\nouch\r\n", &mut env(""))
+            .unwrap();
+        let old = fs::read(s.body_path(&earlier)).unwrap();
+        assert_eq!(
+            old.len() as u64,
+            fs::metadata(s.body_path(&replaced)).unwrap().len()
+        );
+        fs::write(s.body_path(&replaced), &old).unwrap();
+        verify(&s.body_path(&replaced)).unwrap();
         drop(s);
         let (s, r) = open();
-        assert_eq!((r.replayed, r.replay_removed, r.quarantined), (2, 1, 0));
-        assert_eq!(s.list().unwrap(), ids[1..].to_vec());
+        assert_eq!((r.replayed, r.replay_removed, r.quarantined), (3, 1, 0));
+        assert_eq!(body_of(&s, &replaced), b"Subject: 8\r\n\r\nouch\r\n");
+        assert_eq!(s.envelope(&replaced).unwrap().id, replaced);
+        let mut want = ids[1..].to_vec();
+        want.extend([earlier, replaced]);
+        assert_eq!(s.list().unwrap(), want);
         for (id, body) in ids.iter().zip(&bodies).skip(1) {
             assert_eq!(&body_of(&s, id), body);
             assert_eq!(s.envelope(id).unwrap().id, *id);
@@ -1528,7 +1554,7 @@ mod tests {
         assert!(segment(&s).is_empty());
         drop(s);
         let (s, r) = open();
-        assert_eq!((r.messages, r.replayed, r.replay_removed), (3, 0, 0));
+        assert_eq!((r.messages, r.replayed, r.replay_removed), (5, 0, 0));
         // A file renamed into mail/ whose record never reached the disk was
         // never acknowledged: torn, it is quarantined as under filesystem.
         let fresh = s.submit(b"Subject: new\r\n\r\n", &mut env("")).unwrap();
@@ -1544,7 +1570,7 @@ mod tests {
         torn[0] ^= 1;
         fs::write(&p, torn).unwrap();
         let (_, r) = open();
-        assert_eq!((r.messages, r.replayed, r.quarantined), (3, 0, 1));
+        assert_eq!((r.messages, r.replayed, r.quarantined), (5, 0, 1));
     }
 
     #[test]
