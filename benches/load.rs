@@ -3,7 +3,7 @@
 //!
 //! Every connection makes a full TLS 1.3 handshake (no resumption; row (k)
 //! resumes, as real senders do), ECDSA P-256, 4 KiB messages unless a row
-//! says otherwise; every 250 is flushed to disk first (postern(8) FILES).
+//! says otherwise; every 250 is flushed to disk first (postern(8) DURABILITY).
 //! The queue is held (`limit delivery-workers 0`) so the inbound figures
 //! are inbound only. Each row runs again, in the same run, against a
 //! private Postfix that holds what it receives (`../shared/peers/postfix.sh`,
@@ -697,7 +697,7 @@ fn main() {
     // batch instead of one fsync per file (postern(8) DURABILITY).
     let grouped = start(d, "", "limit queue-sync filesystem\n");
     // Rows (n): one fsync per message file, as before the commit log
-    // became the default (postern(8) FILES).
+    // became the default (postern(8) DURABILITY).
     let per_file = start(d, "", "limit queue-sync file\n");
     let postfix = Postfix::start(d);
     if let Err(why) = &postfix {

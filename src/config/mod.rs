@@ -496,7 +496,7 @@ pub const LIMITS: &[(&str, &str, &str)] = &[
     ("workers", "count", "500"),
     ("delivery-workers", "count", "16"),
     ("spare-files", "count", "512"),
-    ("queue-sync", "file|filesystem|log", "log"),
+    ("queue-sync", "log|file|filesystem", "log"),
     ("command-timeout", "duration", "300s"),
     ("max-errors", "count", "20"),
     ("auth-failures", "count", "3"),
@@ -723,7 +723,7 @@ fn set_limit(l: &mut Limits, name: &str, value: &str) -> Result<(), String> {
                 .into_iter()
                 .find(|d| d.name() == value)
                 .ok_or_else(|| {
-                    format!("limit {name}: expected file, filesystem or log, got '{value}'")
+                    format!("limit {name}: expected log, file or filesystem, got '{value}'")
                 })?
         }
         "command-timeout" => l.command_timeout = dur()?,

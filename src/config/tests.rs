@@ -45,7 +45,7 @@ fn zero_is_a_setting_only_where_it_means_something() {
     assert!(
         set_limit(&mut l, "queue-sync", "fsync")
             .unwrap_err()
-            .contains("expected file, filesystem or log, got 'fsync'")
+            .contains("expected log, file or filesystem, got 'fsync'")
     );
     assert_eq!(set_limit(&mut l, "delivery-workers", "0"), Ok(()));
     assert_eq!(l.delivery_workers, 0);

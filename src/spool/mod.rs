@@ -139,7 +139,7 @@ pub enum Durability {
 
 impl Durability {
     /// Every mode, for parsing and listing.
-    pub const ALL: [Durability; 3] = [Durability::File, Durability::Filesystem, Durability::Log];
+    pub const ALL: [Durability; 3] = [Durability::Log, Durability::File, Durability::Filesystem];
 
     /// Its word after `limit queue-sync`.
     pub fn name(self) -> &'static str {
