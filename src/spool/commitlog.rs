@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::group::Group;
-use super::{Sum, at};
+use super::{Sum, at, syncfs};
 
 /// Bytes in a segment: about 1,900 messages of 4 KiB, a second or two
 /// of the fastest `make bench` row, so that a start writes little and
@@ -256,7 +256,8 @@ pub struct Log {
     cur: Mutex<Current>,
     group: Group,
     idle: Arc<Mutex<Vec<PathBuf>>>,
-    retire: crossbeam_channel::Sender<PathBuf>,
+    /// Closed segments, with their sequence numbers, for the retirer.
+    retire: crossbeam_channel::Sender<(u64, PathBuf)>,
 }
 
 impl std::fmt::Debug for Log {
@@ -275,15 +276,17 @@ impl Log {
     pub fn start(dir: &Path, found: Found, root: &File, root_path: &Path) -> io::Result<Log> {
         let dir_file = File::open(dir).map_err(|e| at(dir, e))?;
         // What the records were applied to, durable before they go.
-        nix::unistd::syncfs(root).map_err(|e| at(root_path, io::Error::from(e)))?;
+        syncfs(root, root_path)?;
         let next = found.last + 1;
         let idle = Arc::new(Mutex::new(found.idle));
         for (seq, p) in &found.segments {
             recycle(dir, *seq, p, &idle)?;
         }
-        dir_file.sync_all().map_err(|e| at(dir, e))?;
         let path = segment_path(dir, next);
         let file = take_idle(&idle, &path)?;
+        // One fsync for the renames above: until it returns nothing is
+        // appended, and a start cut short before it finds the old
+        // segments, or idle ones whose names keep `next` above them.
         dir_file.sync_all().map_err(|e| at(dir, e))?;
         let (tx, rx) = crossbeam_channel::unbounded();
         let retirer = Retirer {
@@ -383,7 +386,7 @@ impl Log {
             },
         );
         // The retirer is gone only when the log is.
-        let _ = self.retire.send(old.path);
+        let _ = self.retire.send((old.seq, old.path));
         Ok(())
     }
 }
@@ -442,9 +445,9 @@ impl Retirer {
     /// Retire each closed segment sent, in order, until the log is
     /// dropped, and keep a segment ready for the next rotation (only once
     /// one happened: a spool that receives little never needs it).
-    fn run(self, rx: crossbeam_channel::Receiver<PathBuf>) {
-        for closed in rx {
-            if let Err(e) = self.retire(&closed) {
+    fn run(self, rx: crossbeam_channel::Receiver<(u64, PathBuf)>) {
+        for (seq, closed) in rx {
+            if let Err(e) = self.retire(seq, &closed) {
                 log::error!(
                     "spool: commit log: cannot retire {}: {e}; it stays, and is read again at the next start",
                     closed.display()
@@ -464,15 +467,10 @@ impl Retirer {
         }
     }
 
-    fn retire(&self, closed: &Path) -> io::Result<()> {
+    fn retire(&self, seq: u64, closed: &Path) -> io::Result<()> {
         // Every file and removal the segment recorded came before its
         // closing, so this syncfs makes them durable without it.
-        nix::unistd::syncfs(&self.root).map_err(|e| at(&self.root_path, io::Error::from(e)))?;
-        let seq = closed
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
-            .unwrap_or(0);
+        syncfs(&self.root, &self.root_path)?;
         recycle(&self.dir, seq, closed, &self.idle)?;
         self.dir_file.sync_all().map_err(|e| at(&self.dir, e))
     }

@@ -362,9 +362,7 @@ impl Spool {
         match self.durability {
             // Under Log only files too large for the log come here.
             Durability::File | Durability::Log => self.dirsync[b].sync(|| self.sync_bucket(b)),
-            Durability::Filesystem => self.fs_group.sync(|| {
-                nix::unistd::syncfs(&*self.root_dir).map_err(|e| at(&self.root, io::Error::from(e)))
-            }),
+            Durability::Filesystem => self.fs_group.sync(|| syncfs(&self.root_dir, &self.root)),
         }
     }
 
@@ -669,6 +667,9 @@ impl Spool {
     fn replay(&self, report: &mut ScanReport) -> io::Result<commitlog::Found> {
         use commitlog::Kind;
         let found = commitlog::find(&self.root.join("log"))?;
+        // Two passes, each reading one segment at a time: the first learns
+        // which messages are finished, the second writes back the others,
+        // so memory holds one segment, not the whole log.
         let mut done = std::collections::HashSet::new();
         // The segment holding each message's record.
         let mut held = std::collections::HashMap::new();
@@ -721,13 +722,8 @@ impl Spool {
                 }
                 let tmp = self.tmp_of(id).join(format!("{id}.msg"));
                 let _ = fs::remove_file(&tmp);
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .and_then(|mut f| f.write_all(payload))
-                    .map_err(|e| at(&tmp, e))?;
+                // Not synced: Log::start's syncfs covers every file written here.
+                write_new(&tmp, payload)?;
                 fs::rename(&tmp, &fin).map_err(|e| at(&tmp, e))?;
                 log::warn!("spool: {id}: message file written again from the commit log");
                 report.replayed += 1;
@@ -857,7 +853,8 @@ impl Spool {
             len: 0,
             sum: Sum::new(),
             spare,
-            logged: self.durability == Durability::Log && self.log.get().is_some(),
+            // The log exists only under Durability::Log.
+            logged: self.log.get().is_some(),
             failed: None,
         })
     }
@@ -1282,7 +1279,8 @@ impl Incoming {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// A new file (mode 600) holding `bytes`, not synced.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -1290,7 +1288,16 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .open(path)
         .map_err(|e| at(path, e))?;
     f.write_all(bytes).map_err(|e| at(path, e))?;
-    f.sync_all().map_err(|e| at(path, e))
+    Ok(f)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_new(path, bytes)?.sync_all().map_err(|e| at(path, e))
+}
+
+/// syncfs(2) of the file system holding `dir` (opened as `f`).
+fn syncfs(f: &File, dir: &Path) -> io::Result<()> {
+    nix::unistd::syncfs(f).map_err(|e| at(dir, io::Error::from(e)))
 }
 
 impl Drop for Incoming {
