@@ -106,11 +106,7 @@ fn crash_safety_under_load_with_queue_sync_log() {
 /// acknowledged is lost, nothing delivered twice. Returns the spare files
 /// left in `free/`.
 fn crash_run(sync: &str) -> usize {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let mut p =
         Postern::start_with(|d| fixed_port_config(d, port) + &format!("limit queue-sync {sync}\n"));
     p.wait_log(&format!("(queue-sync {sync})"), Duration::from_secs(5));
@@ -129,11 +125,7 @@ fn crash_run(sync: &str) -> usize {
         p.files_in("mail") == 0
     });
     let delivered = delivered(&maildir);
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|m| !delivered.contains_key(*m))
-        .collect();
-    let dups: Vec<(&String, &usize)> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    let (lost, dups) = tally(&acked, &delivered);
     let unacked_delivered = delivered.keys().filter(|m| !acked.contains(*m)).count();
     // Finished messages' files were kept as spares and written over by
     // later messages all along, kills included.
@@ -236,6 +228,19 @@ fn delivered(maildir: &Path) -> BTreeMap<String, usize> {
     delivered
 }
 
+/// The acknowledged messages missing from `delivered`, and those in it
+/// more than once.
+type Tally<'a> = (Vec<&'a String>, Vec<(&'a String, &'a usize)>);
+
+fn tally<'a>(acked: &'a BTreeSet<String>, delivered: &'a BTreeMap<String, usize>) -> Tally<'a> {
+    let lost = acked
+        .iter()
+        .filter(|m| !delivered.contains_key(*m))
+        .collect();
+    let dups = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    (lost, dups)
+}
+
 #[test]
 #[ignore]
 fn power_loss_keeps_every_acknowledged_message() {
@@ -275,11 +280,7 @@ fn power_loss_run(sync: &str) {
         "making and mounting a loop ext4 failed: this test needs root and mkfs.ext4 (CI runs as root)"
     );
     let guard = Unmount(fs.clone());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let mut p = Postern::start_with(|d| {
         fixed_port_config(d, port).replace(
             &format!("queue \"{}/queue\"", d.display()),
@@ -323,11 +324,7 @@ fn power_loss_run(sync: &str) {
         harness::spool_files(&fs.join("queue/mail")).is_empty()
     });
     let delivered = delivered(&maildir);
-    let lost: Vec<&String> = acked
-        .iter()
-        .filter(|m| !delivered.contains_key(*m))
-        .collect();
-    let twice: Vec<_> = delivered.iter().filter(|(_, n)| **n > 1).collect();
+    let (lost, twice) = tally(&acked, &delivered);
     let replayed = p
         .log_text()
         .lines()
