@@ -1,11 +1,12 @@
 //! The commit log of `limit queue-sync log` (postern(8) FILES).
 //!
-//! Message files are written and renamed into `mail/` without an fsync;
-//! what makes a commit durable is its record in `log/`: the whole message
+//! What makes a commit durable is its record in `log/`: the whole message
 //! file, appended to the current segment, made durable by one fdatasync(2)
 //! of the segment shared by every session committing at that moment (see
-//! [`super::group`]). A finished message gets a `done` record before its
-//! file goes.
+//! [`super::group`]). The record goes first, and only then is the message
+//! file written into `mail/`, without an fsync; so a file that a crash cut
+//! short always has its record, and is written again from it at start. A
+//! finished message gets a `done` record before its file goes.
 //!
 //! A segment is written over, never grown: each is [`SEGMENT`] bytes,
 //! written out (zeros, or an earlier segment's records) and fsynced before
@@ -21,10 +22,11 @@
 //! began after its own append, so none of them was acknowledged.
 //!
 //! When a segment is full it is fdatasynced and the next one opened. A
-//! thread retires the closed one: one syncfs(2) of the spool's file system
-//! makes every message file and removal it recorded durable on its own,
-//! after which the segment is renamed `idle-SEQ`, to be reused as a later
-//! segment (at most [`IDLE`] are kept).
+//! thread retires the closed one: once every session that appended to it
+//! has written or removed the files its records name (each holds a
+//! [`Pending`] until then), one syncfs(2) of the spool's file system makes
+//! them durable on their own, after which the segment is renamed
+//! `idle-SEQ`, to be reused as a later segment (at most [`IDLE`] are kept).
 //!
 //! At start, before anything is accepted, every segment is read: files of
 //! messages with a `done` record are removed, and a message whose file is
@@ -35,6 +37,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::group::Group;
@@ -247,6 +250,26 @@ struct Current {
     file: Arc<File>,
     /// Where the next record goes.
     off: u64,
+    /// Sessions still writing or removing files this segment recorded.
+    writers: Arc<AtomicUsize>,
+}
+
+/// Held from a record's append until the file it names is written (or
+/// removed): the segment is not retired before.
+#[must_use = "the segment may retire once this is dropped"]
+pub struct Pending(Arc<AtomicUsize>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A closed segment on its way to retirement.
+struct Closed {
+    seq: u64,
+    path: PathBuf,
+    writers: Arc<AtomicUsize>,
 }
 
 /// The open log of a running spool.
@@ -256,8 +279,8 @@ pub struct Log {
     cur: Mutex<Current>,
     group: Group,
     idle: Arc<Mutex<Vec<PathBuf>>>,
-    /// Closed segments, with their sequence numbers, for the retirer.
-    retire: crossbeam_channel::Sender<(u64, PathBuf)>,
+    /// Closed segments, for the retirer.
+    retire: crossbeam_channel::Sender<Closed>,
 }
 
 impl std::fmt::Debug for Log {
@@ -308,6 +331,7 @@ impl Log {
                 path,
                 file: Arc::new(file),
                 off: 0,
+                writers: Default::default(),
             }),
             group: Group::default(),
             idle,
@@ -315,8 +339,9 @@ impl Log {
         })
     }
 
-    /// Append records (not yet durable: see [`Log::sync`]).
-    pub fn append(&self, recs: &[(Kind, &str, &[u8])]) -> io::Result<()> {
+    /// Append records (not yet durable: see [`Log::sync`]). Hold what it
+    /// returns until the files the records name are written or removed.
+    pub fn append(&self, recs: &[(Kind, &str, &[u8])]) -> io::Result<Pending> {
         let need: u64 = recs
             .iter()
             .map(|(_, id, p)| (HEADER + id.len() + p.len()) as u64)
@@ -353,7 +378,8 @@ impl Log {
         };
         written.map_err(|e| at(&cur.path, e))?;
         cur.off += need;
-        Ok(())
+        cur.writers.fetch_add(1, Ordering::Acquire);
+        Ok(Pending(cur.writers.clone()))
     }
 
     /// Return once everything appended before this call is durable.
@@ -383,10 +409,15 @@ impl Log {
                 path,
                 file: Arc::new(file),
                 off: 0,
+                writers: Default::default(),
             },
         );
         // The retirer is gone only when the log is.
-        let _ = self.retire.send((old.seq, old.path));
+        let _ = self.retire.send(Closed {
+            seq: old.seq,
+            path: old.path,
+            writers: old.writers,
+        });
         Ok(())
     }
 }
@@ -445,12 +476,13 @@ impl Retirer {
     /// Retire each closed segment sent, in order, until the log is
     /// dropped, and keep a segment ready for the next rotation (only once
     /// one happened: a spool that receives little never needs it).
-    fn run(self, rx: crossbeam_channel::Receiver<(u64, PathBuf)>) {
-        for (seq, closed) in rx {
-            if let Err(e) = self.retire(seq, &closed) {
+    fn run(self, rx: crossbeam_channel::Receiver<Closed>) {
+        for closed in rx {
+            wait_for_writers(&closed);
+            if let Err(e) = self.retire(closed.seq, &closed.path) {
                 log::error!(
                     "spool: commit log: cannot retire {}: {e}; it stays, and is read again at the next start",
-                    closed.display()
+                    closed.path.display()
                 );
             }
             if lock(&self.idle).is_empty() {
@@ -468,11 +500,30 @@ impl Retirer {
     }
 
     fn retire(&self, seq: u64, closed: &Path) -> io::Result<()> {
-        // Every file and removal the segment recorded came before its
-        // closing, so this syncfs makes them durable without it.
+        // Every file and removal the segment recorded is done (see
+        // wait_for_writers), so this syncfs makes them durable without it.
         syncfs(&self.root, &self.root_path)?;
         recycle(&self.dir, seq, closed, &self.idle)?;
         self.dir_file.sync_all().map_err(|e| at(&self.dir, e))
+    }
+}
+
+/// Return once no session holds a [`Pending`] of `closed`. Sessions hold
+/// one for a file write or a few unlinks, so this is almost always at
+/// once; a disk that stalls them stalls this too, and retiring earlier
+/// could drop the only durable copy of an acknowledged message.
+fn wait_for_writers(closed: &Closed) {
+    let started = std::time::Instant::now();
+    let mut warned = false;
+    while closed.writers.load(Ordering::Acquire) > 0 {
+        if !warned && started.elapsed() > std::time::Duration::from_secs(10) {
+            log::warn!(
+                "spool: commit log: {} waits for sessions still writing the files it recorded",
+                closed.path.display()
+            );
+            warned = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
@@ -600,6 +651,41 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_retires_only_once_its_files_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("log");
+        let root = File::open(d.path()).unwrap();
+        let log = Log::start(&dir, find(&dir).unwrap(), &root, d.path()).unwrap();
+        let first = lock(&log.cur).seq;
+        // A session between its record and its file...
+        let held = log.append(&[(Kind::Message, "0001", b"x")]).unwrap();
+        // ...while others fill the segment.
+        let payload = vec![b'y'; RECORD_MAX - 100];
+        for i in 0..(SEGMENT as usize / payload.len() + 1) {
+            drop(
+                log.append(&[(Kind::Message, &format!("{i:04X}"), &payload)])
+                    .unwrap(),
+            );
+        }
+        assert!(lock(&log.cur).seq > first);
+        let open = |seq| find(&dir).unwrap().segments.iter().any(|(s, _)| *s == seq);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            open(first),
+            "segment {first} retired before its file was written"
+        );
+        drop(held);
+        // Bounded: the retirer polls every millisecond.
+        for _ in 0..100 {
+            if !open(first) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!open(first), "segment {first} not retired");
+    }
+
+    #[test]
     fn appends_survive_rotation_and_segments_are_reused() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("log");
@@ -610,8 +696,10 @@ mod tests {
         let payload = vec![b'x'; RECORD_MAX - 100];
         let n = (3 * SEGMENT as usize) / payload.len() + 1;
         for i in 0..n {
-            log.append(&[(Kind::Message, &format!("{i:04X}"), &payload)])
-                .unwrap();
+            drop(
+                log.append(&[(Kind::Message, &format!("{i:04X}"), &payload)])
+                    .unwrap(),
+            );
             log.sync().unwrap();
         }
         let seq = lock(&log.cur).seq;

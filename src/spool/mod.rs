@@ -31,11 +31,12 @@
 //! and `fsync`ed, renamed into `mail/`, and `mail/X` itself is `fsync`ed (shared by
 //! concurrent commits, see [`group`]); only then does [`Incoming::commit`]
 //! return and the client get its 250. Under `limit queue-sync log` (the
-//! default) the file is not fsynced: its contents are appended to the
-//! commit log, whose shared fdatasync stands in for all three (see
-//! [`commitlog`]). An [`Incoming`] dropped without commit
-//! removes its temporary file, so a client that disconnects mid-DATA leaves
-//! nothing. Spools of the earlier two-file layout (`ID.body` + `ID.env`) are
+//! default) a message of up to [`LOG_BODY`] is held in memory instead: its
+//! file's contents are appended to the commit log first, then the file is
+//! written straight into `mail/` without an fsync, and the log's shared
+//! fdatasync stands in for all three (see [`commitlog`]). An [`Incoming`]
+//! dropped without commit removes its temporary file, so a client that
+//! disconnects mid-DATA leaves nothing. Spools of the earlier two-file layout (`ID.body` + `ID.env`) are
 //! rewritten into this one by the start-up scan.
 //!
 //! A finished message's file is not unlinked but renamed into `free/` (up
@@ -394,13 +395,15 @@ impl Spool {
     pub fn unlink(&self, ids: &[&str], owed: &mut Unsynced) -> io::Result<()> {
         // Under queue-sync log the records go first: a message whose file
         // is gone but whose record is not would be written back at start.
+        // Held until the files are gone: their segment retires only then.
+        let mut pending = Vec::new();
         if let Some(log) = self.log.get() {
             let recs: Vec<_> = ids
                 .iter()
                 .map(|id| (commitlog::Kind::Done, *id, &[][..]))
                 .collect();
             for part in recs.chunks(1024) {
-                log.append(part)?;
+                pending.push(log.append(part)?);
             }
         }
         for id in ids {
@@ -831,32 +834,55 @@ impl Spool {
     }
 
     fn begin_as(&self, id: &str) -> io::Result<Incoming> {
-        let (path, f, spare) = match self.take_spare() {
-            Some((p, f)) => (p, f, true),
-            None => {
-                let p = self.tmp_of(id).join(format!("{id}.msg"));
-                let f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&p)
-                    .map_err(|e| at(&p, e))?;
-                (p, f, false)
+        // The log exists only under Durability::Log. There a message is
+        // held in memory and its file made at commit, straight in mail/,
+        // where a file from an earlier process under this id (the same
+        // microsecond, before a clock step) must not be written over.
+        let logged = self.log.get().is_some();
+        let (path, f, spare) = if logged {
+            let fin = self.body_path(id);
+            match fs::symlink_metadata(&fin) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => (PathBuf::new(), None, false),
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "queue id taken",
+                    ));
+                }
+                Err(e) => return Err(at(&fin, e)),
             }
+        } else {
+            let (p, f, spare) = self.open_new(id)?;
+            (p, Some(f), spare)
         };
         Ok(Incoming {
             spool: self.clone(),
             id: id.to_string(),
             body_path: path,
-            file: Some(f),
+            file: f,
             buf: take_buffer(),
             len: 0,
             sum: Sum::new(),
             spare,
-            // The log exists only under Durability::Log.
-            logged: self.log.get().is_some(),
+            logged,
             failed: None,
         })
+    }
+
+    /// A file to write message `id` into before its rename into `mail/`:
+    /// a spare, or a new file in `tmp/`; true if a spare.
+    fn open_new(&self, id: &str) -> io::Result<(PathBuf, File, bool)> {
+        if let Some((p, f)) = self.take_spare() {
+            return Ok((p, f, true));
+        }
+        let p = self.tmp_of(id).join(format!("{id}.msg"));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| at(&p, e))?;
+        Ok((p, f, false))
     }
 
     /// Ids of committed messages, oldest first.
@@ -1155,7 +1181,9 @@ fn return_buffer(mut b: Vec<u8>) {
 pub struct Incoming {
     spool: Spool,
     id: String,
+    /// Where `file` is (in `tmp/` or `free/`); empty while there is none.
     body_path: PathBuf,
+    /// None while the message is held whole in `buf` for the log.
     file: Option<File>,
     /// Bytes not yet written to `file`.
     buf: Vec<u8>,
@@ -1165,8 +1193,8 @@ pub struct Incoming {
     sum: Sum,
     /// Written over a spare file in `free/`, whose old tail must go.
     spare: bool,
-    /// Held whole in `buf` for the commit log: nothing written to `file`
-    /// yet, and at most [`LOG_BODY`] bytes.
+    /// Held whole in `buf` for the commit log: no file yet, and at most
+    /// [`LOG_BODY`] bytes.
     logged: bool,
     failed: Option<io::Error>,
 }
@@ -1183,12 +1211,19 @@ impl Incoming {
         if self.failed.is_some() {
             return;
         }
-        if let Some(f) = self.file.as_mut() {
-            let buf = &mut self.buf;
-            let room = if self.logged { LOG_BODY } else { WRITE_BUF };
+        if self.logged {
+            if self.buf.len() + bytes.len() <= LOG_BODY {
+                self.buf.extend_from_slice(bytes);
+                self.len += bytes.len() as u64;
+                self.sum.update(bytes);
+                return;
+            }
             // Too large for the log: written out, and fsynced at commit.
-            self.logged &= buf.len() + bytes.len() <= room;
-            let written = if buf.len() + bytes.len() <= room {
+            self.logged = false;
+        }
+        let written = self.open().and_then(|mut f| {
+            let buf = &mut self.buf;
+            let r = if buf.len() + bytes.len() <= WRITE_BUF {
                 buf.extend_from_slice(bytes);
                 Ok(())
             } else {
@@ -1202,12 +1237,26 @@ impl Incoming {
                     }
                 })
             };
-            match written {
-                Ok(()) => {
-                    self.len += bytes.len() as u64;
-                    self.sum.update(bytes);
-                }
-                Err(e) => self.failed = Some(at(&self.body_path, e)),
+            self.file = Some(f);
+            r.map_err(|e| at(&self.body_path, e))
+        });
+        match written {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                self.sum.update(bytes);
+            }
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    /// The message's file, opened now if it has none yet.
+    fn open(&mut self) -> io::Result<File> {
+        match self.file.take() {
+            Some(f) => Ok(f),
+            None => {
+                let (p, f, spare) = self.spool.open_new(&self.id)?;
+                (self.body_path, self.spare) = (p, spare);
+                Ok(f)
             }
         }
     }
@@ -1218,56 +1267,25 @@ impl Incoming {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let Some(mut f) = self.file.take() else {
-            return Err(io::Error::other("message already committed"));
-        };
         let text = env.to_text();
         let mut sum = self.sum;
         sum.update(text.as_bytes());
         let last = footer(self.len, sum.finish());
         self.buf.extend_from_slice(text.as_bytes());
         self.buf.extend_from_slice(last.as_bytes());
-        f.write_all(&self.buf).map_err(|e| at(&self.body_path, e))?;
         let total = self.len + (text.len() + last.len()) as u64;
         self.spool.used(total);
-        if self.spare {
-            let end = f.set_len(total).map_err(|e| at(&self.body_path, e));
-            // A spare that cannot be cut is dropped, not reused again.
-            if let Err(e) = end {
-                self.spare = false;
-                return Err(e);
-            }
-        }
         let started = std::time::Instant::now();
-        let log = self
-            .spool
-            .log
+        let log = self.spool.log.clone();
+        let log = log
             .get()
             .filter(|_| self.logged && self.buf.len() <= commitlog::RECORD_MAX);
-        if log.is_none() && self.spool.durability != Durability::Filesystem {
-            f.sync_all().map_err(|e| at(&self.body_path, e))?;
-        }
-        drop(f);
-        let fin = self.spool.body_path(&self.id);
-        let renamed = fs::rename(&self.body_path, &fin).map_err(|e| at(&self.body_path, e));
-        let renamed = match log {
-            Some(log) => renamed
-                .and_then(|_| log.append(&[(commitlog::Kind::Message, &self.id, &self.buf)]))
-                .and_then(|_| log.sync())
-                .inspect_err(|_| {
-                    // Told 452: a record that reaches the disk anyway must
-                    // not bring it back at start.
-                    let _ = log.append(&[(commitlog::Kind::Done, &self.id, &[])]);
-                }),
-            None => renamed.and_then(|_| self.spool.flush_bucket(bucket(&self.id))),
+        let committed = match log {
+            Some(log) => self.commit_logged(log, total),
+            None => self.commit_file(total),
         };
         crate::stats::SPOOL_FSYNC.observe(started.elapsed());
-        if let Err(e) = renamed {
-            // Undo whatever got into mail/: the client will be told 452, so
-            // the message must not be delivered.
-            let _ = fs::remove_file(&fin);
-            return Err(e);
-        }
+        committed?;
         self.body_path = PathBuf::new();
         crate::stats::SPOOL_COMMITS.inc();
         if let Some(n) = &self.spool.notify {
@@ -1276,6 +1294,72 @@ impl Incoming {
             let _ = n.send(env.clone());
         }
         Ok(())
+    }
+
+    /// Write the file out, fsync it (unless the file system's syncfs
+    /// stands in), rename it into `mail/` and flush that.
+    fn commit_file(&mut self, total: u64) -> io::Result<()> {
+        let mut f = self.open()?;
+        let path = &self.body_path;
+        f.write_all(&self.buf).map_err(|e| at(path, e))?;
+        if self.spare {
+            let end = f.set_len(total).map_err(|e| at(path, e));
+            // A spare that cannot be cut is dropped, not reused again.
+            if let Err(e) = end {
+                self.spare = false;
+                return Err(e);
+            }
+        }
+        if self.spool.durability != Durability::Filesystem {
+            f.sync_all().map_err(|e| at(path, e))?;
+        }
+        drop(f);
+        let fin = self.spool.body_path(&self.id);
+        fs::rename(&self.body_path, &fin).map_err(|e| at(&self.body_path, e))?;
+        let flushed = self.spool.flush_bucket(bucket(&self.id));
+        if flushed.is_err() {
+            // The client will be told 452, so the message must not be
+            // delivered.
+            let _ = fs::remove_file(&fin);
+        }
+        flushed
+    }
+
+    /// Append the message's record, then write its file into `mail/`
+    /// (postern(8) DURABILITY): a file a crash cuts short always has a
+    /// record to be written again from.
+    fn commit_logged(&mut self, log: &commitlog::Log, total: u64) -> io::Result<()> {
+        let fin = self.spool.body_path(&self.id);
+        let pending = log.append(&[(commitlog::Kind::Message, &self.id, &self.buf)])?;
+        let written = match self.spool.take_spare() {
+            Some((p, mut f)) => {
+                (self.body_path, self.spare) = (p, true);
+                let over = f.write_all(&self.buf).and_then(|_| {
+                    f.set_len(total).inspect_err(|_| {
+                        // Not cut: dropped, not reused again.
+                        self.spare = false;
+                    })
+                });
+                over.and_then(|_| fs::rename(&self.body_path, &fin))
+                    .map_err(|e| at(&self.body_path, e))
+            }
+            None => write_new(&fin, &self.buf).map(drop),
+        };
+        drop(pending);
+        let synced = match written {
+            // Only this process makes files in mail/ and begin saw none
+            // under this id: this one is not ours to remove.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
+            r => r.and_then(|_| log.sync()),
+        };
+        if synced.is_err() {
+            // Told 452: a record that reaches the disk anyway must not
+            // bring it back at start.
+            let done = log.append(&[(commitlog::Kind::Done, &self.id, &[])]);
+            let _ = fs::remove_file(&fin);
+            drop(done);
+        }
+        synced
     }
 }
 
@@ -1490,6 +1574,12 @@ mod tests {
             (s, r)
         };
         let (s, _) = open();
+        // Held in memory until the commit: no file at all before, so a
+        // session that goes away leaves nothing.
+        let mut m = s.begin().unwrap();
+        m.write(b"Subject: never\r\n");
+        assert_eq!(count(&s.tmp) + count(&s.mail), 0);
+        drop(m);
         let big = vec![b'x'; LOG_BODY + 1];
         let bodies: Vec<Vec<u8>> = vec![
             b"Subject: 0\r\n\r\nzero\r\n".to_vec(),
@@ -1529,6 +1619,13 @@ mod tests {
         torn[2..10].fill(0);
         fs::write(&p, torn).unwrap();
         fs::write(s.body_path(&ids[0]), b"the old file").unwrap();
+        // What a kill -9 can leave: the record appended, its file cut short
+        // (the record goes first: see commit_logged).
+        let cut = s
+            .submit(b"Subject: 7\r\n\r\nseven\r\n", &mut env(""))
+            .unwrap();
+        let whole = fs::read(s.body_path(&cut)).unwrap();
+        fs::write(s.body_path(&cut), &whole[..whole.len() / 2]).unwrap();
         // And a file written over a spare whose new contents were lost: a
         // whole earlier message of the same length, which verifies.
         let earlier = s
@@ -1546,11 +1643,12 @@ mod tests {
         verify(&s.body_path(&replaced)).unwrap();
         drop(s);
         let (s, r) = open();
-        assert_eq!((r.replayed, r.replay_removed, r.quarantined), (3, 1, 0));
+        assert_eq!((r.replayed, r.replay_removed, r.quarantined), (4, 1, 0));
+        assert_eq!(fs::read(s.body_path(&cut)).unwrap(), whole);
         assert_eq!(body_of(&s, &replaced), b"Subject: 8\r\n\r\nouch\r\n");
         assert_eq!(s.envelope(&replaced).unwrap().id, replaced);
         let mut want = ids[1..].to_vec();
-        want.extend([earlier, replaced]);
+        want.extend([cut, earlier, replaced]);
         assert_eq!(s.list().unwrap(), want);
         for (id, body) in ids.iter().zip(&bodies).skip(1) {
             assert_eq!(&body_of(&s, id), body);
@@ -1561,8 +1659,8 @@ mod tests {
         assert!(segment(&s).is_empty());
         drop(s);
         let (s, r) = open();
-        assert_eq!((r.messages, r.replayed, r.replay_removed), (5, 0, 0));
-        // A file renamed into mail/ whose record never reached the disk was
+        assert_eq!((r.messages, r.replayed, r.replay_removed), (6, 0, 0));
+        // A file in mail/ whose record never reached the disk was
         // never acknowledged: torn, it is quarantined as under filesystem.
         let fresh = s.submit(b"Subject: new\r\n\r\n", &mut env("")).unwrap();
         let log_dir = s.root.join("log");
@@ -1577,7 +1675,7 @@ mod tests {
         torn[0] ^= 1;
         fs::write(&p, torn).unwrap();
         let (_, r) = open();
-        assert_eq!((r.messages, r.replayed, r.quarantined), (5, 0, 1));
+        assert_eq!((r.messages, r.replayed, r.quarantined), (6, 0, 1));
     }
 
     #[test]
