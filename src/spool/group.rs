@@ -1,15 +1,17 @@
 //! Group commit: sessions committing at the same time share one flush.
 //!
-//! Every commit renames its file into `mail/` and then needs a flush (the
-//! bucket directory's fsync, or with `limit queue-sync filesystem` one
-//! syncfs(2) of the spool's file system) before its 250. A caller takes a
-//! ticket after its rename; whoever finds no flush running starts one
-//! covering every ticket taken so far, and the others wait for the flush
-//! that covers theirs. Nobody is told "durable" before a flush that started
-//! after their rename has completed.
+//! Every commit needs a flush before its 250: the bucket directory's fsync
+//! after its rename, one syncfs(2) of the spool's file system under `limit
+//! queue-sync filesystem`, or the commit log's fdatasync after its record.
+//! A caller takes a ticket once its part is written; whoever finds no flush
+//! running starts one covering every ticket taken so far, and the others
+//! wait, parked, for the flush that covers theirs: each is woken only by
+//! that flush, or to start the next one. Nobody is told "durable" before a
+//! flush that started after their write has completed.
 
 use std::io;
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
+use std::thread::Thread;
 
 #[derive(Default)]
 struct State {
@@ -21,13 +23,15 @@ struct State {
     busy: bool,
     /// The last failed batch: tickets in `lo..=hi` get this error.
     failed: Option<(u64, u64, io::ErrorKind, String)>,
+    /// Callers parked until `done` reaches their ticket, or until they
+    /// are to start the next flush.
+    waiting: Vec<(u64, Thread)>,
 }
 
 /// Shared by every clone of a `Spool`.
 #[derive(Default)]
 pub struct Group {
     state: Mutex<State>,
-    cv: Condvar,
 }
 
 impl std::fmt::Debug for Group {
@@ -41,11 +45,12 @@ impl Group {
     /// group passes the same) has completed, begun after this call began.
     /// Its error names what failed.
     pub fn sync(&self, flush: impl Fn() -> io::Result<()>) -> io::Result<()> {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = || self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock();
         g.issued += 1;
         let mine = g.issued;
         // Bounded: each pass either runs an fsync that covers `mine` or
-        // waits for one that started later than the last check.
+        // parks until a flush ends (or, spuriously, sooner).
         loop {
             if let Some((lo, hi, kind, msg)) = &g.failed
                 && (*lo..=*hi).contains(&mine)
@@ -60,16 +65,35 @@ impl Group {
                 let (from, upto) = (g.done + 1, g.issued);
                 drop(g);
                 let r = flush();
-                g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                g = lock();
                 g.busy = false;
                 g.done = upto;
                 if let Err(e) = r {
                     g.failed = Some((from, upto, e.kind(), e.to_string()));
                 }
-                self.cv.notify_all();
+                // Wake only whom this flush covered, and one caller it did
+                // not, to start the next: a caller woken for nothing costs
+                // two context switches, and with every session of the
+                // spool on one group there are many.
+                let (mut wake, mut next) = (Vec::new(), false);
+                for (t, th) in &g.waiting {
+                    if *t <= upto || !next {
+                        next |= *t > upto;
+                        wake.push(th.clone());
+                    }
+                }
+                drop(g);
+                for th in wake {
+                    th.unpark();
+                }
+                g = lock();
                 continue;
             }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            g.waiting.push((mine, std::thread::current()));
+            drop(g);
+            std::thread::park();
+            g = lock();
+            g.waiting.retain(|(t, _)| *t != mine);
         }
     }
 }
