@@ -378,7 +378,7 @@ impl Log {
         };
         written.map_err(|e| at(&cur.path, e))?;
         cur.off += need;
-        cur.writers.fetch_add(1, Ordering::Acquire);
+        cur.writers.fetch_add(1, Ordering::Relaxed);
         Ok(Pending(cur.writers.clone()))
     }
 
