@@ -343,9 +343,8 @@ impl Drop for Postfix {
 
 /// CPU time a process has used so far.
 fn process_cpu(pid: u32) -> Duration {
-    let f = common::proc_stat(pid).unwrap_or_default();
     // utime + stime, in clock ticks of 10 ms on Linux.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let ticks = common::proc_stat(pid).unwrap_or_default().own();
     Duration::from_millis(ticks * 10)
 }
 
@@ -676,6 +675,7 @@ fn machine() -> String {
 }
 
 fn main() {
+    common::check_proc_stat();
     let scratch = common::Scratch::new("16G");
     let d = scratch.path();
     println!("spools on {}", scratch.what());

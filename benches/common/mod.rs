@@ -168,18 +168,77 @@ impl Drop for Scratch {
     }
 }
 
-/// Fields of /proc/PID/stat after the command name, numeric ones only
-/// (the state letter dropped): ppid is [0], utime [10], stime [11],
-/// cutime [12], cstime [13].
-pub fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+/// What the benches read of /proc/PID/stat (proc(5)), in clock ticks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub ppid: u32,
+    pub utime: u64,
+    pub stime: u64,
+    /// Reaped children's user and system time.
+    pub cutime: u64,
+    pub cstime: u64,
+}
+
+impl ProcStat {
+    /// Own user and system time.
+    pub fn own(&self) -> u64 {
+        self.utime + self.stime
+    }
+}
+
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    Some(
-        st.rsplit(')')
-            .next()?
-            .split_whitespace()
-            .filter_map(|n| n.parse().ok())
-            .collect(),
-    )
+    parse_proc_stat(&st)
+}
+
+/// Fields are taken by position (proc(5) numbers them from 1; the command
+/// name, field 2, may hold spaces, so counting starts after its `)`).
+/// Some fields are negative (tpgid is -1 for a process without a
+/// controlling terminal, which every daemon is): skipping what does not
+/// parse as unsigned shifted utime onto cmajflt and counted stime as
+/// utime.
+pub fn parse_proc_stat(st: &str) -> Option<ProcStat> {
+    let f: Vec<&str> = st.rsplit_once(')')?.1.split_whitespace().collect();
+    // f[0] is field 3 (state).
+    let field = |n: usize| f.get(n - 3)?.parse::<u64>().ok();
+    Some(ProcStat {
+        ppid: field(4)? as u32,
+        utime: field(14)?,
+        stime: field(15)?,
+        cutime: field(16)?,
+        cstime: field(17)?,
+    })
+}
+
+/// Panic unless /proc/PID/stat is read as proc(5) says: a daemon's line
+/// (tpgid -1, a command name with a space and a parenthesis), and this
+/// process's user time growing while it spins. The CPU columns rest on it.
+pub fn check_proc_stat() {
+    let line = "1234 (smtpd -n) x) S 42 1234 1234 0 -1 4194560 900 0 3 0 171 62 5 7 20 0 1 0 99";
+    assert_eq!(
+        parse_proc_stat(line),
+        Some(ProcStat {
+            ppid: 42,
+            utime: 171,
+            stime: 62,
+            cutime: 5,
+            cstime: 7
+        })
+    );
+    let me = std::process::id();
+    let before = proc_stat(me).unwrap_or_default();
+    let t = std::time::Instant::now();
+    let mut x = 0u64;
+    // Bounded: 300 ms of arithmetic.
+    while t.elapsed() < std::time::Duration::from_millis(300) {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    let after = proc_stat(me).unwrap_or_default();
+    assert!(
+        after.utime.saturating_sub(before.utime) >= 15,
+        "/proc/{me}/stat: 300 ms spinning added {} ticks of user time, not about 30",
+        after.utime.saturating_sub(before.utime)
+    );
 }
 
 /// Run `program` with `args`, its output discarded; an error unless it

@@ -85,9 +85,8 @@ pub fn tree_cpu_ms(root: u32) -> f64 {
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         if let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
             && let Some(f) = proc_stat(pid)
-            && let Some(&pp) = f.first()
         {
-            parent.insert(pid, (pp as u32, f));
+            parent.insert(pid, (f.ppid, f));
         }
     }
     let under = |mut p: u32| {
@@ -103,11 +102,10 @@ pub fn tree_cpu_ms(root: u32) -> f64 {
     };
     let mut ticks = 0;
     for (pid, (_, f)) in &parent {
-        let own = f.get(10).unwrap_or(&0) + f.get(11).unwrap_or(&0);
         if *pid == root {
-            ticks += own + f.get(12).unwrap_or(&0) + f.get(13).unwrap_or(&0);
+            ticks += f.own() + f.cutime + f.cstime;
         } else if under(*pid) {
-            ticks += own;
+            ticks += f.own();
         }
     }
     ticks as f64 * 10.0
