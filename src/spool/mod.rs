@@ -36,8 +36,9 @@
 //! written straight into `mail/` without an fsync, and the log's shared
 //! fdatasync stands in for all three (see [`commitlog`]). An [`Incoming`]
 //! dropped without commit removes its temporary file, so a client that
-//! disconnects mid-DATA leaves nothing. Spools of the earlier two-file layout (`ID.body` + `ID.env`) are
-//! rewritten into this one by the start-up scan.
+//! disconnects mid-DATA leaves nothing. Spools of the earlier two-file
+//! layout (`ID.body` + `ID.env`) are rewritten into this one by the
+//! start-up scan.
 //!
 //! A finished message's file is not unlinked but renamed into `free/` (up
 //! to [`SPARES`] files of at most [`SPARE_MAX`] bytes), and the next message
@@ -1300,18 +1301,9 @@ impl Incoming {
     /// stands in), rename it into `mail/` and flush that.
     fn commit_file(&mut self, total: u64) -> io::Result<()> {
         let mut f = self.open()?;
-        let path = &self.body_path;
-        f.write_all(&self.buf).map_err(|e| at(path, e))?;
-        if self.spare {
-            let end = f.set_len(total).map_err(|e| at(path, e));
-            // A spare that cannot be cut is dropped, not reused again.
-            if let Err(e) = end {
-                self.spare = false;
-                return Err(e);
-            }
-        }
+        self.write_out(&mut f, total)?;
         if self.spool.durability != Durability::Filesystem {
-            f.sync_all().map_err(|e| at(path, e))?;
+            f.sync_all().map_err(|e| at(&self.body_path, e))?;
         }
         drop(f);
         let fin = self.spool.body_path(&self.id);
@@ -1325,6 +1317,20 @@ impl Incoming {
         flushed
     }
 
+    /// Write what is still held to `f`, whose message is `total` bytes
+    /// long; over a spare, cut off the old file's tail.
+    fn write_out(&mut self, f: &mut File, total: u64) -> io::Result<()> {
+        f.write_all(&self.buf).map_err(|e| at(&self.body_path, e))?;
+        if self.spare {
+            f.set_len(total).map_err(|e| {
+                // A spare that cannot be cut is dropped, not reused again.
+                self.spare = false;
+                at(&self.body_path, e)
+            })?;
+        }
+        Ok(())
+    }
+
     /// Append the message's record, then write its file into `mail/`
     /// (postern(8) DURABILITY): a file a crash cuts short always has a
     /// record to be written again from.
@@ -1334,14 +1340,9 @@ impl Incoming {
         let written = match self.spool.take_spare() {
             Some((p, mut f)) => {
                 (self.body_path, self.spare) = (p, true);
-                let over = f.write_all(&self.buf).and_then(|_| {
-                    f.set_len(total).inspect_err(|_| {
-                        // Not cut: dropped, not reused again.
-                        self.spare = false;
-                    })
-                });
-                over.and_then(|_| fs::rename(&self.body_path, &fin))
-                    .map_err(|e| at(&self.body_path, e))
+                self.write_out(&mut f, total).and_then(|_| {
+                    fs::rename(&self.body_path, &fin).map_err(|e| at(&self.body_path, e))
+                })
             }
             None => write_new(&fin, &self.buf).map(drop),
         };
