@@ -168,7 +168,7 @@ fn exchange(
     // Bounded by the watchdog's deadline and by the size cap below.
     loop {
         if let Some(r) = parse(&buf, limit, false)? {
-            let _ = s.close_notify();
+            let _ = s.close_with(b"");
             return Ok(r);
         }
         let n = match s.read(&mut chunk) {

@@ -663,7 +663,7 @@ impl Connection {
     /// not "lost connection"), then TLS close_notify. Errors are moot.
     pub(super) fn quit(&mut self) {
         client::quit(self);
-        let _ = self.stream.close_notify();
+        let _ = self.stream.close_with(b"");
     }
 
     fn hello(&mut self, me: &str) -> Result<Capabilities, Fail> {

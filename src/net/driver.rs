@@ -205,13 +205,16 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// Send the replies piled up. With none, nothing is sent: TLS records
+    /// queued without a reply (the session ticket) wait for the next one.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.guard.arm(self.ep.cfg.limits.command_timeout);
-            self.stream.write_all(&self.out)?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
-        self.stream.flush()
+        self.guard.arm(self.ep.cfg.limits.command_timeout);
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
+        Ok(())
     }
 
     fn handshake(&mut self, peer: SocketAddr) -> Result<TlsInfo, End> {
@@ -341,8 +344,9 @@ impl Driver<'_> {
                     std::thread::sleep(d);
                 }
                 Action::Close => {
-                    let _ = self.flush();
-                    let _ = self.stream.close_notify();
+                    self.guard.arm(self.ep.cfg.limits.command_timeout);
+                    let last = std::mem::take(&mut self.out);
+                    let _ = self.stream.close_with(&last);
                     if let Some(t) = self.stream.tcp() {
                         let _ = t.shutdown(std::net::Shutdown::Both);
                     }

@@ -2,9 +2,16 @@
 //!
 //! The upgrade moves the `TcpStream` out with `mem::replace` and wraps it in
 //! `rustls::StreamOwned`; `Detached` exists only during that move. The
-//! handshake runs explicitly to completion (`complete_io` while
-//! handshaking) so a failure surfaces at a known point with its alert,
-//! instead of as a confusing error on the first read.
+//! handshake runs explicitly to completion so a failure surfaces at a known
+//! point with its alert, instead of as a confusing error on the first read.
+//!
+//! Reads and writes drive the connection and its socket directly rather
+//! than through `StreamOwned`'s own `Read` and `Write`, which send whatever
+//! TLS data is queued in a write of its own before each read and each
+//! write. Here queued records wait for the next write: the server's TLS 1.3
+//! session ticket (RFC 8446 §4.6.1) leaves with the first reply, and
+//! close_notify with the last, each one system call and one TCP segment
+//! fewer per session.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -69,37 +76,133 @@ impl Stream {
     pub fn upgrade_server(&mut self, cfg: Arc<ServerConfig>) -> io::Result<TlsInfo> {
         let conn = ServerConnection::new(cfg).map_err(io::Error::other)?;
         let mut tls = StreamOwned::new(conn, self.take_plain()?);
-        let mut info = handshake(&mut tls)?;
+        server_handshake(&mut tls)?;
+        let mut info = describe(&tls.conn);
         info.sni = tls.conn.server_name().map(str::to_string);
         *self = Stream::Tls(Box::new(tls));
         Ok(info)
     }
 }
 
-/// Run a handshake to completion and describe its result. complete_io
-/// sends any alert describing a failure before it returns the error.
-fn handshake<C, D>(tls: &mut StreamOwned<C, TcpStream>) -> io::Result<TlsInfo>
-where
-    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
-    D: rustls::SideData,
-{
+/// Run the server side of a handshake to completion.
+///
+/// Not `complete_io`, which also writes what the finished handshake left
+/// queued. In TLS 1.3 that is only the session ticket, which the client does
+/// not wait for, so it stays queued for the first reply. In TLS 1.2 it is
+/// the server's Finished, which the client does wait for, so it goes now.
+fn server_handshake(tls: &mut StreamOwned<ServerConnection, TcpStream>) -> io::Result<()> {
+    let (conn, sock) = (&mut tls.conn, &mut tls.sock);
+    // Bounded: every pass sends a flight or reads from the socket, which
+    // fails after the read timeout; the handshake has a few flights.
+    while conn.is_handshaking() {
+        drain(conn, sock)?;
+        let eof = match conn.read_tls(sock) {
+            Ok(n) => n == 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        // An alert the client sent before closing says more than the close.
+        process(conn, sock)?;
+        if eof && conn.is_handshaking() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        drain(conn, sock)?;
+    }
+    Ok(())
+}
+
+/// Run the client side of a handshake to completion. `complete_io` also
+/// sends the client's Finished, which the server waits for, and any alert
+/// describing a failure before it returns the error.
+fn client_handshake(tls: &mut StreamOwned<ClientConnection, TcpStream>) -> io::Result<()> {
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
     }
-    Ok(TlsInfo {
-        version: tls
-            .conn
+    Ok(())
+}
+
+/// What a finished handshake negotiated.
+fn describe<D: rustls::SideData>(conn: &rustls::ConnectionCommon<D>) -> TlsInfo {
+    TlsInfo {
+        version: conn
             .protocol_version()
             .map(crate::tls::version_name)
             .unwrap_or_default(),
-        cipher: tls
-            .conn
+        cipher: conn
             .negotiated_cipher_suite()
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default(),
         sni: None,
         client_cert: None,
+    }
+}
+
+/// Process the records read so far. On a protocol error the alert that
+/// describes it is sent, if the socket takes it, before the error returns.
+fn process<D: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+) -> io::Result<()> {
+    conn.process_new_packets().map(|_| ()).map_err(|e| {
+        let _ = conn.write_tls(sock);
+        io::Error::new(io::ErrorKind::InvalidData, e)
     })
+}
+
+/// Send every queued TLS record; `write_tls` hands them to one writev(2).
+fn drain<D: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+) -> io::Result<()> {
+    // Bounded: each pass sends at least one byte or returns.
+    while conn.wants_write() {
+        match conn.write_tls(sock) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read plaintext, reading records from the socket until some arrives, the
+/// peer closes, or the read times out. Queued records are not sent first
+/// (see the module comment); nothing the peer waits for is ever queued
+/// when a read begins.
+fn read_plain<D: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    // Bounded: every pass returns or reads from the socket, which fails
+    // after the read timeout and returns 0 once at its end, after which
+    // the reader answers Ok(0) or UnexpectedEof, never WouldBlock.
+    loop {
+        match conn.reader().read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        match conn.read_tls(sock) {
+            Ok(_) => process(conn, sock)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Encrypt `buf` (as much as the connection's buffer takes) and send it
+/// with whatever was queued before it.
+fn write_plain<D: rustls::SideData>(
+    conn: &mut rustls::ConnectionCommon<D>,
+    sock: &mut TcpStream,
+    buf: &[u8],
+) -> io::Result<usize> {
+    let n = conn.writer().write(buf)?;
+    drain(conn, sock)?;
+    Ok(n)
 }
 
 /// The client side of a finished handshake.
@@ -123,7 +226,8 @@ impl Stream {
             .map_err(|e| io::Error::other(format!("bad TLS server name {host}: {e}")))?;
         let conn = ClientConnection::new(cfg, name).map_err(io::Error::other)?;
         let mut tls = StreamOwned::new(conn, self.take_plain()?);
-        let info = handshake(&mut tls)?;
+        client_handshake(&mut tls)?;
+        let info = describe(&tls.conn);
         let chain = tls
             .conn
             .peer_certificates()
@@ -135,21 +239,26 @@ impl Stream {
 }
 
 impl Stream {
-    /// End a TLS session properly (RFC 8446 §6.1): a peer that reads on
-    /// after our last reply sees close_notify, not a truncation. Exim logs
-    /// "TLS connection was non-properly terminated" otherwise. Plain TCP
-    /// needs nothing.
-    pub fn close_notify(&mut self) -> io::Result<()> {
+    /// Send `last` (the final reply or command) and end a TLS session
+    /// properly (RFC 8446 §6.1), both in one write: a peer that reads on
+    /// after it sees close_notify, not a truncation. Exim logs "TLS
+    /// connection was non-properly terminated" otherwise. Plain TCP gets
+    /// `last` alone.
+    pub fn close_with(&mut self, last: &[u8]) -> io::Result<()> {
+        fn tls<D: rustls::SideData>(
+            conn: &mut rustls::ConnectionCommon<D>,
+            sock: &mut TcpStream,
+            last: &[u8],
+        ) -> io::Result<()> {
+            conn.writer().write_all(last)?;
+            conn.send_close_notify();
+            drain(conn, sock)
+        }
         match self {
-            Stream::Tls(t) => {
-                t.conn.send_close_notify();
-                t.flush()
-            }
-            Stream::TlsClient(t) => {
-                t.conn.send_close_notify();
-                t.flush()
-            }
-            Stream::Plain(_) | Stream::Detached => Ok(()),
+            Stream::Plain(s) => s.write_all(last),
+            Stream::Tls(t) => tls(&mut t.conn, &mut t.sock, last),
+            Stream::TlsClient(t) => tls(&mut t.conn, &mut t.sock, last),
+            Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
 }
@@ -158,8 +267,8 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls(t) => t.read(buf),
-            Stream::TlsClient(t) => t.read(buf),
+            Stream::Tls(t) => read_plain(&mut t.conn, &mut t.sock, buf),
+            Stream::TlsClient(t) => read_plain(&mut t.conn, &mut t.sock, buf),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -169,16 +278,16 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
-            Stream::Tls(t) => t.write(buf),
-            Stream::TlsClient(t) => t.write(buf),
+            Stream::Tls(t) => write_plain(&mut t.conn, &mut t.sock, buf),
+            Stream::TlsClient(t) => write_plain(&mut t.conn, &mut t.sock, buf),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
-            Stream::Tls(t) => t.flush(),
-            Stream::TlsClient(t) => t.flush(),
+            Stream::Tls(t) => drain(&mut t.conn, &mut t.sock),
+            Stream::TlsClient(t) => drain(&mut t.conn, &mut t.sock),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }

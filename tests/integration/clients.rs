@@ -307,6 +307,29 @@ fn tls_sessions_end_with_close_notify() {
 }
 
 #[test]
+fn a_tls_1_3_session_as_openssl_sees_it() {
+    // The server's suite order wins over OpenSSL's AES-256-GCM first
+    // (postern.conf(5) TLS); the ticket rides with the first reply instead
+    // of a write of its own, and it still resumes.
+    let p = Postern::start();
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/tls_session.py"
+        ))
+        .arg(p.tls().port().to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "before-ehlo=0 cipher=TLS_AES_128_GCM_SHA256 reused=yes",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_tls_1_1_client_is_logged_in_words() {
     // An administrator reads "offered only TLS 1.1", not rustls's enum.
     let p = Postern::start();
