@@ -58,7 +58,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use envelope::Envelope;
@@ -228,17 +228,38 @@ pub struct ScanReport {
     pub quarantined: usize,
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+/// The last queue id handed out, as a number.
+static LAST_ID: AtomicU64 = AtomicU64::new(0);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// A new queue id: 13 hex digits of microseconds since 1970, then 3 of a
-/// process-wide counter. Ids sort by arrival and are safe as file names.
+/// A new queue id: 16 hex digits, 13 of microseconds since 1970 and 3 of a
+/// process-wide counter, whose last digit spreads messages over the
+/// buckets of `mail/`. Each id is above the one before it, whatever the
+/// clock does, and above every id in `mail/` at start ([`Spool::recover`]),
+/// so it never names a file that exists: no look before the file is made.
+/// Ids sort by arrival and are safe as file names.
 pub fn new_id() -> String {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
-    format!("{:013X}{n:03X}", micros & 0xf_ffff_ffff_ffff)
+    let now = ((micros as u64) & 0xf_ffff_ffff_ffff) << 12 | n;
+    let next = |last: u64| now.max(last.wrapping_add(1));
+    let last = LAST_ID
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| Some(next(l)))
+        .unwrap_or_else(|l| l);
+    format!("{:016X}", next(last))
+}
+
+/// Ids handed out from now on sort above `id`, a file an earlier process
+/// left; names that are not ids change nothing.
+fn ids_above(id: &str) {
+    if id.len() == 16
+        && let Ok(v) = u64::from_str_radix(id, 16)
+    {
+        LAST_ID.fetch_max(v, Ordering::Relaxed);
+    }
 }
 
 /// Create a spool directory (mode 700), or accept one that is a real
@@ -595,6 +616,7 @@ impl Spool {
                 continue;
             };
             let (id, kind) = name.rsplit_once('.').unwrap_or((name.as_str(), ""));
+            ids_above(id);
             let has_msg = self.body_path(id).exists();
             let problem = match kind {
                 // Files under queue-sync filesystem were renamed before they
@@ -799,16 +821,7 @@ impl Spool {
                 ));
             }
         }
-        // A fresh id can only collide with a file from an earlier process in
-        // the same microsecond; create_new makes that an error, so try again.
-        let mut last = None;
-        for _ in 0..8 {
-            match self.begin_as(&new_id()) {
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-                r => return r,
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("no free queue id")))
+        self.begin_as(&new_id())
     }
 
     /// Bytes free on the spool's file system, from the last reading
@@ -835,23 +848,12 @@ impl Spool {
     }
 
     fn begin_as(&self, id: &str) -> io::Result<Incoming> {
-        // The log exists only under Durability::Log. There a message is
-        // held in memory and its file made at commit, straight in mail/,
-        // where a file from an earlier process under this id (the same
-        // microsecond, before a clock step) must not be written over.
+        // The log exists only under Durability::Log, set up by recover()
+        // after every id in mail/ was seen (new_id). There a message is
+        // held in memory and its file made at commit, straight in mail/.
         let logged = self.log.get().is_some();
         let (path, f, spare) = if logged {
-            let fin = self.body_path(id);
-            match fs::symlink_metadata(&fin) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => (PathBuf::new(), None, false),
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "queue id taken",
-                    ));
-                }
-                Err(e) => return Err(at(&fin, e)),
-            }
+            (PathBuf::new(), None, false)
         } else {
             let (p, f, spare) = self.open_new(id)?;
             (p, Some(f), spare)
@@ -1348,8 +1350,8 @@ impl Incoming {
         };
         drop(pending);
         let synced = match written {
-            // Only this process makes files in mail/ and begin saw none
-            // under this id: this one is not ours to remove.
+            // Only this process makes files in mail/, under ids above all
+            // it found there (new_id): this one is not ours to remove.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(e),
             r => r.and_then(|_| log.sync()),
         };
@@ -1842,11 +1844,36 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(sorted.len(), ids.len());
+        assert_eq!(sorted, ids, "each id above the one before");
+        // The last digit picks the bucket of mail/: every one gets used.
+        let buckets: std::collections::HashSet<_> =
+            ids.iter().filter_map(|i| i.chars().last()).collect();
+        assert_eq!(buckets.len(), 16, "{buckets:?}");
         assert!(
             ids.iter()
                 .all(|i| i.len() == 16 && i.chars().all(|c| c.is_ascii_hexdigit()))
         );
+    }
+
+    #[test]
+    fn new_ids_sort_above_every_file_found_at_start() {
+        // An earlier process's file from an hour ahead (a clock stepped
+        // back since): a new message must not be written over it.
+        let d = tempfile::tempdir().unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        let now = u64::from_str_radix(&new_id(), 16).unwrap();
+        let id = format!("{:016X}", now + (3_600_000_000 << 12));
+        let mut m = s.begin_as(&id).unwrap();
+        m.write(b"x\r\n");
+        let mut e = env(&id);
+        e.size = 3;
+        m.commit(&e).unwrap();
+        let s = Spool::open(d.path()).unwrap();
+        s.recover().unwrap();
+        let fresh = s.submit(b"y\r\n", &mut env("")).unwrap();
+        assert!(fresh > id, "{fresh} after {id}");
+        assert_eq!(body_of(&s, &id), b"x\r\n");
+        assert_eq!(body_of(&s, &fresh), b"y\r\n");
     }
 
     fn ino(p: &Path) -> u64 {
