@@ -11,7 +11,8 @@
 //! write. Here queued records wait for the next write: the server's TLS 1.3
 //! session ticket (RFC 8446 §4.6.1) leaves with the first reply, and
 //! close_notify with the last, each one system call and one TCP segment
-//! fewer per session.
+//! fewer per session. Records come from the socket through a read-ahead
+//! buffer ([`ReadAhead`]).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -28,11 +29,74 @@ pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS as the server side.
-    Tls(Box<StreamOwned<ServerConnection, TcpStream>>),
+    Tls(Box<Tls<ServerConnection>>),
     /// TLS as the client side (delivery).
-    TlsClient(Box<StreamOwned<ClientConnection, TcpStream>>),
+    TlsClient(Box<Tls<ClientConnection>>),
     /// Only while upgrading; never observable from outside.
     Detached,
+}
+
+/// The upgraded socket, and what was read from it ahead of rustls.
+#[derive(Debug)]
+pub struct Tls<C> {
+    stream: StreamOwned<C, TcpStream>,
+    ahead: ReadAhead,
+}
+
+impl<C> Tls<C> {
+    fn new(stream: StreamOwned<C, TcpStream>) -> Box<Self> {
+        Box::new(Tls {
+            stream,
+            ahead: ReadAhead::default(),
+        })
+    }
+}
+
+/// How much one read(2) of a TLS socket may take.
+const READ_AHEAD: usize = 16 * 1024;
+
+/// Bytes read from a TLS socket that rustls has not taken yet. rustls asks
+/// for at most 4 KiB per read (its deframer's `READ_SIZE`), so a 4 KiB
+/// message with its framing would cost two read(2)s and a 100 KiB one 25;
+/// through this buffer one read(2) takes up to [`READ_AHEAD`]. Allocated at
+/// the first read after the handshake.
+#[derive(Default)]
+struct ReadAhead {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl std::fmt::Debug for ReadAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadAhead({} bytes)", self.end - self.start)
+    }
+}
+
+/// The socket as rustls reads it: from the read-ahead buffer, refilled by
+/// one read(2) when empty. Never reads the socket while bytes are buffered,
+/// so it blocks only when rustls has taken everything that arrived.
+struct Reading<'a> {
+    sock: &'a mut TcpStream,
+    ahead: &'a mut ReadAhead,
+}
+
+impl Read for Reading<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let a = &mut *self.ahead;
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if a.start == a.end {
+            a.buf.resize(READ_AHEAD, 0);
+            let n = self.sock.read(&mut a.buf)?;
+            (a.start, a.end) = (0, n);
+        }
+        let n = out.len().min(a.end - a.start);
+        out[..n].copy_from_slice(&a.buf[a.start..a.start + n]);
+        a.start += n;
+        Ok(n)
+    }
 }
 
 impl Stream {
@@ -40,6 +104,7 @@ impl Stream {
     pub fn client_chain(&self) -> Vec<CertificateDer<'static>> {
         match self {
             Stream::Tls(t) => t
+                .stream
                 .conn
                 .peer_certificates()
                 .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
@@ -52,8 +117,8 @@ impl Stream {
     pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
             Stream::Plain(s) => Some(s),
-            Stream::Tls(t) => Some(&t.sock),
-            Stream::TlsClient(t) => Some(&t.sock),
+            Stream::Tls(t) => Some(&t.stream.sock),
+            Stream::TlsClient(t) => Some(&t.stream.sock),
             Stream::Detached => None,
         }
     }
@@ -79,7 +144,7 @@ impl Stream {
         server_handshake(&mut tls)?;
         let mut info = describe(&tls.conn);
         info.sni = tls.conn.server_name().map(str::to_string);
-        *self = Stream::Tls(Box::new(tls));
+        *self = Stream::Tls(Tls::new(tls));
         Ok(info)
     }
 }
@@ -172,20 +237,26 @@ fn drain<D: rustls::SideData>(
 /// peer closes, or the read times out. Queued records are not sent first
 /// (see the module comment); nothing the peer waits for is ever queued
 /// when a read begins.
-fn read_plain<D: rustls::SideData>(
-    conn: &mut rustls::ConnectionCommon<D>,
-    sock: &mut TcpStream,
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    // Bounded: every pass returns or reads from the socket, which fails
-    // after the read timeout and returns 0 once at its end, after which
-    // the reader answers Ok(0) or UnexpectedEof, never WouldBlock.
+fn read_plain<C, D>(t: &mut Tls<C>, buf: &mut [u8]) -> io::Result<usize>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    let (conn, sock) = (&mut *t.stream.conn, &mut t.stream.sock);
+    // Bounded: every pass returns or takes bytes from the read-ahead or
+    // the socket, which fails after the read timeout and returns 0 once at
+    // its end, after which the reader answers Ok(0) or UnexpectedEof,
+    // never WouldBlock.
     loop {
         match conn.reader().read(buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             done => return done,
         }
-        match conn.read_tls(sock) {
+        let mut from = Reading {
+            sock,
+            ahead: &mut t.ahead,
+        };
+        match conn.read_tls(&mut from) {
             Ok(_) => process(conn, sock)?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -233,7 +304,7 @@ impl Stream {
             .peer_certificates()
             .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
             .unwrap_or_default();
-        *self = Stream::TlsClient(Box::new(tls));
+        *self = Stream::TlsClient(Tls::new(tls));
         Ok(ClientTlsInfo { info, chain })
     }
 }
@@ -256,8 +327,8 @@ impl Stream {
         }
         match self {
             Stream::Plain(s) => s.write_all(last),
-            Stream::Tls(t) => tls(&mut t.conn, &mut t.sock, last),
-            Stream::TlsClient(t) => tls(&mut t.conn, &mut t.sock, last),
+            Stream::Tls(t) => tls(&mut t.stream.conn, &mut t.stream.sock, last),
+            Stream::TlsClient(t) => tls(&mut t.stream.conn, &mut t.stream.sock, last),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -267,8 +338,8 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
-            Stream::Tls(t) => read_plain(&mut t.conn, &mut t.sock, buf),
-            Stream::TlsClient(t) => read_plain(&mut t.conn, &mut t.sock, buf),
+            Stream::Tls(t) => read_plain(t, buf),
+            Stream::TlsClient(t) => read_plain(t, buf),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
@@ -278,17 +349,96 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
-            Stream::Tls(t) => write_plain(&mut t.conn, &mut t.sock, buf),
-            Stream::TlsClient(t) => write_plain(&mut t.conn, &mut t.sock, buf),
+            Stream::Tls(t) => write_plain(&mut t.stream.conn, &mut t.stream.sock, buf),
+            Stream::TlsClient(t) => write_plain(&mut t.stream.conn, &mut t.stream.sock, buf),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
-            Stream::Tls(t) => drain(&mut t.conn, &mut t.sock),
-            Stream::TlsClient(t) => drain(&mut t.conn, &mut t.sock),
+            Stream::Tls(t) => drain(&mut t.stream.conn, &mut t.stream.sock),
+            Stream::TlsClient(t) => drain(&mut t.stream.conn, &mut t.stream.sock),
             Stream::Detached => Err(io::ErrorKind::NotConnected.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    fn server_config() -> Arc<ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["mx.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let cfg = ServerConfig::builder_with_provider(super::super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        Arc::new(cfg)
+    }
+
+    fn client_config() -> Arc<ClientConfig> {
+        let provider = super::super::provider();
+        let cfg = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(super::super::client::AnyCertificate(
+                provider,
+            )))
+            .with_no_client_auth();
+        Arc::new(cfg)
+    }
+
+    #[test]
+    fn records_arrive_whole_through_the_read_ahead_and_the_last_write_closes() {
+        // 100 KiB in writes of an odd size, so records straddle every
+        // read-ahead refill; read back in small pieces.
+        let body: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = body.clone();
+        let client = std::thread::spawn(move || {
+            let tcp = TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let conn =
+                ClientConnection::new(client_config(), "mx.test".try_into().unwrap()).unwrap();
+            let mut t = StreamOwned::new(conn, tcp);
+            for chunk in sent.chunks(7001) {
+                t.write_all(chunk).unwrap();
+            }
+            t.flush().unwrap();
+            let mut answer = Vec::new();
+            // Ok(0) only after close_notify; a bare TCP close is an error.
+            t.read_to_end(&mut answer).map(|_| answer)
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut s = Stream::Plain(tcp);
+        let info = s.upgrade_server(server_config()).unwrap();
+        assert_eq!(info.version, "TLSv1.3");
+        let Stream::Tls(t) = &s else {
+            panic!("not upgraded")
+        };
+        assert!(t.stream.conn.wants_write(), "the ticket waits for a reply");
+        let mut got = Vec::new();
+        let mut piece = [0u8; 1000];
+        while got.len() < body.len() {
+            let n = s.read(&mut piece).unwrap();
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert!(got == body, "the bytes differ");
+        s.close_with(b"221 bye\r\n").unwrap();
+        assert_eq!(client.join().unwrap().unwrap(), b"221 bye\r\n");
     }
 }
