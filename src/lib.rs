@@ -26,6 +26,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod buffers;
 pub mod config;
 pub mod control;
 pub mod delivery;

@@ -292,7 +292,13 @@ impl Driver<'_> {
     }
 
     fn drive(&mut self, s: &mut Session, peer: SocketAddr) -> End {
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = crate::buffers::read_buffer();
+        let end = self.drive_with(s, peer, &mut buf);
+        crate::buffers::READS.give(buf);
+        end
+    }
+
+    fn drive_with(&mut self, s: &mut Session, peer: SocketAddr, buf: &mut [u8]) -> End {
         // Bounded by the socket timeouts and the session's own error
         // limits: every pass either consumes input or blocks on a read.
         loop {
@@ -363,7 +369,7 @@ impl Driver<'_> {
                     if s.idle() {
                         self.guard.arm(self.ep.cfg.limits.command_timeout);
                     }
-                    match self.stream.read(&mut buf) {
+                    match self.stream.read(buf) {
                         // The watchdog shut the reading side: say why
                         // (421) on the side still open, then close.
                         Ok(0) | Err(_) if self.guard.fired() => {

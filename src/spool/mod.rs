@@ -1152,31 +1152,19 @@ const WRITE_BUF: usize = 64 * 1024;
 /// written to its file and the log at commit.
 const LOG_BODY: usize = SPARE_MAX as usize;
 
-/// Write buffers of finished messages, for the next ones: allocating
-/// 64 KiB for every message had glibc's malloc consolidate its free lists
-/// each time (perf, `make bench` row b). At most [`IDLE_BUFFERS`] wait here.
-static BUFFERS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-const IDLE_BUFFERS: usize = 64;
+/// Write buffers of finished messages, for the next ones. One that grew
+/// past a logged body and an envelope is let go.
+static BUFFERS: crate::buffers::Pool = crate::buffers::Pool::new(64, LOG_BODY + WRITE_BUF);
 
 fn take_buffer() -> Vec<u8> {
     BUFFERS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .pop()
+        .take()
         .unwrap_or_else(|| Vec::with_capacity(WRITE_BUF))
 }
 
 fn return_buffer(mut b: Vec<u8>) {
-    // One that grew past a logged body and an envelope is let go, so the
-    // pool's memory stays bounded by IDLE_BUFFERS times that.
-    if b.capacity() > LOG_BODY + WRITE_BUF {
-        return;
-    }
     b.clear();
-    let mut idle = BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
-    if idle.len() < IDLE_BUFFERS {
-        idle.push(b);
-    }
+    BUFFERS.give(b);
 }
 
 /// A message being received; dropped without [`Incoming::commit`], it

@@ -52,19 +52,25 @@ impl<C> Tls<C> {
     }
 }
 
-/// How much one read(2) of a TLS socket may take.
-const READ_AHEAD: usize = 16 * 1024;
-
 /// Bytes read from a TLS socket that rustls has not taken yet. rustls asks
 /// for at most 4 KiB per read (its deframer's `READ_SIZE`), so a 4 KiB
 /// message with its framing would cost two read(2)s and a 100 KiB one 25;
-/// through this buffer one read(2) takes up to [`READ_AHEAD`]. Allocated at
-/// the first read after the handshake.
+/// through this buffer one read(2) takes up to [`crate::buffers::READ`].
+/// Taken from the pool at the first read after the handshake, given back
+/// when the session ends.
 #[derive(Default)]
 struct ReadAhead {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        if !self.buf.is_empty() {
+            crate::buffers::READS.give(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 impl std::fmt::Debug for ReadAhead {
@@ -88,7 +94,9 @@ impl Read for Reading<'_> {
             return Ok(0);
         }
         if a.start == a.end {
-            a.buf.resize(READ_AHEAD, 0);
+            if a.buf.is_empty() {
+                a.buf = crate::buffers::read_buffer();
+            }
             let n = self.sock.read(&mut a.buf)?;
             (a.start, a.end) = (0, n);
         }
