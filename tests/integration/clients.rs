@@ -274,17 +274,21 @@ fn openssl_smtps() {
     p.wait_log("sni=mx.test", Duration::from_secs(5));
 }
 
-fn close_notify_peer(args: &[&str]) -> std::process::Child {
-    Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/close_notify.py"
+/// What one of tests/peers' Python scripts printed (trimmed), and its
+/// stderr for the failure message.
+fn python_peer(script: &str, args: &[&str]) -> (String, String) {
+    let out = Command::new("python3")
+        .arg(format!(
+            "{}/tests/peers/{script}",
+            env!("CARGO_MANIFEST_DIR")
         ))
         .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -293,16 +297,8 @@ fn tls_sessions_end_with_close_notify() {
     // does, saw the connection cut after 221.
     let p = Postern::start();
     for (port, mode) in [(p.tls().port(), "starttls"), (p.smtps().port(), "smtps")] {
-        let out = close_notify_peer(&["client", &port.to_string(), mode])
-            .wait_with_output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            said.trim(),
-            "clean",
-            "{mode}: {said}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (said, err) = python_peer("close_notify.py", &["client", &port.to_string(), mode]);
+        assert_eq!(said, "clean", "{mode}: {err}");
     }
 }
 
@@ -312,20 +308,10 @@ fn a_tls_1_3_session_as_openssl_sees_it() {
     // (postern.conf(5) TLS); the ticket rides with the first reply instead
     // of a write of its own, and it still resumes.
     let p = Postern::start();
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/tls_session.py"
-        ))
-        .arg(p.tls().port().to_string())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout);
+    let (said, err) = python_peer("tls_session.py", &[&p.tls().port().to_string()]);
     assert_eq!(
-        said.trim(),
-        "before-ehlo=0 cipher=TLS_AES_128_GCM_SHA256 reused=yes",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        said, "before-ehlo=0 cipher=TLS_AES_128_GCM_SHA256 reused=yes",
+        "{err}"
     );
 }
 

@@ -20,16 +20,7 @@ import socket
 import ssl
 import sys
 
-
-def reply(fp):
-    # Bounded: a reply has at most a few lines here.
-    for _ in range(50):
-        line = fp.readline()
-        if not line:
-            raise SystemExit("connection closed mid-reply")
-        if line[3:4] != b"-":
-            return line
-    raise SystemExit("reply too long")
+from close_notify import reply
 
 
 def session(ctx, port, offer):
