@@ -31,7 +31,7 @@ const ITEMS_PER_JOB: usize = 20;
 /// New messages taken from the announcement channel in one pass.
 const NEW_BATCH: usize = 256;
 
-/// How long the scheduler lets announcements gather once one woke it.
+/// How long announcements gather, unwatched, once one woke the scheduler.
 const GATHER: Duration = Duration::from_millis(1);
 
 /// How long a connection with nothing to send is kept open for new mail
@@ -161,6 +161,8 @@ impl Scheduler {
         mut reloads: Receiver<Arc<Config>>,
     ) {
         log::info!("scheduler: {} messages in the queue", self.queue.len());
+        let mut listen = new.clone();
+        let mut gather = crossbeam_channel::never();
         loop {
             let now = crate::time::unix_now();
             let next = self.dispatch(now);
@@ -177,22 +179,31 @@ impl Scheduler {
                 wait = wait.min(until.saturating_duration_since(std::time::Instant::now()));
             }
             select! {
-                recv(new) -> env => match env {
+                recv(listen) -> env => match env {
                     Ok(env) => {
                         self.insert(env);
-                        // Sessions committed together by one flush announce
-                        // together, one after another as they get a core:
-                        // wait a moment for the rest, then take them all
-                        // before the next dispatch. A send finds this thread
-                        // asleep in select! only once per batch, instead of
-                        // waking it (a futex call each) per message. At most
-                        // NEW_BATCH, so control requests still get a turn.
-                        std::thread::sleep(GATHER);
                         for env in new.try_iter().take(NEW_BATCH) {
                             self.insert(env);
                         }
+                        // Sessions committed together by one flush announce
+                        // together, but one after another as they get a
+                        // core: each send that found this thread waiting in
+                        // select! woke it (a futex call) per message. For
+                        // GATHER the channel is not watched, so the rest of
+                        // the batch waits in it without waking anyone, while
+                        // results and control requests are served as ever.
+                        listen = crossbeam_channel::never();
+                        gather = crossbeam_channel::at(std::time::Instant::now() + GATHER);
                     }
                     Err(_) => return,
+                },
+                recv(gather) -> _ => {
+                    // At most NEW_BATCH a pass, so others still get a turn.
+                    for env in new.try_iter().take(NEW_BATCH) {
+                        self.insert(env);
+                    }
+                    listen = new.clone();
+                    gather = crossbeam_channel::never();
                 },
                 recv(results) -> r => match r {
                     Ok(done) => {
