@@ -182,9 +182,7 @@ impl Scheduler {
                 recv(listen) -> env => match env {
                     Ok(env) => {
                         self.insert(env);
-                        for env in new.try_iter().take(NEW_BATCH) {
-                            self.insert(env);
-                        }
+                        self.insert_waiting(&new);
                         // Sessions committed together by one flush announce
                         // together, but one after another as they get a
                         // core: each send that found this thread waiting in
@@ -198,10 +196,7 @@ impl Scheduler {
                     Err(_) => return,
                 },
                 recv(gather) -> _ => {
-                    // At most NEW_BATCH a pass, so others still get a turn.
-                    for env in new.try_iter().take(NEW_BATCH) {
-                        self.insert(env);
-                    }
+                    self.insert_waiting(&new);
                     listen = new.clone();
                     gather = crossbeam_channel::never();
                 },
@@ -256,6 +251,14 @@ impl Scheduler {
                 },
                 default(wait) => self.sync_owed(),
             }
+        }
+    }
+
+    /// Take the announcements waiting on `new`, at most NEW_BATCH, so
+    /// results and control requests still get a turn.
+    fn insert_waiting(&mut self, new: &Receiver<Envelope>) {
+        for env in new.try_iter().take(NEW_BATCH) {
+            self.insert(env);
         }
     }
 

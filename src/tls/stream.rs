@@ -378,33 +378,37 @@ mod tests {
     use std::net::TcpListener;
     use std::time::Duration;
 
-    fn server_config() -> Arc<ServerConfig> {
+    /// For a fresh self-signed certificate: the listener's config as the
+    /// daemon builds it, and the opportunistic delivery config (which
+    /// wants some root, and takes any certificate).
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["mx.test".to_string()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let cfg = ServerConfig::builder_with_provider(super::super::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key)
-            .unwrap();
-        Arc::new(cfg)
-    }
-
-    fn client_config() -> Arc<ClientConfig> {
-        let provider = super::super::provider();
-        let cfg = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(super::super::client::AnyCertificate(
-                provider,
-            )))
-            .with_no_client_auth();
-        Arc::new(cfg)
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let pki = super::super::pki::Pki {
+            name: "mx.test".into(),
+            cert_path: Default::default(),
+            key_path: Default::default(),
+            key: Arc::new(
+                rustls::sign::CertifiedKey::from_der(
+                    vec![cert.der().clone()],
+                    der,
+                    &super::super::provider(),
+                )
+                .unwrap(),
+            ),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        (
+            super::super::server::config(&pki, std::iter::empty(), None).unwrap(),
+            super::super::client::ClientTls::new(roots, None, None)
+                .unwrap()
+                .opportunistic,
+        )
     }
 
     #[test]
@@ -415,11 +419,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let sent = body.clone();
+        let (server_cfg, client_cfg) = configs();
         let client = std::thread::spawn(move || {
             let tcp = TcpStream::connect(addr).unwrap();
             tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let conn =
-                ClientConnection::new(client_config(), "mx.test".try_into().unwrap()).unwrap();
+            let conn = ClientConnection::new(client_cfg, "mx.test".try_into().unwrap()).unwrap();
             let mut t = StreamOwned::new(conn, tcp);
             for chunk in sent.chunks(7001) {
                 t.write_all(chunk).unwrap();
@@ -432,7 +436,7 @@ mod tests {
         let (tcp, _) = listener.accept().unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut s = Stream::Plain(tcp);
-        let info = s.upgrade_server(server_config()).unwrap();
+        let info = s.upgrade_server(server_cfg).unwrap();
         assert_eq!(info.version, "TLSv1.3");
         let Stream::Tls(t) = &s else {
             panic!("not upgraded")
