@@ -520,7 +520,7 @@ impl Session {
 
     /// Take one command line from the input; false when none is complete.
     fn step_command(&mut self) -> bool {
-        let Some(lf) = self.pending().iter().position(|&b| b == b'\n') else {
+        let Some(lf) = memchr::memchr(b'\n', self.pending()) else {
             if self.pending().len() > MAX_COMMAND_LINE {
                 self.discarding_line = true;
                 self.clear_input();
@@ -857,16 +857,33 @@ impl Session {
     /// Consume one body line (or piece of a long one); false when the input
     /// holds nothing usable yet.
     fn step_data(&mut self) -> bool {
-        let (piece_len, complete) = match self.pending().iter().position(|&b| b == b'\n') {
+        let pending = self.pending();
+        let (len, complete) = match memchr::memchr(b'\n', pending) {
             Some(lf) => (lf + 1, true),
-            None if self.pending().len() > MAX_DATA_PIECE => (self.pending().len(), false),
+            None if pending.len() > MAX_DATA_PIECE => (pending.len(), false),
             None => return false,
         };
-        let piece = self.take_pending(piece_len);
+        let start = self.pos;
+        self.pos += len;
+        // The piece is read where it lies, not copied out line by line:
+        // `input` is lent to data_piece, which only reads it, and is back
+        // before end_of_data, which may clear it.
+        let input = std::mem::take(&mut self.input);
+        let last = self.data_piece(&input[start..start + len], complete);
+        self.input = input;
+        if last {
+            self.end_of_data();
+        }
+        true
+    }
+
+    /// One line of the message, or a piece of a long one (`complete` when
+    /// it ends in LF); true when it is the dot that ends the data.
+    fn data_piece(&mut self, piece: &[u8], complete: bool) -> bool {
         let line_start = !self.data.mid_line;
         let pending_cr = std::mem::take(&mut self.data.pending_cr);
         self.data.mid_line = !complete;
-        let mut content: &[u8] = &piece;
+        let mut content: &[u8] = piece;
         let mut normalized = None;
         if complete {
             // The line's CRLF, whole in this piece or split across two.
@@ -875,7 +892,6 @@ impl Session {
                 self.data.bare_newline = true;
             }
             if line_start && self.data.after_crlf && piece == b".\r\n" {
-                self.end_of_data();
                 return true;
             }
             if !ends_crlf {
@@ -891,7 +907,7 @@ impl Session {
                 }
             }
             let strip = if piece.ends_with(b"\r\n") { 2 } else { 1 };
-            if piece[..piece.len() - strip].contains(&b'\r') {
+            if memchr::memchr(b'\r', &piece[..piece.len() - strip]).is_some() {
                 self.data.bare_newline = true;
             }
             self.data.after_crlf = ends_crlf;
@@ -903,9 +919,9 @@ impl Session {
             }
             let (rest, cr_last) = match piece.strip_suffix(b"\r") {
                 Some(rest) => (rest, true),
-                None => (&piece[..], false),
+                None => (piece, false),
             };
-            if rest.contains(&b'\r') {
+            if memchr::memchr(b'\r', rest).is_some() {
                 self.data.bare_newline = true;
             }
             self.data.pending_cr = cr_last;
@@ -933,7 +949,7 @@ impl Session {
             }
         }
         self.append_body(content);
-        true
+        false
     }
 
     fn append_body(&mut self, content: &[u8]) {
