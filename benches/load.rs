@@ -674,6 +674,17 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} memory")
 }
 
+/// KiB of freed memory this (virtual) machine has handed back to its
+/// hypervisor since it started, where the kernel does free page reporting
+/// and says how much.
+fn reported_kib() -> Option<u64> {
+    std::fs::read_to_string("/sys/module/page_reporting/parameters/reported_kib")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn main() {
     common::check_proc_stat();
     let scratch = common::Scratch::new("16G");
@@ -920,8 +931,20 @@ fn main() {
 
     let syscall_lines = syscalls.join(".\n\n");
     let now = postern::time::rfc5322(postern::time::unix_now());
+    // A page handed back is faulted in again by the host when the guest
+    // next uses it: a new file's page cache is written into such pages,
+    // which perf shows as a slow copy in write(2).
+    let reporting = match reported_kib() {
+        Some(kib) => format!(
+            "; a virtual machine that hands freed memory back to its hypervisor (free page \
+             reporting: {} GiB since it started), so a page the kernel gives out anew, such as \
+             a new file's page cache, is first faulted in on the host",
+            kib >> 20
+        ),
+        None => String::new(),
+    };
     let mut md = format!(
-        "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}.\n\n\
+        "# postern benchmark results\n\nMade by `make bench` on {now}.\n\nMachine: {}{reporting}.\n\n\
          Closed-loop clients on loopback, full TLS 1.3 handshakes (no resumption, except row k), ECDSA P-256, \
          4 KiB messages unless the row says otherwise; every 250 flushed to disk first: by the commit log's fdatasync (the default, queue-sync log), or as the row's queue-sync says (file: an fsync per message file; filesystem: a shared syncfs). {}s per row. Spools (both servers') on {}. \
          {postfix_note}\n\n\
