@@ -95,16 +95,24 @@ fn copy_to_lf(src: &mut impl io::Read, dst: &mut impl Write) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        for &b in &buf[..n] {
-            if std::mem::take(&mut pending_cr) && b != b'\n' {
-                out.push(b'\r');
-            }
-            if b == b'\r' {
-                pending_cr = true;
-            } else {
-                out.push(b);
-            }
+        let mut rest = &buf[..n];
+        if std::mem::take(&mut pending_cr) && rest.first() != Some(&b'\n') {
+            out.push(b'\r');
         }
+        // Runs between CRs are copied whole, found with memchr as the
+        // session finds line ends: a byte at a time was the copy's cost.
+        // Bounded by `rest`, which each pass shortens.
+        while let Some(i) = memchr::memchr(b'\r', rest) {
+            out.extend_from_slice(&rest[..i]);
+            match rest.get(i + 1) {
+                // The CR of a CR LF is dropped; its LF goes with the next run.
+                Some(b'\n') => {}
+                Some(_) => out.push(b'\r'),
+                None => pending_cr = true,
+            }
+            rest = &rest[i + 1..];
+        }
+        out.extend_from_slice(rest);
         dst.write_all(&out)?;
         out.clear();
     }
@@ -250,7 +258,7 @@ mod tests {
 
     #[test]
     fn crlf_becomes_lf_wherever_reads_split_it() {
-        let text = b"a\r\nb\rc\r\n\r\nd\r";
+        let text = b"a\r\nb\rc\r\n\r\nd\r\r\ne\r";
         for chunk in 1..text.len() {
             struct Chunks<'a>(&'a [u8], usize);
             impl io::Read for Chunks<'_> {
@@ -263,7 +271,7 @@ mod tests {
             }
             let mut out = Vec::new();
             copy_to_lf(&mut Chunks(text, chunk), &mut out).unwrap();
-            assert_eq!(out, b"a\nb\rc\n\nd\r", "reads of {chunk}");
+            assert_eq!(out, b"a\nb\rc\n\nd\r\ne\r", "reads of {chunk}");
         }
     }
 
